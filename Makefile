@@ -1,0 +1,41 @@
+# pycri: the two commands a fresh Debian 12 machine (as root) needs are `make run` and `make test`.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+# Debian packages the daemon and its tests need (CNI plugins, a real registry, test image tools, reference runtimes).
+APT_PACKAGES := python3-venv gcc libc6-dev iproute2 iptables containernetworking-plugins docker-registry \
+	busybox-static skopeo containerd runc crun sqlite3
+
+.PHONY: deps venv proto images run test clean
+
+deps:
+	@missing=""; for p in $(APT_PACKAGES); do dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q 'ok installed' || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+		echo "installing:$$missing"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
+	fi
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[dev]'
+	touch $@
+
+venv: $(VENV)/.installed
+
+# The CRI stubs are generated from proto/api.proto, never committed (tests check they match the proto).
+proto: venv
+	$(PY) -m pycri.api.generate
+
+images: venv
+	$(PY) hack/build_test_images.py
+
+run: deps venv proto
+	$(VENV)/bin/pycri
+
+test: deps venv proto images
+	$(VENV)/bin/pytest -q $(PYTEST_ARGS)
+
+clean:
+	rm -rf $(VENV) .cache build *.egg-info
