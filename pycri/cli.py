@@ -1,0 +1,71 @@
+"""The `pycri` command: serve the CRI (default), or `config default|check`.
+
+grpc is imported only on the serve path, after start-up work that must fork (the monitor spawner) is done:
+a process that has started gRPC threads must not fork.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+
+from pycri import CRI_API_VERSION, __version__
+from pycri import config as configmod
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="pycri", description="A Kubernetes CRI container runtime.")
+    p.add_argument("--config", metavar="FILE", help=f"config file (default: ${configmod.CONFIG_ENV}, "
+                                                   f"else {configmod.DEFAULT_CONFIG_PATH} if present)")
+    p.add_argument("--version", action="store_true", help="print the version and exit")
+    sub = p.add_subparsers(dest="command")
+    cfg = sub.add_parser("config", help="show or check configuration")
+    cfg_sub = cfg.add_subparsers(dest="config_command", required=True)
+    cfg_sub.add_parser("default", help="print the full default configuration (TOML)")
+    check = cfg_sub.add_parser("check", help="validate a configuration file")
+    check.add_argument("file")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if args.version:
+        print(f"pycri {__version__}\nCRI API: {CRI_API_VERSION}")
+        return 0
+    if args.command == "config":
+        if args.config_command == "default":
+            sys.stdout.write(configmod.to_toml(configmod.Config()))
+            return 0
+        try:
+            configmod.load(args.file)
+        except configmod.ConfigError as exc:
+            print(f"pycri: config error: {exc}", file=sys.stderr)
+            return 2
+        print(f"{args.file}: ok")
+        return 0
+    return _serve(args.config)
+
+
+def _serve(config_path: str | None) -> int:
+    try:
+        cfg = configmod.load(config_path)
+    except configmod.ConfigError as exc:
+        print(f"pycri: config error: {exc}", file=sys.stderr)
+        return 2
+    from pycri import log
+
+    log.setup(cfg.log_level)
+    from pycri.daemon import DaemonError, serve  # imports grpc: after anything that forks
+
+    try:
+        asyncio.run(serve(cfg))
+    except DaemonError as exc:
+        log.get("daemon").error("cannot start", error=str(exc))
+        print(f"pycri: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,133 @@
+"""The pycri daemon: opens its state, serves both CRI services on the unix socket, shuts down on SIGTERM/SIGINT.
+
+Containers do not belong to this process (they are children of the per-pod monitors), so stopping the daemon
+stops the API, never the pods.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import os
+import signal
+import socket
+import stat
+import time
+from pathlib import Path
+
+import grpc
+
+from pycri import __version__, log
+from pycri.config import Config
+from pycri.rpc import service_handler
+from pycri.services.image_service import ImageService
+from pycri.services.runtime_service import RuntimeService
+from pycri.store import Store
+
+_log = log.get("daemon")
+
+# The kubelet's own limit for CRI messages; the gRPC default (4 MiB) is too small for ListContainers on a full node.
+MAX_MESSAGE_BYTES = 16 * 1024 * 1024
+SHUTDOWN_GRACE_SECONDS = 5
+
+
+class DaemonError(Exception):
+    """The daemon cannot start (socket in use, state dir unusable)."""
+
+
+class Daemon:
+    """What the servicers share: the config, the metadata store and runtime-wide settings."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.started_at = time.time()
+        for d in (config.root_path, config.state_path):
+            d.mkdir(parents=True, exist_ok=True, mode=0o711)
+        self.store = Store(config.db_path, sync_full=config.store_sync_full)
+        self.cgroup_version = _cgroup_version()
+
+    def config_dict(self) -> dict:
+        return dataclasses.asdict(self.config)
+
+    def setting(self, key: str, default: str = "") -> str:
+        row = self.store.query_one("SELECT value FROM settings WHERE key = ?", (key,))
+        return row["value"] if row else default
+
+    def set_setting(self, key: str, value: str) -> None:
+        self.store.execute("INSERT INTO settings(key, value) VALUES (?, ?) "
+                           "ON CONFLICT(key) DO UPDATE SET value = excluded.value", (key, value))
+
+    def runtime_status(self) -> tuple[bool, str, str]:
+        """(ready, reason, message) for the RuntimeReady condition: state dirs usable and the store answering."""
+        for d in (self.config.root_path, self.config.state_path):
+            if not os.access(d, os.W_OK | os.X_OK):
+                return False, "StateDirUnusable", f"{d} is not writable"
+        try:
+            self.store.query_one("SELECT 1")
+        except Exception as exc:  # noqa: BLE001 - any store failure makes the runtime not ready
+            return False, "MetadataStoreFailed", f"{type(exc).__name__}: {exc}"
+        return True, "", ""
+
+    def close(self) -> None:
+        self.store.close()
+
+
+def _cgroup_version() -> str:
+    if os.path.exists("/sys/fs/cgroup/cgroup.controllers"):
+        return "v2"
+    return "v1"
+
+
+def prepare_socket(path: Path) -> None:
+    """Make the socket's parent dirs and remove a stale socket; refuse if a live daemon is listening there."""
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o711)
+    try:
+        st = path.lstat()
+    except FileNotFoundError:
+        return
+    if not stat.S_ISSOCK(st.st_mode):
+        raise DaemonError(f"{path} exists and is not a socket; refusing to replace it")
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        probe.settimeout(1)
+        probe.connect(str(path))
+    except OSError:
+        path.unlink(missing_ok=True)  # nobody listens: a stale socket from a daemon that died
+        _log.info("removed stale socket", path=str(path))
+        return
+    finally:
+        probe.close()
+    raise DaemonError(f"another process is serving on {path}")
+
+
+async def serve(config: Config) -> None:
+    daemon = Daemon(config)
+    sock = Path(config.listen)
+    prepare_socket(sock)
+    server = grpc.aio.server(options=[
+        ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+        ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+    ])
+    server.add_generic_rpc_handlers((
+        service_handler("RuntimeService", RuntimeService(daemon)),
+        service_handler("ImageService", ImageService()),
+    ))
+    old_umask = os.umask(0o117)  # the socket is born 0660: root (and the socket's group) only, no window
+    try:
+        server.add_insecure_port(f"unix:{sock}")
+        await server.start()
+    finally:
+        os.umask(old_umask)
+    os.chmod(sock, 0o660)
+    _log.info("serving", socket=str(sock), version=__version__, root=config.root, state=config.state, pid=os.getpid())
+
+    stopping = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stopping.set)
+    await stopping.wait()
+    _log.info("shutting down", grace_seconds=SHUTDOWN_GRACE_SECONDS)
+    await server.stop(SHUTDOWN_GRACE_SECONDS)
+    sock.unlink(missing_ok=True)
+    daemon.close()
+    _log.info("stopped")

@@ -1,0 +1,1 @@
+"""Pod networking: CNI configuration discovery and plugin execution."""

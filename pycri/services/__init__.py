@@ -1,0 +1,1 @@
+"""gRPC servicers: thin CRI handlers that validate, look up and delegate."""
