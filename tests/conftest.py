@@ -1,8 +1,6 @@
-"""Shared fixtures: the real daemon (tests.fixtures.daemon) and, when present, the local registry."""
+"""Shared fixtures: the real daemon (tests.fixtures.daemon), the local registry (tests.fixtures.registry) and a
+leak check (tests.fixtures.leaks)."""
 
 from tests.fixtures.daemon import daemon, daemon_factory  # noqa: F401
-
-try:
-    from tests.fixtures.registry import registry, registry_factory  # noqa: F401
-except ImportError:  # the registry fixture is not there yet
-    pass
+from tests.fixtures.leaks import no_leaks  # noqa: F401
+from tests.fixtures.registry import registry, registry_factory  # noqa: F401
