@@ -31,7 +31,8 @@ class ConfigError(ValueError):
 class CNIConfig:
     conf_dir: str = "/etc/cni/net.d"
     bin_dirs: list[str] = field(default_factory=lambda: ["/opt/cni/bin", "/usr/lib/cni"])
-    # Subnet of the bridge network pycri writes when conf_dir holds no network config.
+    # With no network config in conf_dir, write a bridge network (DEFAULT_CONFLIST_NAME) on this subnet.
+    write_default_conflist: bool = True
     default_subnet: str = "10.88.0.0/16"
 
     def validate(self, where: str) -> None:
