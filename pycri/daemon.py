@@ -19,6 +19,8 @@ import grpc
 
 from pycri import __version__, log
 from pycri.config import Config
+from pycri.network.cniconf import load_network_config
+from pycri.network.defaultnet import write_default_conflist
 from pycri.rpc import service_handler
 from pycri.services.image_service import ImageService
 from pycri.services.runtime_service import RuntimeService
@@ -45,6 +47,14 @@ class Daemon:
             d.mkdir(parents=True, exist_ok=True, mode=0o711)
         self.store = Store(config.db_path, sync_full=config.store_sync_full)
         self.cgroup_version = _cgroup_version()
+        self._ensure_network_config()
+
+    def _ensure_network_config(self) -> None:
+        cni = self.config.cni
+        if cni.write_default_conflist and load_network_config(cni.conf_dir) is None:
+            path = write_default_conflist(cni.conf_dir, cni.default_subnet,
+                                          str(self.config.root_path / "cni" / "networks"))
+            _log.info("wrote default network config", path=str(path), subnet=cni.default_subnet)
 
     def config_dict(self) -> dict:
         return dataclasses.asdict(self.config)

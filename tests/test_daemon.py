@@ -61,6 +61,14 @@ def test_status_network_ready_follows_the_cni_config(daemon):
     assert _conditions(daemon)["NetworkReady"].status is False
 
 
+def test_default_network_config_is_written_when_none_exists(daemon_factory):
+    d = daemon_factory({"cni": {"write_default_conflist": True, "default_subnet": "10.99.0.0/16"}})
+    conf = json.loads((d.cni_conf_dir / "99-pycri-default.conflist").read_text())
+    assert conf["plugins"][0]["ipam"]["ranges"] == [[{"subnet": "10.99.0.0/16"}]]
+    assert conf["plugins"][0]["ipam"]["dataDir"] == str(d.root / "cni" / "networks")
+    assert _conditions(d)["NetworkReady"].status is True
+
+
 def test_status_handlers_and_verbose_info(daemon_factory):
     d = daemon_factory({"runtimes.runc": {"type": "oci", "path": "/usr/sbin/runc"}})
     resp = d.runtime.Status(cri.StatusRequest(verbose=True))
