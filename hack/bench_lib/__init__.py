@@ -1,0 +1,9 @@
+"""Modules of hack/bench.py: the CRI benchmark of pycri against containerd 1.6 + runc.
+
+- common:     the shared environment (temp dirs, CNI conflist, registry), process/mount/cgroup clean-up helpers
+- containerd: start/stop a private containerd with its own config, root, state and socket
+- pycri:      start/stop a private pycri daemon
+- workload:   the CRI client, the timed workload and the statistics
+- memory:     resident/private memory of daemons and of the processes that belong to a pod
+- report:     the markdown table and the JSON of raw samples
+"""

@@ -1,0 +1,193 @@
+"""The benchmark report: a markdown table (stdout and a file) and a JSON of the raw samples."""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import statistics
+from pathlib import Path
+
+from .memory import MIB
+from .workload import DENSITY_OPS, LIFECYCLE_OPS, PULL_IMAGES, Results, percentile
+
+# Targets from the issue: pycri/containerd ratio of the median, at most this.
+RATIO_TARGETS = {
+    "PullImage[multilayer]": 1.0, "PullImage[busybox]": 1.0,
+    "RunPodSandbox": 0.5, "CreateContainer": 1.0, "StartContainer": 0.2,
+    "ExecSync[true]": 0.5, "ExecSync[echo hi]": 0.5, "StopPodSandbox": 0.5,
+}
+LIST_P99_TARGET_MS = 20.0
+POD_PRIVATE_TARGET_MIB = 3.0
+IDLE_RSS_TARGET_MIB = 60.0
+
+OPS = [f"PullImage[{n}]" for n in PULL_IMAGES] + list(LIFECYCLE_OPS)
+
+
+def _ms(x: float | None) -> str:
+    if x is None:
+        return "n/a"
+    return f"{x * 1000:.1f}" if x >= 0.01 else f"{x * 1000:.2f}"
+
+
+def _mib(b: float | None) -> str:
+    return "n/a" if b is None else f"{b / MIB:.2f}"
+
+
+def _met(ok: bool | None) -> str:
+    return "" if ok is None else ("yes" if ok else "**no**")
+
+
+def latency_table(results: list[Results]) -> list[str]:
+    by = {r.runtime: r for r in results}
+    ctd, py = by.get("containerd"), by.get("pycri")
+    cols = ["operation"]
+    for r in results:
+        cols += [f"{r.runtime} median ms", f"{r.runtime} p95 ms"]
+    both = ctd is not None and py is not None
+    if both:
+        cols += ["ratio pycri/containerd (median)"]
+    cols += ["target ratio"] + (["met"] if both else [])
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    for op in OPS:
+        row = [op]
+        for r in results:
+            s = r.stats(op)
+            row += [_ms(s["median"]), _ms(s["p95"])] if s else ["n/a", "n/a"]
+        target = RATIO_TARGETS.get(op)
+        if both:
+            cs, ps = ctd.stats(op), py.stats(op)
+            ratio = ps["median"] / cs["median"] if cs and ps and cs["median"] > 0 else None
+            row.append("n/a" if ratio is None else f"{ratio:.2f}")
+        row.append(f"<= {target}" if target is not None else "")
+        if both:
+            row.append(_met(ratio <= target) if (target is not None and ratio is not None) else "")
+        lines.append("| " + " | ".join(row) + " |")
+    return lines
+
+
+def density_table(results: list[Results]) -> list[str]:
+    lines = ["| runtime | operation | n | p50 ms | p95 ms | p99 ms | target | met |",
+             "|---|---|---|---|---|---|---|---|"]
+    for r in results:
+        for op in DENSITY_OPS:
+            s = r.stats(op)
+            if not s:
+                lines.append(f"| {r.runtime} | {op} | 0 | n/a | n/a | n/a | | |")
+                continue
+            tgt = op.startswith("ListContainers")
+            lines.append(f"| {r.runtime} | {op} | {s['n']} | {_ms(s['median'])} | {_ms(s['p95'])} | {_ms(s['p99'])} | "
+                         f"{f'p99 < {LIST_P99_TARGET_MS:.0f} ms' if tgt else ''} | "
+                         f"{_met(s['p99'] * 1000 < LIST_P99_TARGET_MS) if tgt else ''} |")
+    return lines
+
+
+def memory_rows(r: Results) -> dict[str, tuple[str, str, bool | None]]:
+    """metric -> (value MiB, target text, met)"""
+    m = r.memory
+    rows = {}
+    for key, label in (("daemon_fresh", "daemon RSS, idle (just started)"),
+                       ("daemon_idle", "daemon RSS, idle (after the workload, no pods)"),
+                       ("daemon_110_pods", "daemon RSS, 110 pods")):
+        v = m.get(key, {}).get("rss")
+        tgt = key != "daemon_110_pods"
+        rows[label] = (_mib(v), f"<= {IDLE_RSS_TARGET_MIB:.0f}" if tgt else "",
+                       (v / MIB <= IDLE_RSS_TARGET_MIB) if (tgt and v) else None)
+        tree = m.get(key, {})
+        rows[f"{label.replace('daemon RSS', 'daemon + helpers RSS (processes)')}"] = (
+            f"{_mib(tree.get('tree_rss'))} ({len(tree.get('pids', []))})" if tree else "n/a", "", None)
+    pp = m.get("per_pod", {})
+    priv = pp.get("private_bytes") or []
+    med = statistics.median(priv) if priv else None
+    rows["private memory per pod, median (runtime's per-pod processes)"] = (
+        _mib(med), f"<= {POD_PRIVATE_TARGET_MIB:.0f}", (med / MIB <= POD_PRIVATE_TARGET_MIB) if med else None)
+    rows["private memory per pod, p95"] = (_mib(percentile(priv, 0.95)) if priv else "n/a", "", None)
+    pss = pp.get("pss_bytes") or []
+    rows["Pss per pod, median"] = (_mib(statistics.median(pss)) if pss else "n/a", "", None)
+    rss = pp.get("rss_bytes") or []
+    rows["RSS per pod, median (shared pages counted in full)"] = (
+        _mib(statistics.median(rss)) if rss else "n/a", "", None)
+    procs = pp.get("overhead_processes") or []
+    rows["runtime processes per pod"] = (f"{statistics.median(procs):g}" if procs else "n/a", "", None)
+    app = pp.get("app_private_bytes") or []
+    rows["app container (sleep) private, median (not overhead)"] = (
+        _mib(statistics.median(app)) if app else "n/a", "", None)
+    return rows
+
+
+def memory_table(results: list[Results]) -> list[str]:
+    cols = ["metric (MiB)"] + [r.runtime for r in results] + ["target"] + (["met (pycri)"] if len(results) > 1 else [])
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    per = {r.runtime: memory_rows(r) for r in results}
+    for metric in memory_rows(results[0]):
+        vals = [per[r.runtime][metric][0] for r in results]
+        target = per[results[0].runtime][metric][1]
+        row = [metric] + vals + [target]
+        if len(results) > 1:
+            row.append(_met(per["pycri"][metric][2]) if "pycri" in per else "")
+        lines.append("| " + " | ".join(row) + " |")
+    return lines
+
+
+def missing_notes(results: list[Results], skip_110: bool = False) -> list[str]:
+    out = []
+    for r in results:
+        for op in OPS + list(DENSITY_OPS):
+            if skip_110 and op in DENSITY_OPS:
+                continue
+            if not r.samples.get(op):
+                out.append(f"- {r.runtime}: {op}: {r.why_missing(op)}")
+        for op, errs in r.errors.items():
+            if errs and r.samples.get(op):
+                out.append(f"- {r.runtime}: {op}: {len(errs)} failed calls/checks, last: {errs[-1][:120]}")
+        if r.memory.get("density_error"):
+            out.append(f"- {r.runtime}: density phase: {r.memory['density_error'][:160]}")
+    return out
+
+
+def render(results: list[Results], meta: dict) -> str:
+    lines = [f"# pycri vs containerd: CRI benchmark, {meta['date']}", ""]
+    lines += [f"- machine: {meta['machine']}",
+              f"- command: `{meta['command']}`",
+              f"- iterations: {meta['iterations']} per operation (+{meta['warmup']} warm-up not counted); "
+              f"density: {'skipped' if meta['skip_110'] else '110 pods, one `sleep` container each'}"]
+    for r in results:
+        load = ""
+        if "loadavg_before" in r.memory:
+            load = (f"; load average (1/5/15 min) {' '.join(r.memory['loadavg_before'])} before, "
+                    f"{' '.join(r.memory.get('loadavg_after', []))} after")
+        lines.append(f"- {r.runtime}: {r.version}{load}")
+    lines += ["", "## Latency per CRI call (client-side wall time over the unix socket)", ""]
+    lines += latency_table(results)
+    lines += ["", "## 110 pods running", ""]
+    lines += density_table(results) if not meta.get("skip_110") else ["skipped (--skip-110)"]
+    lines += ["", "## Memory", ""]
+    lines += memory_table(results)
+    miss = missing_notes(results, meta.get("skip_110", False))
+    if miss:
+        lines += ["", "## Not measured / errors", ""] + miss
+    notes = [f"- {r.runtime}: {n}" for r in results for n in r.notes if not n.startswith("Version")]
+    ramp = [f"- {r.runtime}: 110 pods started one after another in {r.memory['density_ramp_seconds']} s"
+            for r in results if "density_ramp_seconds" in r.memory]
+    if notes or ramp:
+        lines += ["", "## Notes", ""] + ramp + notes
+    return "\n".join(lines) + "\n"
+
+
+def write(results: list[Results], meta: dict, out_md: Path) -> Path:
+    out_md.parent.mkdir(parents=True, exist_ok=True)
+    text = render(results, meta)
+    out_md.write_text(text)
+    out_json = out_md.with_suffix(".json")
+    out_json.write_text(json.dumps({"meta": meta, "results": [r.to_json() for r in results]}, indent=1) + "\n")
+    return out_json
+
+
+def machine() -> str:
+    mem = ""
+    try:
+        with open("/proc/meminfo") as f:
+            mem = f"{int(f.readline().split()[1]) / 1024 / 1024:.0f} GiB RAM"
+    except OSError:
+        pass
+    cg = "cgroup v2" if os.path.exists("/sys/fs/cgroup/cgroup.controllers") else "cgroup v1"
+    return f"{platform.node()}, Linux {platform.release()}, {os.cpu_count()} CPUs, {mem}, {cg}"
