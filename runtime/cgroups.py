@@ -1,0 +1,442 @@
+"""cgroups: one interface over v1 and v2 (cgroupfs driver).
+
+    cg = open_cgroup("/pycri/pod1/ctr1")      # detects v1/v2
+    cg.create(); cg.apply(linux_resources); cg.attach(pid)
+    cg.update(resources); cg.stats(); cg.oom_kills(); cg.remove()
+
+A systemd driver would be another `Cgroup` factory behind `open_cgroup(..., driver="systemd")`.
+"""
+from __future__ import annotations
+
+import errno
+import os
+import signal
+import time
+
+ROOT = "/sys/fs/cgroup"
+_V1_CONTROLLERS = ("cpu", "cpuacct", "cpuset", "memory", "pids", "devices", "freezer", "blkio", "hugetlb",
+                   "net_cls", "net_prio", "perf_event")
+_V2_CONTROLLERS = ("cpuset", "cpu", "io", "memory", "hugetlb", "pids")
+
+
+class CgroupError(Exception):
+    pass
+
+
+def detect_version(root: str = ROOT) -> int:
+    """2 when root is a cgroup2 mount (unified), 1 otherwise (legacy or hybrid)."""
+    return 2 if os.path.exists(os.path.join(root, "cgroup.controllers")) else 1
+
+
+def validate_path(path: str) -> str:
+    if not isinstance(path, str) or not path:
+        raise CgroupError("cgroupsPath must be a non-empty string")
+    if ":" in path:
+        raise CgroupError(f"cgroupsPath {path!r} looks like a systemd slice path; driver is cgroupfs")
+    parts = [p for p in path.split("/") if p]
+    if not parts or any(p in (".", "..") for p in parts):
+        raise CgroupError(f"bad cgroupsPath {path!r}")
+    return "/" + "/".join(parts)
+
+
+def open_cgroup(path: str, driver: str = "cgroupfs", root: str = ROOT) -> "Cgroup":
+    if driver != "cgroupfs":
+        raise CgroupError(f"cgroup driver {driver!r} is not supported (only cgroupfs)")
+    path = validate_path(path)
+    if detect_version(root) == 2:
+        return CgroupV2(path, root)
+    return CgroupV1(path, v1_mounts())
+
+
+def v1_mounts(mountinfo: str = "/proc/self/mountinfo") -> dict[str, str]:
+    """controller -> mount point, for each v1 hierarchy (co-mounted controllers share a mount point)."""
+    out: dict[str, str] = {}
+    with open(mountinfo) as f:
+        for line in f:
+            pre, _, post = line.partition(" - ")
+            fields = post.split()
+            if len(fields) < 3 or fields[0] != "cgroup":
+                continue
+            mp = pre.split()[4]
+            for opt in fields[2].split(","):
+                if opt in _V1_CONTROLLERS:
+                    out.setdefault(opt, mp)
+    return out
+
+
+def _write(path: str, value) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
+    try:
+        os.write(fd, str(value).encode())
+    except OSError as exc:
+        raise CgroupError(f"write {value!r} to {path}: {exc.strerror}") from None
+    finally:
+        os.close(fd)
+
+
+def _read(path: str) -> str:
+    with open(path) as f:
+        return f.read()
+
+
+def _read_kv(path: str) -> dict[str, int]:
+    out = {}
+    try:
+        for line in _read(path).splitlines():
+            k, _, v = line.partition(" ")
+            if v.strip().lstrip("-").isdigit():
+                out[k] = int(v)
+    except OSError:
+        pass
+    return out
+
+
+def _read_int(path: str, default: int = 0) -> int:
+    try:
+        raw = _read(path).strip()
+    except OSError:
+        return default
+    return int(raw) if raw.lstrip("-").isdigit() else default
+
+
+def _rm_dir(path: str, timeout: float = 2.0) -> None:
+    """rmdir a cgroup dir (children first), killing what is inside and retrying on EBUSY."""
+    if not os.path.isdir(path):
+        return
+    for entry in os.scandir(path):
+        if entry.is_dir(follow_symlinks=False):
+            _rm_dir(entry.path, timeout)
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            os.rmdir(path)
+            return
+        except FileNotFoundError:
+            return
+        except OSError as exc:
+            if exc.errno != errno.EBUSY or time.monotonic() > deadline:
+                raise CgroupError(f"rmdir {path}: {exc.strerror}") from None
+        for pid in _procs(path):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        time.sleep(0.001)
+
+
+def _procs(path: str) -> list[int]:
+    try:
+        return [int(x) for x in _read(os.path.join(path, "cgroup.procs")).split()]
+    except OSError:
+        return []
+
+
+def _swap_total(mem: dict) -> int | None:
+    swap = mem.get("swap")
+    return None if swap is None else int(swap)
+
+
+class Cgroup:
+    """Common interface; subclasses map OCI linux.resources onto their files."""
+    version = 0
+
+    def __init__(self, path: str):
+        self.path = path
+
+    def create(self) -> None: raise NotImplementedError
+    def apply(self, resources: dict | None) -> list[str]: raise NotImplementedError
+    def attach(self, pid: int) -> None: raise NotImplementedError
+    def stats(self) -> dict: raise NotImplementedError
+    def oom_kills(self) -> int: raise NotImplementedError
+    def pids(self) -> list[int]: raise NotImplementedError
+    def remove(self) -> None: raise NotImplementedError
+    def exists(self) -> bool: raise NotImplementedError
+
+    def update(self, resources: dict) -> list[str]:
+        """Live update: the same files as apply."""
+        return self.apply(resources)
+
+
+class CgroupV1(Cgroup):
+    version = 1
+
+    def __init__(self, path: str, mounts: dict[str, str]):
+        super().__init__(path)
+        self.mounts = mounts
+
+    def dir(self, controller: str) -> str | None:
+        mp = self.mounts.get(controller)
+        return None if mp is None else mp + self.path
+
+    def _dirs(self) -> list[str]:
+        return sorted({mp + self.path for mp in self.mounts.values()})
+
+    def exists(self) -> bool:
+        return any(os.path.isdir(d) for d in self._dirs())
+
+    def create(self) -> None:
+        for d in self._dirs():
+            os.makedirs(d, exist_ok=True)
+        cpuset = self.mounts.get("cpuset")
+        if cpuset:  # a new v1 cpuset is empty: copy cpus/mems down from the nearest ancestor
+            parts = [p for p in self.path.split("/") if p]
+            for i in range(1, len(parts) + 1):
+                d = os.path.join(cpuset, *parts[:i])
+                parent = os.path.dirname(d)
+                for f in ("cpuset.cpus", "cpuset.mems"):
+                    if not _read(os.path.join(d, f)).strip():
+                        _write(os.path.join(d, f), _read(os.path.join(parent, f)).strip())
+
+    def apply(self, resources: dict | None) -> list[str]:
+        r = resources or {}
+        warnings: list[str] = []
+        cpu = r.get("cpu") or {}
+        if d := self.dir("cpu"):
+            if cpu.get("shares"):
+                _write(f"{d}/cpu.shares", int(cpu["shares"]))
+            if cpu.get("period"):
+                _write(f"{d}/cpu.cfs_period_us", int(cpu["period"]))
+            if cpu.get("quota") is not None:
+                _write(f"{d}/cpu.cfs_quota_us", int(cpu["quota"]) if int(cpu["quota"]) > 0 else -1)
+        if (d := self.dir("cpuset")) and (cpu.get("cpus") or cpu.get("mems")):
+            if cpu.get("cpus"):
+                _write(f"{d}/cpuset.cpus", cpu["cpus"])
+            if cpu.get("mems"):
+                _write(f"{d}/cpuset.mems", cpu["mems"])
+        mem = r.get("memory") or {}
+        if (d := self.dir("memory")) and mem:
+            self._apply_memory(d, mem, warnings)
+        pids = r.get("pids") or {}
+        if (d := self.dir("pids")) and "limit" in pids:
+            _write(f"{d}/pids.max", int(pids["limit"]) if int(pids["limit"]) > 0 else "max")
+        if d := self.dir("hugetlb"):
+            for hp in r.get("hugepageLimits") or []:
+                _write(f"{d}/hugetlb.{hp['pageSize']}.limit_in_bytes", int(hp["limit"]))
+        elif r.get("hugepageLimits"):
+            warnings.append("hugetlb controller not mounted: hugepageLimits ignored")
+        blkio = r.get("blockIO") or {}
+        if (d := self.dir("blkio")) and blkio.get("weight"):
+            path = f"{d}/blkio.weight" if os.path.exists(f"{d}/blkio.weight") else f"{d}/blkio.bfq.weight"
+            if os.path.exists(path):
+                _write(path, int(blkio["weight"]))
+            else:
+                warnings.append("blkio weight not supported by this kernel's I/O scheduler")
+        if (d := self.dir("devices")) and r.get("devices"):
+            for rule in r["devices"]:
+                _write(f"{d}/devices.{'allow' if rule.get('allow') else 'deny'}", _device_rule(rule))
+        if r.get("unified"):
+            warnings.append("linux.resources.unified ignored on cgroup v1")
+        return warnings
+
+    @staticmethod
+    def _apply_memory(d: str, mem: dict, warnings: list[str]) -> None:
+        limit = mem.get("limit")
+        swap = _swap_total(mem)
+        has_memsw = os.path.exists(f"{d}/memory.memsw.limit_in_bytes")
+        if swap is not None and not has_memsw:
+            warnings.append("swap accounting disabled: memory.swap ignored")
+            swap = None
+        if limit is not None:
+            limit = int(limit) if int(limit) > 0 else -1
+            # memsw must stay >= limit: order the writes according to the direction of change
+            if swap is not None:
+                try:
+                    _write(f"{d}/memory.limit_in_bytes", limit)
+                    _write(f"{d}/memory.memsw.limit_in_bytes", swap)
+                except CgroupError:
+                    _write(f"{d}/memory.memsw.limit_in_bytes", swap)
+                    _write(f"{d}/memory.limit_in_bytes", limit)
+            else:
+                _write(f"{d}/memory.limit_in_bytes", limit)
+        elif swap is not None:
+            _write(f"{d}/memory.memsw.limit_in_bytes", swap)
+        if mem.get("reservation") is not None:
+            _write(f"{d}/memory.soft_limit_in_bytes", int(mem["reservation"]))
+        if mem.get("swappiness") is not None and 0 <= int(mem["swappiness"]) <= 100:
+            _write(f"{d}/memory.swappiness", int(mem["swappiness"]))
+        if mem.get("disableOOMKiller"):
+            _write(f"{d}/memory.oom_control", 1)
+
+    def attach(self, pid: int) -> None:
+        for d in self._dirs():
+            _write(f"{d}/cgroup.procs", pid)
+
+    def pids(self) -> list[int]:
+        d = self.dir("pids") or self.dir("memory") or (self._dirs() or [None])[0]
+        return _procs(d) if d else []
+
+    def stats(self) -> dict:
+        mem = self.dir("memory")
+        ms = _read_kv(f"{mem}/memory.stat") if mem else {}
+        usage = _read_int(f"{mem}/memory.usage_in_bytes") if mem else 0
+        inactive = ms.get("total_inactive_file", 0)
+        acct = self.dir("cpuacct")
+        pids = self.dir("pids")
+        return {
+            "timestamp_ns": time.time_ns(),
+            "cpu_usage_ns": _read_int(f"{acct}/cpuacct.usage") if acct else 0,
+            "memory_usage": usage,
+            "memory_working_set": max(0, usage - inactive),
+            "memory_rss": ms.get("total_rss", 0),
+            "memory_cache": ms.get("total_cache", 0),
+            "page_faults": ms.get("total_pgfault", 0),
+            "major_page_faults": ms.get("total_pgmajfault", 0),
+            "memory_limit": _read_int(f"{mem}/memory.limit_in_bytes") if mem else 0,
+            "pids": _read_int(f"{pids}/pids.current") if pids else len(self.pids()),
+            "oom_kills": self.oom_kills(),
+        }
+
+    def oom_kills(self) -> int:
+        mem = self.dir("memory")
+        return _read_kv(f"{mem}/memory.oom_control").get("oom_kill", 0) if mem else 0
+
+    def remove(self) -> None:
+        for d in self._dirs():
+            _rm_dir(d)
+
+
+def _device_rule(rule: dict) -> str:
+    kind = rule.get("type") or "a"
+    if kind == "a":
+        return "a"
+    major = "*" if rule.get("major") in (None, -1) else int(rule["major"])
+    minor = "*" if rule.get("minor") in (None, -1) else int(rule["minor"])
+    access = rule.get("access") or "rwm"
+    if kind not in "cb" or not set(access) <= set("rwm"):
+        raise CgroupError(f"bad device rule {rule!r}")
+    return f"{kind} {major}:{minor} {access}"
+
+
+def shares_to_weight(shares: int) -> int:
+    """cgroup v1 cpu.shares [2, 262144] -> v2 cpu.weight [1, 10000] (the runc/kubernetes formula)."""
+    if shares <= 0:
+        return 100
+    shares = min(max(shares, 2), 262144)
+    return 1 + ((shares - 2) * 9999) // 262142
+
+
+def blkio_weight_to_io(weight: int) -> int:
+    """v1 blkio.weight [10, 1000] -> v2 io.weight [1, 10000]."""
+    return 1 + (weight - 10) * 9999 // 990
+
+
+class CgroupV2(Cgroup):
+    version = 2
+
+    def __init__(self, path: str, root: str = ROOT):
+        super().__init__(path)
+        self.root = root
+        self.dir = root + path
+
+    def exists(self) -> bool:
+        return os.path.isdir(self.dir)
+
+    def create(self) -> None:
+        parts = [p for p in self.path.split("/") if p]
+        cur = self.root
+        for part in parts:
+            # enable the controllers we use for the children of each ancestor
+            avail = _read(os.path.join(cur, "cgroup.controllers")).split()
+            enabled = _read(os.path.join(cur, "cgroup.subtree_control")).split()
+            want = [c for c in _V2_CONTROLLERS if c in avail and c not in enabled]
+            if want:
+                _write(os.path.join(cur, "cgroup.subtree_control"), " ".join("+" + c for c in want))
+            cur = os.path.join(cur, part)
+            os.makedirs(cur, exist_ok=True)
+
+    def files_for(self, resources: dict | None) -> tuple[dict[str, str], list[str]]:
+        """The v2 file -> value mapping for OCI resources (pure: unit-testable without a cgroup2 mount)."""
+        r = resources or {}
+        out: dict[str, str] = {}
+        warnings: list[str] = []
+        cpu = r.get("cpu") or {}
+        if cpu.get("shares"):
+            out["cpu.weight"] = str(shares_to_weight(int(cpu["shares"])))
+        if cpu.get("quota") is not None or cpu.get("period"):
+            quota = cpu.get("quota")
+            period = int(cpu.get("period") or 100000)
+            out["cpu.max"] = f"{'max' if quota is None or int(quota) <= 0 else int(quota)} {period}"
+        if cpu.get("cpus"):
+            out["cpuset.cpus"] = str(cpu["cpus"])
+        if cpu.get("mems"):
+            out["cpuset.mems"] = str(cpu["mems"])
+        mem = r.get("memory") or {}
+        limit = mem.get("limit")
+        if limit is not None:
+            out["memory.max"] = str(int(limit)) if int(limit) > 0 else "max"
+        swap = _swap_total(mem)
+        if swap is not None:
+            if swap < 0:
+                out["memory.swap.max"] = "max"
+            elif limit is not None and int(limit) > 0:
+                if swap < int(limit):
+                    raise CgroupError(f"memory.swap ({swap}) must be >= memory.limit ({limit})")
+                out["memory.swap.max"] = str(swap - int(limit))  # OCI swap is memory+swap
+            else:
+                warnings.append("memory.swap without memory.limit ignored on cgroup v2")
+        if mem.get("reservation") is not None:
+            out["memory.low"] = str(int(mem["reservation"]))
+        if mem.get("disableOOMKiller"):
+            warnings.append("disableOOMKiller is not supported on cgroup v2")
+        pids = r.get("pids") or {}
+        if "limit" in pids:
+            out["pids.max"] = str(int(pids["limit"])) if int(pids["limit"]) > 0 else "max"
+        for hp in r.get("hugepageLimits") or []:
+            out[f"hugetlb.{hp['pageSize']}.max"] = str(int(hp["limit"]))
+        blkio = r.get("blockIO") or {}
+        if blkio.get("weight"):
+            out["io.weight"] = f"default {blkio_weight_to_io(int(blkio['weight']))}"
+        if r.get("devices"):
+            warnings.append("device rules need eBPF on cgroup v2: not applied")
+        for key, value in (r.get("unified") or {}).items():
+            if "/" in key or key.startswith("cgroup.") or key in ("", ".", ".."):
+                raise CgroupError(f"bad unified cgroup key {key!r}")
+            out[key] = str(value)
+        return out, warnings
+
+    def apply(self, resources: dict | None) -> list[str]:
+        files, warnings = self.files_for(resources)
+        for name, value in files.items():
+            path = os.path.join(self.dir, name)
+            if not os.path.exists(path):
+                if name.startswith(("memory.swap", "hugetlb.", "io.")):
+                    warnings.append(f"{name} not available: ignored")
+                    continue
+                raise CgroupError(f"cgroup file {path} does not exist (controller not enabled?)")
+            _write(path, value)
+        return warnings
+
+    def attach(self, pid: int) -> None:
+        _write(os.path.join(self.dir, "cgroup.procs"), pid)
+
+    def pids(self) -> list[int]:
+        return _procs(self.dir)
+
+    def stats(self) -> dict:
+        cpu = _read_kv(os.path.join(self.dir, "cpu.stat"))
+        ms = _read_kv(os.path.join(self.dir, "memory.stat"))
+        usage = _read_int(os.path.join(self.dir, "memory.current"))
+        raw_max = ""
+        try:
+            raw_max = _read(os.path.join(self.dir, "memory.max")).strip()
+        except OSError:
+            pass
+        return {
+            "timestamp_ns": time.time_ns(),
+            "cpu_usage_ns": cpu.get("usage_usec", 0) * 1000,
+            "memory_usage": usage,
+            "memory_working_set": max(0, usage - ms.get("inactive_file", 0)),
+            "memory_rss": ms.get("anon", 0),
+            "memory_cache": ms.get("file", 0),
+            "page_faults": ms.get("pgfault", 0),
+            "major_page_faults": ms.get("pgmajfault", 0),
+            "memory_limit": int(raw_max) if raw_max.isdigit() else 0,
+            "pids": _read_int(os.path.join(self.dir, "pids.current"), len(self.pids())),
+            "oom_kills": self.oom_kills(),
+        }
+
+    def oom_kills(self) -> int:
+        return _read_kv(os.path.join(self.dir, "memory.events")).get("oom_kill", 0)
+
+    def remove(self) -> None:
+        _rm_dir(self.dir)

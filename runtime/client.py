@@ -1,0 +1,210 @@
+"""Blocking client for a pod monitor's socket (safe to use from many threads: one connection per call)."""
+from __future__ import annotations
+
+import base64
+import json
+import socket
+from dataclasses import dataclass
+
+from runtime.frames import CH_CLOSE_STDIN, CH_EXIT, CH_RESIZE, CH_STDIN, CH_STDOUT, frame, split
+
+
+class MonitorError(Exception):
+    """The monitor refused a request (the message is the monitor's), or could not be reached."""
+
+
+@dataclass
+class ExecResult:
+    exit_code: int
+    stdout: bytes
+    stderr: bytes
+    timed_out: bool
+    truncated: bool
+
+
+class MonitorClient:
+    def __init__(self, socket_path: str, timeout: float | None = 30.0):
+        self.socket_path = socket_path
+        self.timeout = timeout
+
+    def call(self, op: str, *, io_timeout: float | None = ..., **args) -> dict:
+        """Send one request and return the answer; raises MonitorError on {"ok": false} or I/O failure."""
+        req = json.dumps({"op": op, **args}).encode() + b"\n"
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+        sock.settimeout(self.timeout if io_timeout is ... else io_timeout)
+        try:
+            sock.connect(self.socket_path)
+            sock.sendall(req)
+            buf = b""
+            while not buf.endswith(b"\n"):
+                chunk = sock.recv(1 << 20)
+                if not chunk:
+                    raise MonitorError(f"monitor at {self.socket_path} closed the connection during {op}")
+                buf += chunk
+        except (FileNotFoundError, ConnectionRefusedError) as exc:
+            raise MonitorError(f"monitor at {self.socket_path} is not running: {exc.strerror}") from None
+        except socket.timeout:
+            raise MonitorError(f"monitor at {self.socket_path}: {op} timed out") from None
+        except OSError as exc:
+            raise MonitorError(f"monitor at {self.socket_path}: {op}: {exc}") from None
+        finally:
+            sock.close()
+        answer = json.loads(buf)
+        if not answer.pop("ok", False):
+            raise MonitorError(answer.get("error", "unknown error"))
+        return answer
+
+    def ping(self) -> dict:
+        return self.call("ping")
+
+    def create(self, id: str, bundle: str, *, overlay: dict | None = None, stdin: bool = False,
+               log_path: str | None = None, log_max_line: int | None = None) -> dict:
+        """Create (not start) a container from an OCI bundle; returns {"pid", "warnings"}.
+
+        overlay: {"lower": [dirs, top first], "upper": dir, "work": dir} mounts root.path as overlayfs
+        inside the container's mount namespace. log_path overrides the io.pycri.log-path annotation.
+        """
+        args = {"id": id, "bundle": bundle, "overlay": overlay, "stdin": stdin, "log_path": log_path}
+        if log_max_line:
+            args["log_max_line"] = log_max_line
+        return self.call("create", **args)
+
+    def start(self, id: str) -> dict:
+        return self.call("start", id=id)
+
+    def kill(self, id: str, signal: int | str = 15, all: bool = False) -> None:
+        self.call("kill", id=id, signal=signal, all=all)
+
+    def wait(self, id: str, timeout: float | None = None) -> dict:
+        """Block until the container exits: {"exit_code", "signal", "finished_at", "oom_killed"}."""
+        return self.call("wait", io_timeout=timeout, id=id)
+
+    def state(self, id: str) -> dict:
+        return self.call("state", id=id)
+
+    def list(self) -> list[dict]:
+        return self.call("list")["containers"]
+
+    def stats(self, id: str) -> dict:
+        return self.call("stats", id=id)["stats"]
+
+    def exec(self, id: str, process: dict, timeout: float | None = None,
+             output_cap: int = 16 * 1024 * 1024) -> ExecResult:
+        """Run process (merged over the container's process spec) in the container and collect output."""
+        wait = None if timeout is None else timeout + 10
+        r = self.call("exec", io_timeout=wait, id=id, process=process, output_cap=output_cap, timeout=timeout)
+        return ExecResult(r["exit_code"], base64.b64decode(r["stdout"]), base64.b64decode(r["stderr"]),
+                          r["timed_out"], r["truncated"])
+
+    def reopen_log(self, id: str) -> None:
+        self.call("reopen_log", id=id)
+
+    def update_resources(self, id: str, resources: dict) -> list[str]:
+        return self.call("update_resources", id=id, resources=resources)["warnings"]
+
+    def write_stdin(self, id: str, data: bytes) -> int:
+        return self.call("write_stdin", id=id, data=base64.b64encode(data).decode())["written"]
+
+    def close_stdin(self, id: str) -> None:
+        self.call("close_stdin", id=id)
+
+    def delete(self, id: str, force: bool = False) -> None:
+        self.call("delete", id=id, force=force)
+
+    def shutdown(self, force: bool = False) -> None:
+        self.call("shutdown", force=force)
+
+
+
+class Stream:
+    """A connection switched to frames (interactive exec or attach). Not thread-safe: one reader, one writer
+    at most (sends and receives use separate halves of the socket)."""
+
+    def __init__(self, sock: socket.socket, info: dict):
+        self.sock = sock
+        self.info = info
+        self._buf = b""
+        self._pending: list[tuple[int, bytes]] = []
+
+    def fileno(self) -> int:
+        return self.sock.fileno()
+
+    def _send(self, channel: int, payload: bytes) -> None:
+        self.sock.sendall(frame(channel, payload))
+
+    def write_stdin(self, data: bytes) -> None:
+        for i in range(0, len(data), 1 << 16):
+            self._send(CH_STDIN, data[i:i + (1 << 16)])
+
+    def close_stdin(self) -> None:
+        self._send(CH_CLOSE_STDIN, b"")
+
+    def resize(self, width: int, height: int) -> None:
+        self._send(CH_RESIZE, json.dumps({"width": width, "height": height}).encode())
+
+    def recv(self) -> tuple[str, bytes | dict] | None:
+        """Next event: ("stdout"|"stderr", bytes) or ("exit", {exit_code, ...}); None at end of stream."""
+        while True:
+            if self._pending:
+                channel, payload = self._pending.pop(0)
+                if channel == CH_EXIT:
+                    return "exit", json.loads(payload)
+                return ("stdout" if channel == CH_STDOUT else "stderr"), payload
+            chunk = self.sock.recv(1 << 16)
+            if not chunk:
+                return None
+            got, self._buf = split(self._buf + chunk)
+            self._pending += got
+
+    def collect(self) -> tuple[bytes, bytes, dict | None]:
+        """Read to the end: (stdout, stderr, exit info)."""
+        out, err, ex = b"", b"", None
+        while (ev := self.recv()) is not None:
+            if ev[0] == "stdout":
+                out += ev[1]
+            elif ev[0] == "stderr":
+                err += ev[1]
+            else:
+                ex = ev[1]
+        return out, err, ex
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def _open_stream(client: MonitorClient, req: dict) -> Stream:
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+    sock.settimeout(client.timeout)
+    try:
+        sock.connect(client.socket_path)
+        sock.sendall(json.dumps(req).encode() + b"\n")
+        buf = b""
+        while b"\n" not in buf:
+            chunk = sock.recv(1)  # byte by byte: frames may follow the answer line directly
+            if not chunk:
+                raise MonitorError(f"monitor closed the connection during {req['op']}")
+            buf += chunk
+    except OSError as exc:
+        sock.close()
+        raise MonitorError(f"monitor at {client.socket_path}: {req['op']}: {exc}") from None
+    answer = json.loads(buf)
+    if not answer.pop("ok", False):
+        sock.close()
+        raise MonitorError(answer.get("error", "unknown error"))
+    sock.settimeout(None)
+    return Stream(sock, answer)
+
+
+def exec_stream(client: MonitorClient, id: str, process: dict, stdin: bool = False) -> Stream:
+    """Interactive exec: frames carry stdin/stdout/stderr/resize; the last frame is the exit status.
+    process["terminal"] = True gives a pty (stdout only; resize works)."""
+    return _open_stream(client, {"op": "exec", "id": id, "process": process, "stream": True, "stdin": stdin})
+
+
+def attach(client: MonitorClient, id: str) -> Stream:
+    """Attach to a container's stdio (stdin needs create(..., stdin=True) or a terminal)."""
+    return _open_stream(client, {"op": "attach", "id": id})
+
+
+MonitorClient.exec_stream = exec_stream
+MonitorClient.attach = attach

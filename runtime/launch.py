@@ -1,0 +1,559 @@
+"""The launcher: turn an OCI runtime spec into a process in its namespaces, ready to exec.
+
+Parent side (the monitor or the CLI; it must be single-threaded):
+    plan = plan_from_spec(spec, bundle, stdio=(0, 1, 2))   # or plan_for_exec(pid, process, spec)
+    proc = Process(plan)          # clone(2) with the new namespaces; the child waits for "go"
+    cgroup.attach(proc.pid)       # optional, while the child waits
+    proc.setup()                  # "go": namespaces, mounts, pivot_root...; raises LaunchError
+    proc.start()                  # "start": drop privileges, execve; raises LaunchError
+    proc.pid                      # the container process, to be reaped by the caller
+Child -> parent messages go over a close-on-exec pipe, one line each:
+    "P <pid>" grandchild pid (after joining a pid namespace), "W <text>" warning, "R" ready,
+    "E <text>" fatal error. EOF after "start" means execve succeeded.
+Everything the child needs from /proc or shared libraries is prepared here first: after pivot_root it can
+no longer import modules or dlopen.
+"""
+from __future__ import annotations
+
+import errno
+import fcntl
+import gc
+import json
+import os
+import resource
+import signal
+import termios
+from dataclasses import dataclass, field
+
+from runtime import caps, linux, rootfs as rootfs_mod, seccomp
+
+DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+
+class LaunchError(Exception):
+    """The container process could not be created or started; the message says why."""
+
+
+@dataclass
+class Plan:
+    """What the child does, validated in the parent so the child has few ways to fail."""
+    spec: dict
+    rootfs: str | None                     # None when joining an existing mount namespace (exec)
+    overlay: dict | None = None
+    clone_flags: int = 0
+    unshare_flags: int = 0                 # namespaces made after the cgroup join (cgroup)
+    join: list[tuple[str, str]] = field(default_factory=list)   # (type, path), pid excluded
+    join_pid: str | None = None
+    stdio: tuple[int, int, int] | None = None
+    console_fd: int | None = None          # pty slave for process.terminal
+    console_path: str | None = None
+    cgroup_v2: bool = False
+    capsets: dict[str, int] | None = None  # computed in the parent: /proc reads are slow in the child
+    last_cap: int = 40
+    seccomp: seccomp.Filter | None = None  # compiled in the parent: the child cannot load libraries
+    warnings: list[str] = field(default_factory=list)
+    uid_map: str | None = None             # for a new user namespace, written by the parent before "go"
+    gid_map: str | None = None
+
+
+def plan_from_spec(spec: dict, bundle: str | None, *, overlay: dict | None = None,
+                   stdio: tuple[int, int, int] | None = None, console_fd: int | None = None) -> Plan:
+    """Validate a spec and compute the namespace plan; raises LaunchError on bad input."""
+    if not isinstance(spec, dict):
+        raise LaunchError("config must be a JSON object")
+    proc = spec.get("process")
+    if not isinstance(proc, dict) or not isinstance(proc.get("args"), list) or not proc["args"] \
+            or not all(isinstance(a, str) for a in proc["args"]):
+        raise LaunchError("process.args must be a non-empty list of strings")
+    if not isinstance(proc.get("cwd", "/"), str) or not proc.get("cwd", "/").startswith("/"):
+        raise LaunchError("process.cwd must be an absolute path")
+    root = spec.get("root") or {}
+    root_path = root.get("path")
+    if not isinstance(root_path, str) or not root_path:
+        raise LaunchError("root.path is required")
+    if not os.path.isabs(root_path):
+        if bundle is None:
+            raise LaunchError("root.path is relative but no bundle directory was given")
+        root_path = os.path.join(bundle, root_path)
+    if not os.path.isdir(root_path):
+        raise LaunchError(f"rootfs {root_path!r} is not a directory")
+    linux_cfg = spec.get("linux") or {}
+    try:
+        overlay = rootfs_mod.check_overlay(overlay)
+    except ValueError as exc:
+        raise LaunchError(str(exc)) from None
+    plan = Plan(spec=spec, rootfs=os.path.realpath(root_path), overlay=overlay, stdio=stdio,
+                console_fd=console_fd)
+    seen = set()
+    for ns in linux_cfg.get("namespaces") or []:
+        kind, path = ns.get("type"), ns.get("path")
+        if kind not in linux.NS_FLAGS:
+            raise LaunchError(f"unknown namespace type {kind!r}")
+        if kind in seen:
+            raise LaunchError(f"namespace {kind!r} listed twice")
+        seen.add(kind)
+        if path:
+            if not os.path.exists(path):
+                raise LaunchError(f"namespace path {path!r} for {kind} does not exist")
+            if kind == "pid":
+                plan.join_pid = path
+            else:
+                plan.join.append((kind, path))
+        elif kind == "cgroup":
+            plan.unshare_flags |= linux.CLONE_NEWCGROUP
+        else:
+            plan.clone_flags |= linux.NS_FLAGS[kind]
+    if "mount" not in seen:
+        raise LaunchError("a mount namespace is required")
+    if plan.clone_flags & linux.CLONE_NEWUSER:
+        if plan.join:
+            raise LaunchError("a new user namespace cannot be combined with joining other namespaces")
+        plan.uid_map = _id_map(linux_cfg.get("uidMappings"), "uidMappings")
+        plan.gid_map = _id_map(linux_cfg.get("gidMappings"), "gidMappings")
+    if any(kind == "mount" for kind, _ in plan.join):
+        plan.rootfs = None
+    if console_fd is not None:
+        plan.console_path = os.ttyname(console_fd)
+    plan.cgroup_v2 = _host()["cgroup_v2"]
+    _plan_caps(plan, proc)
+    for key, what in (("hooks", spec.get("hooks")), ("process.apparmorProfile", proc.get("apparmorProfile")),
+                      ("process.selinuxLabel", proc.get("selinuxLabel")),
+                      ("linux.mountLabel", linux_cfg.get("mountLabel")), ("linux.intelRdt", linux_cfg.get("intelRdt"))):
+        if what:
+            plan.warnings.append(f"{key} is not supported by this runtime: ignored")
+    return plan
+
+
+_HOST_CACHE: dict = {}
+
+
+def _id_map(mappings, name: str) -> str:
+    """OCI uid/gid mappings -> the text written to /proc/<pid>/{uid,gid}_map."""
+    if not isinstance(mappings, list) or not mappings:
+        raise LaunchError(f"a new user namespace needs linux.{name}")
+    lines = []
+    for m in mappings:
+        try:
+            c, h, n = int(m["containerID"]), int(m["hostID"]), int(m["size"])
+        except (KeyError, TypeError, ValueError):
+            raise LaunchError(f"bad linux.{name} entry {m!r}") from None
+        if c < 0 or h < 0 or n <= 0:
+            raise LaunchError(f"bad linux.{name} entry {m!r}")
+        lines.append(f"{c} {h} {n}")
+    return "\n".join(lines) + "\n"
+
+
+def _host() -> dict:
+    """Facts about this host and process that do not change while it runs (read once)."""
+    if not _HOST_CACHE:
+        from runtime import cgroups
+        _HOST_CACHE.update(cgroup_v2=cgroups.detect_version() == 2, last_cap=linux.cap_last_cap(),
+                           permitted=caps.current_permitted())
+    return _HOST_CACHE
+
+
+def _plan_caps(plan: Plan, proc: dict) -> None:
+    """Capability sets, last cap and seccomp filter: everything that needs /proc or libraries."""
+    try:
+        plan.capsets = _cap_sets(proc.get("capabilities"))
+    except ValueError as exc:
+        raise LaunchError(str(exc)) from None
+    plan.last_cap = _host()["last_cap"]
+    profile = (plan.spec.get("linux") or {}).get("seccomp")
+    if profile:
+        try:
+            plan.seccomp = seccomp.compile(profile)
+        except ValueError as exc:
+            raise LaunchError(f"seccomp profile: {exc}") from None
+
+
+def plan_for_exec(target_pid: int, process: dict, spec: dict, *, stdio=None, console_fd=None) -> Plan:
+    """A plan that joins every namespace of target_pid that differs from ours and runs process."""
+    if not isinstance(process, dict) or not process.get("args"):
+        raise LaunchError("exec process.args must be a non-empty list of strings")
+    plan = Plan(spec=dict(spec, process=process), rootfs=None, stdio=stdio, console_fd=console_fd)
+    for kind in ("user", "ipc", "uts", "network", "cgroup", "pid", "mount"):
+        name = linux.NS_PROC_NAMES[kind]
+        target = f"/proc/{target_pid}/ns/{name}"
+        try:
+            if os.readlink(target) == os.readlink(f"/proc/self/ns/{name}"):
+                continue
+        except OSError as exc:
+            raise LaunchError(f"container process {target_pid} is gone: {exc.strerror}") from None
+        if kind == "pid":
+            plan.join_pid = target
+        else:
+            plan.join.append((kind, target))
+    _plan_caps(plan, process)
+    return plan
+
+
+class _Channel:
+    """Line messages from the child."""
+
+    def __init__(self, fd: int):
+        self.fd = fd
+        self.buf = b""
+
+    def read(self) -> tuple[str, str] | None:
+        while b"\n" not in self.buf:
+            try:
+                chunk = os.read(self.fd, 65536)
+            except InterruptedError:
+                continue
+            if not chunk:
+                return None
+            self.buf += chunk
+        line, _, self.buf = self.buf.partition(b"\n")
+        kind, _, payload = line.decode(errors="replace").partition(" ")
+        return kind, payload
+
+
+class Process:
+    """Parent-side handle on a launched container process."""
+
+    def __init__(self, plan: Plan):
+        self.plan = plan
+        self.warnings: list[str] = list(plan.warnings)
+        c2p_r, c2p_w = os.pipe2(os.O_CLOEXEC)
+        p2c_r, p2c_w = os.pipe2(os.O_CLOEXEC)
+        try:
+            pid = linux.clone(plan.clone_flags)
+        except OSError as exc:
+            for fd in (c2p_r, c2p_w, p2c_r, p2c_w):
+                os.close(fd)
+            raise LaunchError(f"clone: {exc.strerror}") from None
+        if pid == 0:  # the child: never returns
+            code = 1
+            try:
+                os.close(c2p_r)
+                os.close(p2c_w)
+                _child(plan, p2c_r, c2p_w)
+            except BaseException as exc:  # noqa: BLE001 - everything must become a message
+                _send(c2p_w, "E", _describe(exc))
+            finally:
+                os._exit(code)
+        os.close(c2p_w)
+        os.close(p2c_r)
+        self.pid = pid
+        self._clone_pid = pid
+        self._chan = _Channel(c2p_r)
+        self._go = p2c_w
+        self._closed = False
+
+    def setup(self) -> None:
+        """Let the child set up namespaces and mounts; returns when it is ready to exec."""
+        if self.plan.uid_map is not None:
+            try:
+                for name, text in (("uid_map", self.plan.uid_map), ("gid_map", self.plan.gid_map)):
+                    with open(f"/proc/{self.pid}/{name}", "w") as f:
+                        f.write(text)
+            except OSError as exc:
+                self._fail(f"writing user namespace mappings: {exc.strerror}")
+        self._send("G")
+        # after joining a pid namespace the grandchild's "R" may overtake the intermediate's "P"
+        need_pid = self.plan.join_pid is not None
+        ready = False
+        while need_pid or not ready:
+            msg = self._chan.read()
+            if msg is None:
+                self._fail("container process exited during set-up")
+            kind, payload = msg
+            if kind == "P":
+                self.pid = int(payload)
+                need_pid = False
+                _reap(self._clone_pid)
+            elif kind == "W":
+                self.warnings.append(payload)
+            elif kind == "R":
+                ready = True
+            elif kind == "E":
+                self._fail(payload)
+
+    def start(self) -> None:
+        """Let the child exec; returns once execve succeeded."""
+        self._send("S")
+        while True:
+            msg = self._chan.read()
+            if msg is None:
+                self.close()
+                return
+            kind, payload = msg
+            if kind == "W":
+                self.warnings.append(payload)
+            elif kind == "E":
+                self._fail(payload)
+
+    def abort(self) -> None:
+        """Kill a not-yet-started child and reap it."""
+        try:
+            os.kill(self.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        self.close()
+        _reap(self.pid)
+
+    def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            os.close(self._chan.fd)
+            os.close(self._go)
+            if self.plan.seccomp is not None:
+                self.plan.seccomp.release()
+                self.plan.seccomp = None
+
+    def _send(self, what: str) -> None:
+        try:
+            os.write(self._go, what.encode())
+        except BrokenPipeError:
+            pass
+
+    def _fail(self, message: str):
+        self.abort()
+        raise LaunchError(message)
+
+
+def _reap(pid: int) -> None:
+    try:
+        os.waitpid(pid, 0)
+    except ChildProcessError:
+        pass
+
+
+def _send(fd: int, kind: str, payload: str = "") -> None:
+    os.write(fd, f"{kind} {payload.replace(chr(10), ' ')}\n".encode())
+
+
+def _describe(exc: BaseException) -> str:
+    stage = getattr(exc, "stage", None)
+    if isinstance(exc, OSError) and exc.strerror:
+        text = f"{exc.filename}: {exc.strerror}" if exc.filename else exc.strerror
+    else:
+        text = str(exc) or type(exc).__name__
+    return f"{stage}: {text}" if stage else text
+
+
+class _Stage:
+    """Context manager that tags an exception with the set-up stage it happened in."""
+
+    def __init__(self, name: str):
+        self.name = name
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, et, exc, tb):
+        if exc is not None and not hasattr(exc, "stage"):
+            try:
+                exc.stage = self.name
+            except AttributeError:
+                pass
+        return False
+
+
+def _wait_byte(fd: int, want: bytes) -> None:
+    while True:
+        try:
+            b = os.read(fd, 1)
+        except InterruptedError:
+            continue
+        if b == want:
+            return
+        os._exit(1)  # the parent went away or aborted: never exec
+
+
+def _child(plan: Plan, p2c: int, c2p: int) -> None:
+    gc.disable()  # a collection would touch (and copy-on-write) every page of the parent's heap
+    signal.set_wakeup_fd(-1)
+    for sig in (signal.SIGPIPE, signal.SIGXFSZ, signal.SIGINT, signal.SIGTERM, signal.SIGCHLD, signal.SIGHUP):
+        signal.signal(sig, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_SETMASK, [])
+    _wait_byte(p2c, b"G")
+    spec = plan.spec
+    proc = spec["process"]
+    lin = spec.get("linux") or {}
+
+    with _Stage("joining namespaces"):
+        # open every path first: joining the mount namespace changes what the paths mean
+        fds = [(kind, os.open(path, os.O_RDONLY | os.O_CLOEXEC)) for kind, path in plan.join]
+        pid_fd = os.open(plan.join_pid, os.O_RDONLY | os.O_CLOEXEC) if plan.join_pid else -1
+        order = {"user": 0, "mount": 2}  # the user namespace first (it owns the others), mount last
+        for kind, fd in sorted(fds, key=lambda kf: order.get(kf[0], 1)):
+            linux.setns(fd, linux.NS_FLAGS[kind])
+            os.close(fd)
+        if plan.uid_map is not None:
+            # become root of the new user namespace: host root is unmapped there, so file creation
+            # (mkdir, mknod) would fail with EOVERFLOW
+            try:
+                os.setresgid(0, 0, 0)
+                os.setresuid(0, 0, 0)
+                os.setgroups([])
+            except OSError as exc:
+                if exc.errno != errno.EINVAL:  # 0 not mapped: stay as we are
+                    raise
+        if plan.unshare_flags:
+            linux.unshare(plan.unshare_flags)
+        if pid_fd >= 0:
+            linux.setns(pid_fd, linux.CLONE_NEWPID)
+            os.close(pid_fd)
+            pid = os.fork()
+            if pid:
+                _send(c2p, "P", str(pid))
+                os._exit(0)
+
+    if plan.rootfs is not None:
+        _setup_rootfs(plan, spec, lin)
+
+    with _Stage("setting hostname"):
+        if spec.get("hostname") and plan.clone_flags & linux.CLONE_NEWUTS:
+            linux.sethostname(spec["hostname"])
+        if spec.get("domainname") and plan.clone_flags & linux.CLONE_NEWUTS:
+            linux.setdomainname(spec["domainname"])
+    with _Stage("setting rlimits"):
+        for rl in proc.get("rlimits") or []:
+            res = getattr(resource, str(rl.get("type", "")), None)
+            if not isinstance(res, int) or not str(rl["type"]).startswith("RLIMIT_"):
+                raise ValueError(f"unknown rlimit {rl.get('type')!r}")
+            resource.setrlimit(res, (_rlim(rl.get("soft")), _rlim(rl.get("hard"))))
+    if proc.get("oomScoreAdj") is not None:
+        try:
+            with open("/proc/self/oom_score_adj", "w") as f:
+                f.write(str(int(proc["oomScoreAdj"])))
+        except OSError as exc:
+            if exc.errno not in (errno.EPERM, errno.EACCES):
+                raise
+            _send(c2p, "W", f"oom_score_adj {proc['oomScoreAdj']} not applied: {exc.strerror}")
+
+    with _Stage("setting up stdio"):
+        _setup_stdio(plan, proc)
+    env = [e for e in proc.get("env") or [] if isinstance(e, str) and "=" in e]
+    env_map = dict(e.split("=", 1) for e in env)
+    with _Stage("resolving the executable"):
+        path = _find_executable(proc["args"][0], env_map.get("PATH", DEFAULT_PATH))
+    cwd = proc.get("cwd") or "/"
+    with _Stage(f"changing to cwd {cwd!r}"):
+        os.chdir(cwd)
+    filt = plan.seccomp
+    user = proc.get("user") or {}
+    os.umask(int(user.get("umask", 0o022)))
+
+    _send(c2p, "R")
+    _wait_byte(p2c, b"S")
+
+    nnp = bool(proc.get("noNewPrivileges"))
+    if filt is not None and not nnp:
+        with _Stage("loading seccomp"):
+            filt.load()
+    with _Stage("dropping privileges"):
+        _drop_privileges(user, plan.capsets, plan.last_cap)
+    if nnp:
+        linux.prctl(linux.PR_SET_NO_NEW_PRIVS, 1)
+    if filt is not None and nnp:
+        with _Stage("loading seccomp"):
+            filt.load()
+    with _Stage("exec"):
+        os.closerange(3, c2p)
+        os.closerange(c2p + 1, 65536)
+        os.execve(path, proc["args"], env_map)
+
+
+def _setup_rootfs(plan: Plan, spec: dict, lin: dict) -> None:
+    rootfs = plan.rootfs
+    with _Stage("mounting rootfs"):
+        rootfs_mod.mount_rootfs(rootfs, plan.overlay, lin.get("rootfsPropagation"))
+    dev_is_ours = False
+    for m in spec.get("mounts") or []:
+        with _Stage(f"mounting {m.get('destination')}"):
+            rootfs_mod.mount_one(rootfs, m, plan.cgroup_v2)
+            if m.get("destination") == "/dev" and m.get("type") != "bind":
+                dev_is_ours = True
+    with _Stage("creating devices"):
+        rootfs_mod.create_devices(rootfs, lin.get("devices") or [], dev_is_ours,
+                                  bind=bool(plan.clone_flags & linux.CLONE_NEWUSER))
+        if plan.console_path:
+            rootfs_mod.bind_console(rootfs, plan.console_path)
+    with _Stage("pivot_root"):
+        rootfs_mod.pivot(rootfs)
+    with _Stage("writing sysctls"):  # before /proc/sys becomes read-only
+        rootfs_mod.write_sysctls(lin.get("sysctl") or {})
+    with _Stage("masking paths"):
+        rootfs_mod.mask_paths(lin.get("maskedPaths") or [])
+    with _Stage("making paths read-only"):
+        rootfs_mod.readonly_paths(lin.get("readonlyPaths") or [])
+    if (spec.get("root") or {}).get("readonly"):
+        with _Stage("remounting rootfs read-only"):
+            rootfs_mod.remount_ro("/")
+    prop = lin.get("rootfsPropagation")
+    if prop in ("shared", "rshared", "slave", "rslave", "unbindable", "runbindable", "private"):
+        linux.mount(None, "/", None, rootfs_mod._PROPAGATION[prop])
+
+
+def _setup_stdio(plan: Plan, proc: dict) -> None:
+    if proc.get("terminal") and plan.console_fd is not None:
+        os.setsid()
+        fcntl.ioctl(plan.console_fd, termios.TIOCSCTTY, 0)
+        for i in range(3):
+            os.dup2(plan.console_fd, i)
+    elif plan.stdio is not None:
+        # dup to high numbers first so that swapping 0/1/2 around cannot clobber a source
+        tmp = [fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 100) for fd in plan.stdio]
+        for i, fd in enumerate(tmp):
+            os.dup2(fd, i)
+
+
+def _find_executable(arg0: str, path_var: str) -> str:
+    if "/" in arg0:
+        if not os.path.exists(arg0):
+            raise FileNotFoundError(errno.ENOENT, f'exec: "{arg0}": no such file or directory')
+        if not os.access(arg0, os.X_OK) or os.path.isdir(arg0):
+            raise PermissionError(errno.EACCES, f'exec: "{arg0}": permission denied')
+        return arg0
+    for d in path_var.split(":"):
+        cand = os.path.join(d or ".", arg0)
+        if os.path.isfile(cand) and os.access(cand, os.X_OK):
+            return cand
+    raise FileNotFoundError(errno.ENOENT, f'exec: "{arg0}": executable file not found in $PATH')
+
+
+def _rlim(v) -> int:
+    if v is None or int(v) >= 2**63 - 1 or int(v) < 0:
+        return resource.RLIM_INFINITY
+    return int(v)
+
+
+def _cap_sets(spec_caps: dict | None) -> dict[str, int] | None:
+    if spec_caps is None:
+        return None
+    have = _host()["permitted"]
+    return {k: caps.mask(spec_caps.get(k)) & have
+            for k in ("bounding", "effective", "permitted", "inheritable", "ambient")}
+
+
+def _drop_privileges(user: dict, capset: dict[str, int] | None, last_cap: int) -> None:
+    uid, gid = int(user.get("uid", 0)), int(user.get("gid", 0))
+    if capset is not None:
+        for cap in range(last_cap + 1):
+            if not capset["bounding"] & (1 << cap):
+                linux.prctl(linux.PR_CAPBSET_DROP, cap)
+    linux.prctl(linux.PR_SET_KEEPCAPS, 1)
+    os.setgroups([int(g) for g in user.get("additionalGids") or []])
+    os.setresgid(gid, gid, gid)
+    os.setresuid(uid, uid, uid)
+    linux.prctl(linux.PR_SET_KEEPCAPS, 0)
+    if capset is not None:
+        linux.capset(capset["effective"], capset["permitted"], capset["inheritable"])
+        linux.prctl(linux.PR_CAP_AMBIENT, linux.PR_CAP_AMBIENT_CLEAR_ALL)
+        for cap in range(last_cap + 1):
+            if capset["ambient"] & (1 << cap):
+                linux.prctl(linux.PR_CAP_AMBIENT, linux.PR_CAP_AMBIENT_RAISE, cap)
+
+
+def spec_json(path: str) -> dict:
+    """Read a bundle's config.json with a clear error."""
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except FileNotFoundError:
+        raise LaunchError(f"{path} not found") from None
+    except (OSError, ValueError) as exc:
+        raise LaunchError(f"cannot read {path}: {exc}") from None

@@ -1,0 +1,228 @@
+"""Thin ctypes wrappers over the Linux syscalls the launcher needs (x86_64 and aarch64).
+
+Every wrapper raises OSError(errno, message) on failure, so callers get one error type.
+"""
+from __future__ import annotations
+
+import ctypes
+import os
+import platform
+
+libc = ctypes.CDLL(None, use_errno=True)
+libc.syscall.restype = ctypes.c_long
+
+CLONE_NEWNS = 0x00020000
+CLONE_NEWCGROUP = 0x02000000
+CLONE_NEWUTS = 0x04000000
+CLONE_NEWIPC = 0x08000000
+CLONE_NEWUSER = 0x10000000
+CLONE_NEWPID = 0x20000000
+CLONE_NEWNET = 0x40000000
+CLONE_NEWTIME = 0x00000080
+
+NS_FLAGS = {
+    "mount": CLONE_NEWNS, "pid": CLONE_NEWPID, "network": CLONE_NEWNET, "ipc": CLONE_NEWIPC,
+    "uts": CLONE_NEWUTS, "cgroup": CLONE_NEWCGROUP, "user": CLONE_NEWUSER, "time": CLONE_NEWTIME,
+}
+# /proc/<pid>/ns/<name> for each OCI namespace type
+NS_PROC_NAMES = {
+    "mount": "mnt", "pid": "pid", "network": "net", "ipc": "ipc", "uts": "uts",
+    "cgroup": "cgroup", "user": "user", "time": "time",
+}
+
+MS_RDONLY = 1
+MS_NOSUID = 2
+MS_NODEV = 4
+MS_NOEXEC = 8
+MS_SYNCHRONOUS = 16
+MS_REMOUNT = 32
+MS_MANDLOCK = 64
+MS_DIRSYNC = 128
+MS_NOSYMFOLLOW = 256
+MS_NOATIME = 1024
+MS_NODIRATIME = 2048
+MS_BIND = 4096
+MS_MOVE = 8192
+MS_REC = 16384
+MS_SILENT = 32768
+MS_UNBINDABLE = 1 << 17
+MS_PRIVATE = 1 << 18
+MS_SLAVE = 1 << 19
+MS_SHARED = 1 << 20
+MS_RELATIME = 1 << 21
+MS_STRICTATIME = 1 << 24
+MS_LAZYTIME = 1 << 25
+
+MNT_DETACH = 2
+
+PR_SET_PDEATHSIG = 1
+PR_SET_KEEPCAPS = 8
+PR_SET_NAME = 15
+PR_CAPBSET_DROP = 24
+PR_SET_NO_NEW_PRIVS = 38
+PR_SET_CHILD_SUBREAPER = 36
+PR_CAP_AMBIENT = 47
+PR_CAP_AMBIENT_RAISE = 2
+PR_CAP_AMBIENT_CLEAR_ALL = 4
+
+_ARCH = platform.machine()
+if _ARCH == "x86_64":
+    SYS = {"clone": 56, "pivot_root": 155, "capget": 125, "capset": 126, "setns": 308,
+           "pidfd_open": 434, "gettid": 186, "mount_setattr": 442}
+elif _ARCH == "aarch64":
+    SYS = {"clone": 220, "pivot_root": 41, "capget": 90, "capset": 91, "setns": 268,
+           "pidfd_open": 434, "gettid": 178, "mount_setattr": 442}
+else:  # pragma: no cover - we only ship for these two
+    raise ImportError(f"runtime.linux: unsupported architecture {_ARCH}")
+
+
+def _check(ret: int, what: str) -> int:
+    if ret < 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"{what}: {os.strerror(err)}")
+    return ret
+
+
+def clone(flags: int) -> int:
+    """fork()-like clone(2) with namespace flags; returns 0 in the child, the child pid in the parent.
+
+    Only safe from a single-threaded process: no atfork handlers run.
+    """
+    import signal
+    # no stack (child continues on a copy, like fork) and no tid/tls pointers: the argument order that
+    # differs between x86_64 and aarch64 does not matter when they are all NULL
+    ret = libc.syscall(SYS["clone"], ctypes.c_ulong(flags | signal.SIGCHLD), None, None, None, None)
+    return _check(ret, "clone")
+
+
+def unshare(flags: int) -> None:
+    _check(libc.unshare(ctypes.c_int(flags)), "unshare")
+
+
+def setns(fd: int, nstype: int = 0) -> None:
+    _check(libc.setns(ctypes.c_int(fd), ctypes.c_int(nstype)), "setns")
+
+
+def mount(source: str | None, target: str, fstype: str | None, flags: int = 0, data: str | None = None) -> None:
+    ret = libc.mount(_b(source), _b(target), _b(fstype), ctypes.c_ulong(flags), _b(data))
+    if ret < 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"mount {source!r} on {target!r} (type {fstype!r}, flags {flags:#x}, "
+                           f"data {data!r}): {os.strerror(err)}")
+
+
+MOUNT_ATTR_RDONLY = 0x1
+MOUNT_ATTR_NOSUID = 0x2
+MOUNT_ATTR_NODEV = 0x4
+MOUNT_ATTR_NOEXEC = 0x8
+_AT_FDCWD = -100
+_AT_RECURSIVE = 0x8000
+
+
+class _MountAttr(ctypes.Structure):
+    _fields_ = [("attr_set", ctypes.c_uint64), ("attr_clr", ctypes.c_uint64),
+                ("propagation", ctypes.c_uint64), ("userns_fd", ctypes.c_uint64)]
+
+
+def mount_setattr_recursive(path: str, attr_set: int) -> None:
+    """Set mount attributes on path and every mount below it (Linux >= 5.12)."""
+    attr = _MountAttr(attr_set, 0, 0, 0)
+    _check(libc.syscall(SYS["mount_setattr"], ctypes.c_int(_AT_FDCWD), _b(path), ctypes.c_uint(_AT_RECURSIVE),
+                        ctypes.byref(attr), ctypes.c_size_t(ctypes.sizeof(attr))), f"mount_setattr {path!r}")
+
+
+def umount2(target: str, flags: int = 0) -> None:
+    _check(libc.umount2(_b(target), ctypes.c_int(flags)), f"umount {target!r}")
+
+
+def pivot_root(new_root: str, put_old: str) -> None:
+    _check(libc.syscall(SYS["pivot_root"], _b(new_root), _b(put_old)), "pivot_root")
+
+
+def sethostname(name: str) -> None:
+    raw = name.encode()
+    _check(libc.sethostname(raw, ctypes.c_size_t(len(raw))), "sethostname")
+
+
+def setdomainname(name: str) -> None:
+    raw = name.encode()
+    _check(libc.setdomainname(raw, ctypes.c_size_t(len(raw))), "setdomainname")
+
+
+def prctl(option: int, arg2: int = 0, arg3: int = 0, arg4: int = 0, arg5: int = 0) -> int:
+    return _check(libc.prctl(ctypes.c_int(option), ctypes.c_ulong(arg2), ctypes.c_ulong(arg3),
+                             ctypes.c_ulong(arg4), ctypes.c_ulong(arg5)), f"prctl({option})")
+
+
+def set_comm(name: str) -> None:
+    """Set the process name shown by ps/top (15 bytes max)."""
+    libc.prctl(ctypes.c_int(PR_SET_NAME), ctypes.c_char_p(name.encode()[:15]), ctypes.c_ulong(0),
+               ctypes.c_ulong(0), ctypes.c_ulong(0))
+
+
+class _CapHeader(ctypes.Structure):
+    _fields_ = [("version", ctypes.c_uint32), ("pid", ctypes.c_int)]
+
+
+class _CapData(ctypes.Structure):
+    _fields_ = [("effective", ctypes.c_uint32), ("permitted", ctypes.c_uint32),
+                ("inheritable", ctypes.c_uint32)]
+
+
+_CAP_V3 = 0x20080522
+
+
+def capset(effective: int, permitted: int, inheritable: int) -> None:
+    """Set the calling thread's capability sets (64-bit masks)."""
+    hdr = _CapHeader(_CAP_V3, 0)
+    data = (_CapData * 2)()
+    for i in range(2):
+        shift = 32 * i
+        data[i].effective = (effective >> shift) & 0xFFFFFFFF
+        data[i].permitted = (permitted >> shift) & 0xFFFFFFFF
+        data[i].inheritable = (inheritable >> shift) & 0xFFFFFFFF
+    _check(libc.syscall(SYS["capset"], ctypes.byref(hdr), data), "capset")
+
+
+def cap_last_cap() -> int:
+    try:
+        with open("/proc/sys/kernel/cap_last_cap") as f:
+            return int(f.read())
+    except OSError:
+        return 40
+
+
+def pidfd_open(pid: int) -> int:
+    return _check(libc.syscall(SYS["pidfd_open"], ctypes.c_int(pid), ctypes.c_uint(0)), "pidfd_open")
+
+
+def _b(s: str | None) -> bytes | None:
+    return None if s is None else os.fsencode(s)
+
+
+def proc_start_time(pid: int) -> int | None:
+    """Field 22 of /proc/<pid>/stat (start time in clock ticks since boot), None when the pid is gone.
+
+    A (pid, start_time) pair identifies a process across pid reuse.
+    """
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            raw = f.read()
+    except OSError:
+        return None
+    # the comm field may contain spaces and parentheses: split after the last ')'
+    fields = raw[raw.rindex(b")") + 2:].split()
+    return int(fields[19])
+
+
+def is_alive(pid: int, start_time: int | None) -> bool:
+    """True when the process pid still exists, is not a zombie, and has the recorded start time."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            raw = f.read()
+    except OSError:
+        return False
+    rest = raw[raw.rindex(b")") + 2:].split()
+    if rest[0] in (b"Z", b"X"):
+        return False
+    return start_time is None or int(rest[19]) == start_time

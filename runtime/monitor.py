@@ -1,0 +1,948 @@
+"""The per-pod monitor: a single-threaded, detached child subreaper that forks, reaps and logs containers.
+
+Protocol (unix socket <state_dir>/monitor.sock): one JSON object per line each way. A request is
+{"op": ..., ...}; the answer is {"ok": true, ...} or {"ok": false, "error": "..."}. A connection may send
+several requests; answers come in order. "wait" and "exec" answer when the process ends.
+See docs/runtime.md for the ops.
+"""
+from __future__ import annotations
+
+import base64
+import errno
+import fcntl
+import gc
+import json
+import os
+import selectors
+import signal
+import socket
+import struct
+import termios
+import time
+
+from runtime import cgroups, frames, jsonlog, launch, linux, state
+from runtime.frames import CH_CLOSE_STDIN, CH_EXIT, CH_RESIZE, CH_STDERR, CH_STDIN, CH_STDOUT, frame
+from runtime.logfile import DEFAULT_MAX_LINE, LogFile
+
+LOG_PATH_ANNOTATION = "io.pycri.log-path"
+SOCKET_NAME = "monitor.sock"
+DEFAULT_OUTPUT_CAP = 16 * 1024 * 1024
+log = jsonlog.get_logger("runtime.monitor")
+
+
+class RequestError(Exception):
+    """A request the monitor refuses; the message goes back to the client."""
+
+
+def _nonblock(fd: int) -> None:
+    fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) | os.O_NONBLOCK)
+
+
+_TIOCGPTN, _TIOCSPTLCK = 0x80045430, 0x40045431
+
+
+def _container_pty(pid: int) -> tuple[int, int]:
+    """A pty pair from the container's own devpts (so `tty` names it inside), else from the host's."""
+    root = f"/proc/{pid}/root/dev"
+    try:
+        master = os.open(f"{root}/ptmx", os.O_RDWR | os.O_NOCTTY | os.O_CLOEXEC)
+    except OSError:
+        master, slave = os.openpty()
+        os.set_inheritable(master, False)
+        return master, slave
+    try:
+        fcntl.ioctl(master, _TIOCSPTLCK, struct.pack("i", 0))
+        n = struct.unpack("i", fcntl.ioctl(master, _TIOCGPTN, b"\0" * 4))[0]
+        slave = os.open(f"{root}/pts/{n}", os.O_RDWR | os.O_NOCTTY | os.O_CLOEXEC)
+    except OSError:
+        os.close(master)
+        raise
+    return master, slave
+
+
+def _signum(sig) -> int:
+    if isinstance(sig, int) and 0 < sig < 65:
+        return sig
+    if isinstance(sig, str):
+        name = sig.upper()
+        if name.isdigit():
+            return _signum(int(name))
+        name = name if name.startswith("SIG") else "SIG" + name
+        if hasattr(signal.Signals, name):
+            return int(signal.Signals[name])
+    raise RequestError(f"bad signal {sig!r}")
+
+
+_STREAM_CH = {"stdout": CH_STDOUT, "stderr": CH_STDERR}
+STREAM_OUTBUF_MAX = 8 * 1024 * 1024
+
+
+class Conn:
+    def __init__(self, sock: socket.socket):
+        self.sock = sock
+        self.inbuf = b""
+        self.outbuf = b""
+        self.closed = False
+        self.stream = None          # Container or Exec once the connection carries frames
+        self.close_when_flushed = False
+        self.dropped = 0            # output bytes dropped because the client read too slowly
+
+
+class Container:
+    def __init__(self, cid: str, bundle: str, spec: dict, sdir: str):
+        self.id = cid
+        self.bundle = bundle
+        self.spec = spec
+        self.dir = sdir
+        self.pid = 0
+        self.start_time: int | None = None
+        self.status = "creating"
+        self.proc: launch.Process | None = None
+        self.cgroup: cgroups.Cgroup | None = None
+        self.oom_base = 0
+        self.log: LogFile | None = None
+        self.log_path: str | None = None
+        self.outputs: dict[int, str] = {}     # read fd -> stream name
+        self.stdin_w: int | None = None
+        self.master: int | None = None        # pty master (terminal)
+        self.waiters: list[Conn] = []
+        self.attached: list[Conn] = []
+        self.stdin_pending = b""
+        self.stdin_eof = False
+        self.exit: dict | None = None
+        self.created_at = time.time_ns()
+        self.started_at = 0
+
+    def record(self) -> dict:
+        return {"id": self.id, "pid": self.pid, "start_time": self.start_time, "status": self.status,
+                "bundle": self.bundle, "created_at": self.created_at, "started_at": self.started_at,
+                "cgroup": self.cgroup.path if self.cgroup else None, "log_path": self.log_path}
+
+
+class Exec:
+    def __init__(self, conn: Conn, container: Container, cap: int, deadline: float | None):
+        self.conn = conn
+        self.container = container
+        self.cap = cap
+        self.deadline = deadline
+        self.pid = 0
+        self.out = {"stdout": bytearray(), "stderr": bytearray()}
+        self.truncated = False
+        self.fds: dict[int, str] = {}
+        self.status: int | None = None
+        self.timed_out = False
+        self.stream: Conn | None = None     # interactive exec: output goes here as frames
+        self.stdin_w: int | None = None
+        self.master: int | None = None
+        self.stdin_pending = b""
+        self.stdin_eof = False
+
+
+class Monitor:
+    def __init__(self, state_dir: str, pod_id: str = ""):
+        self.state_dir = os.path.abspath(state_dir)
+        self.pod_id = pod_id
+        self.sel = selectors.DefaultSelector()
+        self.containers: dict[str, Container] = {}
+        self.execs: dict[int, Exec] = {}
+        self.running = True
+        self.log = log.bind(pod_id=pod_id)
+
+    # ---------------------------------------------------------------- set-up and loop
+    def bind(self) -> None:
+        os.makedirs(self.state_dir, mode=0o700, exist_ok=True)
+        path = os.path.join(self.state_dir, SOCKET_NAME)
+        if len(path.encode()) > 107:
+            raise ValueError(f"socket path too long for AF_UNIX: {path}")
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            pass
+        self.lsock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+        self.lsock.bind(path)
+        os.chmod(path, 0o600)
+        self.lsock.listen(64)
+        self.lsock.setblocking(False)
+        self.sel.register(self.lsock, selectors.EVENT_READ, "listen")
+        linux.prctl(linux.PR_SET_CHILD_SUBREAPER, 1)
+        r, w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
+        self.wake_r = r
+        signal.set_wakeup_fd(w, warn_on_full_buffer=False)
+        signal.signal(signal.SIGCHLD, lambda *_: None)
+        for s in (signal.SIGPIPE, signal.SIGHUP, signal.SIGINT, signal.SIGTERM):
+            signal.signal(s, signal.SIG_IGN)
+        self.sel.register(r, selectors.EVENT_READ, "signal")
+        state.write_json(os.path.join(self.state_dir, "monitor.json"),
+                         {"pid": os.getpid(), "start_time": linux.proc_start_time(os.getpid()),
+                          "pod_id": self.pod_id})
+        self.log.info("monitor.listening", socket=path, pid=os.getpid())
+        gc.freeze()  # start-up objects: never scanned again, so clones copy fewer pages
+
+    def serve_forever(self) -> None:
+        while self.running:
+            timeout = None
+            deadlines = [e.deadline for e in self.execs.values() if e.deadline and not e.timed_out]
+            if deadlines:
+                timeout = max(0.0, min(deadlines) - time.monotonic())
+            if self._pending_stdin():
+                timeout = 0.01 if timeout is None else min(timeout, 0.01)
+            for key, mask in self.sel.select(timeout):
+                try:
+                    self._dispatch(key, mask)
+                except Exception:  # noqa: BLE001 - keep serving the pod's other containers
+                    self.log.exception("monitor.event_failed")
+            self._check_deadlines()
+        self._cleanup()
+
+    def _dispatch(self, key, mask) -> None:
+        tag = key.data
+        if tag == "listen":
+            try:
+                sock, _ = self.lsock.accept()
+            except BlockingIOError:
+                return
+            sock.setblocking(False)
+            conn = Conn(sock)
+            self.sel.register(sock, selectors.EVENT_READ, conn)
+        elif tag == "signal":
+            try:
+                while os.read(self.wake_r, 4096):
+                    pass
+            except BlockingIOError:
+                pass
+            self._reap()
+        elif isinstance(tag, Conn):
+            if tag.closed:
+                return
+            if mask & selectors.EVENT_READ:
+                self._conn_read(tag)
+            if mask & selectors.EVENT_WRITE and not tag.closed:
+                self._conn_flush(tag)
+        elif isinstance(tag, tuple):
+            fd, owner, stream = tag
+            fds = owner.outputs if isinstance(owner, Container) else owner.fds
+            if fd in fds:  # an earlier event of this batch may have closed it
+                self._output(fd, owner, stream)
+
+    # ---------------------------------------------------------------- clients
+    def _conn_read(self, conn: Conn) -> None:
+        try:
+            data = conn.sock.recv(65536)
+        except BlockingIOError:
+            return
+        except OSError:
+            data = b""
+        if not data:
+            self._conn_close(conn)
+            return
+        conn.inbuf += data
+        if conn.stream is not None:
+            self._stream_read(conn)
+            return
+        if len(conn.inbuf) > 16 * 1024 * 1024:
+            self._reply(conn, {"ok": False, "error": "request too large"})
+            self._conn_close(conn)
+            return
+        while b"\n" in conn.inbuf and not conn.closed and conn.stream is None:
+            line, _, conn.inbuf = conn.inbuf.partition(b"\n")
+            self._handle(conn, line)
+        if conn.stream is not None and conn.inbuf:
+            self._stream_read(conn)
+
+    def _handle(self, conn: Conn, line: bytes) -> None:
+        try:
+            req = json.loads(line)
+            if not isinstance(req, dict):
+                raise RequestError("request must be a JSON object")
+            op = req.get("op")
+            handler = getattr(self, f"op_{op}", None) if isinstance(op, str) and op.isidentifier() else None
+            if handler is None:
+                raise RequestError(f"unknown op {op!r}")
+            result = handler(conn, req)
+        except (RequestError, launch.LaunchError, cgroups.CgroupError, ValueError, TypeError, KeyError) as exc:
+            self._reply(conn, {"ok": False, "error": str(exc)})
+            return
+        except Exception as exc:  # noqa: BLE001 - one bad request must not kill the pod's monitor
+            self.log.exception("monitor.request_failed", line=line[:200].decode(errors="replace"))
+            self._reply(conn, {"ok": False, "error": f"internal error: {type(exc).__name__}: {exc}"})
+            return
+        if result is not None:
+            self._reply(conn, {"ok": True, **result})
+
+    def _reply(self, conn: Conn, obj: dict) -> None:
+        if conn.closed:
+            return
+        conn.outbuf += json.dumps(obj).encode() + b"\n"
+        self._conn_flush(conn)
+
+    def _conn_flush(self, conn: Conn) -> None:
+        try:
+            while conn.outbuf:
+                n = conn.sock.send(conn.outbuf)
+                conn.outbuf = conn.outbuf[n:]
+        except BlockingIOError:
+            pass
+        except OSError:
+            self._conn_close(conn)
+            return
+        if not conn.outbuf and conn.close_when_flushed:
+            self._conn_close(conn)
+            return
+        events = selectors.EVENT_READ | (selectors.EVENT_WRITE if conn.outbuf else 0)
+        self.sel.modify(conn.sock, events, conn)
+
+    def _conn_close(self, conn: Conn) -> None:
+        if not conn.closed:
+            conn.closed = True
+            self.sel.unregister(conn.sock)
+            conn.sock.close()
+            if isinstance(conn.stream, Container) and conn in conn.stream.attached:
+                conn.stream.attached.remove(conn)
+            elif isinstance(conn.stream, Exec) and conn.stream.stream is conn:
+                conn.stream.stream = None  # the exec keeps running; its output is dropped
+
+    # ---------------------------------------------------------------- streams
+    def _stream_send(self, conn: Conn, channel: int, payload: bytes) -> None:
+        if conn.closed:
+            return
+        if channel in (CH_STDOUT, CH_STDERR) and len(conn.outbuf) > STREAM_OUTBUF_MAX:
+            conn.dropped += len(payload)
+            return
+        conn.outbuf += frame(channel, payload)
+        self._conn_flush(conn)
+
+    def _stream_end(self, conn: Conn, exit_info: dict) -> None:
+        if conn.closed:
+            return
+        self._stream_send(conn, CH_EXIT, json.dumps({**exit_info, "dropped": conn.dropped}).encode())
+        conn.close_when_flushed = True
+        self._conn_flush(conn)
+
+    def _stream_read(self, conn: Conn) -> None:
+        target = conn.stream
+        try:
+            got, conn.inbuf = frames.split(conn.inbuf)
+        except ValueError:
+            self._conn_close(conn)
+            return
+        for channel, payload in got:
+            if channel == CH_STDIN:
+                target.stdin_pending += payload
+                self._flush_stdin(target)
+            elif channel == CH_CLOSE_STDIN:
+                if target.master is not None and target.stdin_w is None:
+                    target.stdin_pending += b"\x04"  # EOF on a terminal is ^D
+                    self._flush_stdin(target)
+                elif target.stdin_w is not None:
+                    target.stdin_eof = True  # closed once what is pending has been written
+                    self._flush_stdin(target)
+            elif channel == CH_RESIZE and target.master is not None:
+                try:
+                    size_req = json.loads(payload)
+                    fcntl.ioctl(target.master, termios.TIOCSWINSZ,
+                                struct.pack("HHHH", int(size_req["height"]), int(size_req["width"]), 0, 0))
+                except (ValueError, KeyError, TypeError, OSError):
+                    pass
+
+    def _flush_stdin(self, target) -> None:
+        fd = target.master if target.master is not None else target.stdin_w
+        if fd is None:
+            target.stdin_pending = b""
+            return
+        try:
+            while target.stdin_pending:
+                n = os.write(fd, target.stdin_pending[:65536])
+                target.stdin_pending = target.stdin_pending[n:]
+        except BlockingIOError:
+            return
+        except OSError:
+            target.stdin_pending = b""  # the reader is gone
+        if target.stdin_eof and target.stdin_w is not None and not target.stdin_pending:
+            os.close(target.stdin_w)
+            target.stdin_w = None
+
+    def _pending_stdin(self) -> bool:
+        pending = False
+        for t in list(self.containers.values()) + list(self.execs.values()):
+            if t.stdin_pending:
+                self._flush_stdin(t)
+                pending = pending or bool(t.stdin_pending)
+        return pending
+
+    # ---------------------------------------------------------------- ops
+    def _get(self, req: dict) -> Container:
+        cid = state.check_id(req.get("id"))
+        c = self.containers.get(cid)
+        if c is None:
+            raise RequestError(f"container {cid} not found")
+        return c
+
+    def op_ping(self, conn, req):
+        return {"pid": os.getpid(), "containers": sorted(self.containers)}
+
+    def op_create(self, conn, req):
+        cid = state.check_id(req.get("id"))
+        if cid in self.containers:
+            raise RequestError(f"container {cid} already exists")
+        bundle = req.get("bundle")
+        if not isinstance(bundle, str) or not os.path.isabs(bundle):
+            raise RequestError("bundle must be an absolute path")
+        spec = launch.spec_json(os.path.join(bundle, "config.json"))
+        sdir = os.path.join(self.state_dir, cid)
+        if os.path.exists(sdir):
+            raise RequestError(f"container {cid} has state left in {sdir}; delete it first")
+        c = Container(cid, bundle, spec, sdir)
+        try:
+            self._create(c, req)
+        except BaseException:
+            self._teardown(c)
+            raise
+        return {"pid": c.pid, "warnings": c.proc.warnings if c.proc else []}
+
+    def _create(self, c: Container, req: dict) -> None:
+        spec = c.spec
+        os.makedirs(c.dir, mode=0o700, exist_ok=False)
+        proc = spec.get("process") or {}
+        log_path = req.get("log_path") or (spec.get("annotations") or {}).get(LOG_PATH_ANNOTATION)
+        max_line = int(req.get("log_max_line") or DEFAULT_MAX_LINE)
+        stdio, console = self._make_stdio(c, bool(proc.get("terminal")), bool(req.get("stdin")))
+        try:
+            t0, t1, t2 = self._launch(c, req, log_path, max_line, stdio, console)
+        finally:  # the child's ends: it has its own copies by now (or it failed)
+            for fd in stdio or ():
+                os.close(fd)
+            if console is not None:
+                os.close(console)
+        c.pid = c.proc.pid
+        c.start_time = linux.proc_start_time(c.pid)
+        for w in c.proc.warnings:
+            self.log.warning("container.warning", container_id=c.id, warning=w)
+        c.status = "created"
+        self.containers[c.id] = c
+        state.write_json(os.path.join(c.dir, "state.json"), c.record())
+        t3 = time.perf_counter()
+        self.log.info("container.created", container_id=c.id, pid=c.pid, plan_ms=round((t1 - t0) * 1e3, 2),
+                      clone_ms=round((t2 - t1) * 1e3, 2), setup_ms=round((t3 - t2) * 1e3, 2))
+
+    def _launch(self, c: Container, req: dict, log_path, max_line, stdio, console):
+        spec = c.spec
+        if log_path:
+            c.log_path = log_path
+            c.log = LogFile(log_path, max_line)
+        cg_path = (spec.get("linux") or {}).get("cgroupsPath")
+        if cg_path:
+            cg = cgroups.open_cgroup(cg_path)
+            if cg.exists() and cg.pids():
+                raise RequestError(f"cgroup {cg_path} is in use by other processes")
+            c.cgroup = cg
+            cg.create()
+            for w in cg.apply((spec.get("linux") or {}).get("resources")):
+                self.log.warning("cgroup.warning", container_id=c.id, warning=w)
+            c.oom_base = cg.oom_kills()
+        t0 = time.perf_counter()
+        plan = launch.plan_from_spec(spec, c.bundle, overlay=req.get("overlay"), stdio=stdio,
+                                     console_fd=console)
+        t1 = time.perf_counter()
+        c.proc = launch.Process(plan)
+        t2 = time.perf_counter()
+        c.pid = c.proc.pid
+        if c.cgroup:
+            c.cgroup.attach(c.proc.pid)
+        c.proc.setup()
+        return t0, t1, t2
+
+    def _make_stdio(self, c: Container, terminal: bool, stdin: bool):
+        """Pipes (or a pty) for the container; returns the child's ends (closed after setup)."""
+        if terminal:
+            master, slave = os.openpty()
+            os.set_inheritable(master, False)
+            size = (c.spec.get("process") or {}).get("consoleSize") or {}
+            if size:
+                fcntl.ioctl(master, termios.TIOCSWINSZ,
+                            struct.pack("HHHH", int(size.get("height", 24)), int(size.get("width", 80)), 0, 0))
+            _nonblock(master)
+            c.master = master
+            self._watch(master, c, "stdout")
+            return None, slave
+        out_r, out_w = os.pipe2(os.O_CLOEXEC)
+        err_r, err_w = os.pipe2(os.O_CLOEXEC)
+        if stdin:
+            in_r, in_w = os.pipe2(os.O_CLOEXEC)
+            _nonblock(in_w)
+            c.stdin_w = in_w
+        else:
+            in_r = os.open("/dev/null", os.O_RDONLY | os.O_CLOEXEC)
+        for fd, stream in ((out_r, "stdout"), (err_r, "stderr")):
+            _nonblock(fd)
+            self._watch(fd, c, stream)
+        return (in_r, out_w, err_w), None
+
+    def _watch(self, fd: int, owner, stream: str) -> None:
+        owner_fds = owner.outputs if isinstance(owner, Container) else owner.fds
+        owner_fds[fd] = stream
+        self.sel.register(fd, selectors.EVENT_READ, (fd, owner, stream))
+
+    def op_start(self, conn, req):
+        c = self._get(req)
+        if c.status != "created":
+            raise RequestError(f"container {c.id} is {c.status}, not created")
+        try:
+            c.proc.start()
+        except launch.LaunchError:
+            c.status = "stopped"
+            c.exit = {"exit_code": 127, "signal": 0, "finished_at": time.time_ns(), "oom_killed": False}
+            self._finish(c)
+            raise
+        c.status = "running"
+        c.started_at = time.time_ns()
+        state.write_json(os.path.join(c.dir, "state.json"), c.record())
+        self.log.info("container.started", container_id=c.id, pid=c.pid)
+        return {"pid": c.pid}
+
+    def op_kill(self, conn, req):
+        c = self._get(req)
+        sig = _signum(req.get("signal", signal.SIGTERM))
+        if c.status not in ("created", "running"):
+            raise RequestError(f"container {c.id} is not running")
+        if req.get("all") and c.cgroup:
+            for pid in c.cgroup.pids():
+                try:
+                    os.kill(pid, sig)
+                except ProcessLookupError:
+                    pass
+        try:
+            os.kill(c.pid, sig)
+        except ProcessLookupError:
+            pass
+        return {}
+
+    def op_wait(self, conn, req):
+        c = self._get(req)
+        if c.exit is not None:
+            return dict(c.exit)
+        c.waiters.append(conn)
+        return None
+
+    def op_state(self, conn, req):
+        c = self._get(req)
+        out = c.record()
+        if c.exit:
+            out.update(c.exit)
+        return out
+
+    def op_list(self, conn, req):
+        return {"containers": [{"id": c.id, "status": c.status, "pid": c.pid} for c in self.containers.values()]}
+
+    def op_stats(self, conn, req):
+        c = self._get(req)
+        if not c.cgroup:
+            raise RequestError(f"container {c.id} has no cgroup")
+        return {"stats": c.cgroup.stats()}
+
+    def op_update_resources(self, conn, req):
+        c = self._get(req)
+        if not c.cgroup:
+            raise RequestError(f"container {c.id} has no cgroup")
+        res = req.get("resources")
+        if not isinstance(res, dict):
+            raise RequestError("resources must be an object")
+        return {"warnings": c.cgroup.update(res)}
+
+    def op_reopen_log(self, conn, req):
+        c = self._get(req)
+        if c.log is None:
+            raise RequestError(f"container {c.id} has no log file")
+        c.log.reopen()
+        return {}
+
+    def op_attach(self, conn, req):
+        """Turn this connection into a frame stream bound to the container's stdio."""
+        c = self._get(req)
+        if c.status not in ("created", "running"):
+            raise RequestError(f"container {c.id} is {c.status}")
+        self._reply(conn, {"ok": True, "tty": c.master is not None, "stdin": c.stdin_w is not None
+                           or c.master is not None})
+        conn.stream = c
+        c.attached.append(conn)
+        return None
+
+    def op_close_stdin(self, conn, req):
+        c = self._get(req)
+        if c.stdin_w is not None:
+            c.stdin_eof = True  # after what is still pending
+            self._flush_stdin(c)
+        return {}
+
+    def op_write_stdin(self, conn, req):
+        c = self._get(req)
+        if (c.master is None and c.stdin_w is None) or c.stdin_eof:
+            raise RequestError(f"container {c.id} has no open stdin")
+        data = base64.b64decode(req.get("data", ""), validate=True)
+        if len(c.stdin_pending) + len(data) > STREAM_OUTBUF_MAX:
+            raise RequestError("stdin buffer full: the container is not reading")
+        c.stdin_pending += data
+        self._flush_stdin(c)
+        return {"written": len(data)}
+
+    def op_delete(self, conn, req):
+        c = self._get(req)
+        if c.status in ("created", "running"):
+            if not req.get("force"):
+                raise RequestError(f"container {c.id} is {c.status}; stop it first or use force")
+            self._kill_and_reap(c)
+        self._teardown(c)
+        self.containers.pop(c.id, None)
+        self.log.info("container.deleted", container_id=c.id)
+        return {}
+
+    def op_shutdown(self, conn, req):
+        live = [c.id for c in self.containers.values() if c.status in ("created", "running")]
+        if live and not req.get("force"):
+            raise RequestError(f"containers still running: {', '.join(live)}")
+        for c in list(self.containers.values()):
+            if c.status in ("created", "running"):
+                self._kill_and_reap(c)
+            self._teardown(c)
+        self.containers.clear()
+        self.running = False
+        self._reply(conn, {"ok": True})
+        self._conn_flush(conn)
+        return None
+
+    def op_exec(self, conn, req):
+        c = self._get(req)
+        if c.status != "running":
+            raise RequestError(f"container {c.id} is {c.status}, not running")
+        base = dict(c.spec.get("process") or {})
+        override = req.get("process")
+        if not isinstance(override, dict) or not override.get("args"):
+            raise RequestError("exec needs process.args")
+        process = {**base, **override, "terminal": bool(override.get("terminal", False))}
+        timeout = req.get("timeout")
+        deadline = time.monotonic() + float(timeout) if timeout else None
+        ex = Exec(conn, c, int(req.get("output_cap") or DEFAULT_OUTPUT_CAP), deadline)
+        streaming = bool(req.get("stream"))
+        console = None
+        if process["terminal"]:
+            master, console = _container_pty(c.pid)
+            _nonblock(master)
+            self._watch(master, ex, "stdout")
+            if streaming:
+                ex.master = master
+            stdio = None
+        else:
+            out_r, out_w = os.pipe2(os.O_CLOEXEC)
+            err_r, err_w = os.pipe2(os.O_CLOEXEC)
+            if streaming and req.get("stdin"):
+                in_r, ex.stdin_w = os.pipe2(os.O_CLOEXEC)
+                _nonblock(ex.stdin_w)
+            else:
+                in_r = os.open("/dev/null", os.O_RDONLY | os.O_CLOEXEC)
+            stdio = (in_r, out_w, err_w)
+            for fd, stream in ((out_r, "stdout"), (err_r, "stderr")):
+                _nonblock(fd)
+                self._watch(fd, ex, stream)
+        try:
+            plan = launch.plan_for_exec(c.pid, process, c.spec, stdio=stdio, console_fd=console)
+            proc = launch.Process(plan)
+            try:
+                if c.cgroup:
+                    c.cgroup.attach(proc.pid)
+                proc.setup()
+                proc.start()
+            except launch.LaunchError:
+                raise
+            except BaseException:
+                proc.abort()
+                raise
+        except BaseException:
+            for fd in list(ex.fds):
+                self._unwatch(fd, ex)
+            if ex.stdin_w is not None:
+                os.close(ex.stdin_w)
+            raise
+        finally:
+            for fd in stdio or ():
+                os.close(fd)
+            if console is not None:
+                os.close(console)
+        ex.pid = proc.pid
+        self.execs[proc.pid] = ex
+        self.log.info("exec.started", container_id=c.id, pid=proc.pid, stream=streaming)
+        if streaming:
+            self._reply(conn, {"ok": True, "pid": proc.pid, "tty": process["terminal"]})
+            conn.stream = ex
+            ex.stream = conn
+        return None
+
+    # ---------------------------------------------------------------- process events
+    def _output(self, fd: int, owner, stream: str) -> bool:
+        """Move one chunk from an output fd; False when nothing was read (EAGAIN or EOF)."""
+        try:
+            data = os.read(fd, 65536)
+        except BlockingIOError:
+            return False
+        except OSError as exc:
+            if exc.errno != errno.EIO:  # EIO: pty slave closed
+                raise
+            data = b""
+        if not data:
+            self._unwatch(fd, owner)
+            if isinstance(owner, Container) and owner.log:
+                owner.log.flush(stream)
+            elif isinstance(owner, Exec):
+                self._maybe_finish_exec(owner)
+            return False
+        if isinstance(owner, Container):
+            if owner.log:
+                owner.log.write(stream, data)
+            for conn in owner.attached:
+                self._stream_send(conn, _STREAM_CH[stream], data)
+        elif owner.conn.stream is owner:  # interactive exec (output dropped once the client left)
+            if owner.stream is not None:
+                self._stream_send(owner.stream, _STREAM_CH[stream], data)
+        else:
+            buf = owner.out[stream]
+            room = owner.cap - len(buf)
+            if room < len(data):
+                owner.truncated = True
+            buf += data[:max(0, room)]
+        return True
+
+    def _unwatch(self, fd: int, owner) -> None:
+        fds = owner.outputs if isinstance(owner, Container) else owner.fds
+        if fds.pop(fd, None) is not None:
+            self.sel.unregister(fd)
+            if fd == owner.master:
+                owner.master = None
+            os.close(fd)
+
+    def _drain(self, owner) -> None:
+        """Read what the process left in its pipes before recording its exit."""
+        fds = owner.outputs if isinstance(owner, Container) else owner.fds
+        for fd, stream in list(fds.items()):
+            while fd in fds and self._output(fd, owner, stream):
+                pass
+
+    def _reap(self) -> None:
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+            self._exited(pid, status)
+
+    def _exited(self, pid: int, status: int) -> None:
+        """Record the exit of a reaped child: an exec, a container init, or an orphan (ignored)."""
+        code = os.waitstatus_to_exitcode(status)
+        exit_code, sig = (128 - code, -code) if code < 0 else (code, 0)
+        if pid in self.execs:
+            ex = self.execs[pid]
+            ex.status = exit_code
+            self._drain(ex)
+            self._maybe_finish_exec(ex, force=True)
+            return
+        for c in self.containers.values():
+            if c.pid == pid and c.status in ("created", "running"):
+                oom = bool(c.cgroup and c.cgroup.oom_kills() > c.oom_base)
+                c.exit = {"exit_code": exit_code, "signal": sig, "finished_at": time.time_ns(),
+                          "oom_killed": oom}
+                c.status = "stopped"
+                self._drain(c)
+                self._finish(c)
+                break
+
+    def _finish(self, c: Container) -> None:
+        """Record an exited container: flush logs, exit file, answer waiters."""
+        for fd in list(c.outputs):
+            self._unwatch(fd, c)
+        if c.log:
+            for s in ("stdout", "stderr"):
+                c.log.flush(s)
+        if c.stdin_w is not None:
+            os.close(c.stdin_w)
+            c.stdin_w = None
+        state.write_json(os.path.join(c.dir, "exit.json"), c.exit)
+        state.write_json(os.path.join(c.dir, "state.json"), c.record())
+        self.log.info("container.exited", container_id=c.id, **c.exit)
+        for w in c.waiters:
+            self._reply(w, {"ok": True, **c.exit})
+        c.waiters.clear()
+        for conn in list(c.attached):
+            self._stream_end(conn, c.exit)
+        c.attached.clear()
+
+    def _maybe_finish_exec(self, ex: Exec, force: bool = False) -> None:
+        # answer once the process is reaped; late output from leftover children is dropped
+        if ex.status is None or ex.pid not in self.execs:
+            return
+        if ex.fds and not force:
+            return
+        for fd in list(ex.fds):
+            self._unwatch(fd, ex)
+        del self.execs[ex.pid]
+        if ex.stdin_w is not None:
+            os.close(ex.stdin_w)
+            ex.stdin_w = None
+        if ex.conn.stream is ex:
+            if ex.stream is not None:
+                self._stream_end(ex.stream, {"exit_code": ex.status, "timed_out": ex.timed_out})
+            self.log.info("exec.exited", container_id=ex.container.id, pid=ex.pid, exit_code=ex.status)
+            return
+        self._reply(ex.conn, {"ok": True, "exit_code": ex.status, "timed_out": ex.timed_out,
+                              "truncated": ex.truncated,
+                              "stdout": base64.b64encode(bytes(ex.out["stdout"])).decode(),
+                              "stderr": base64.b64encode(bytes(ex.out["stderr"])).decode()})
+        self.log.info("exec.exited", container_id=ex.container.id, pid=ex.pid, exit_code=ex.status,
+                      timed_out=ex.timed_out)
+
+    def _check_deadlines(self) -> None:
+        now = time.monotonic()
+        for ex in self.execs.values():
+            if ex.deadline and not ex.timed_out and now >= ex.deadline:
+                ex.timed_out = True
+                try:
+                    os.kill(ex.pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+
+    def _kill_and_reap(self, c: Container) -> None:
+        if c.proc and c.status == "created":
+            c.proc.abort()
+            c.exit = {"exit_code": 137, "signal": 9, "finished_at": time.time_ns(), "oom_killed": False}
+            c.status = "stopped"
+            self._finish(c)
+            return
+        try:
+            os.kill(c.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        if c.cgroup:
+            for pid in c.cgroup.pids():
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+        # reap anything, not just the init: a pid namespace's init only finishes exiting once the other
+        # processes of the namespace (our exec children among them) have been reaped
+        deadline = time.monotonic() + 10
+        while c.status != "stopped" and time.monotonic() < deadline:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                break
+            if pid == 0:
+                time.sleep(0.001)
+                continue
+            self._exited(pid, status)
+        if c.status != "stopped":
+            self.log.error("container.unkillable", container_id=c.id, pid=c.pid)
+
+    def _teardown(self, c: Container) -> None:
+        """Release everything a container holds: fds, log, cgroup, state dir."""
+        if c.proc and c.status == "creating":
+            c.proc.abort()  # a failed create: the child may still wait for its go
+        elif c.proc:
+            c.proc.close()
+        for fd in list(c.outputs):
+            self._unwatch(fd, c)
+        for fd in (c.stdin_w, c.master):
+            if fd is not None:
+                try:
+                    os.close(fd)
+                except OSError:
+                    pass
+        c.stdin_w = c.master = None
+        if c.log:
+            c.log.close()
+        if c.cgroup:
+            c.cgroup.remove()
+        _rmtree(c.dir)
+
+    def _cleanup(self) -> None:
+        for conn in [k.data for k in list(self.sel.get_map().values()) if isinstance(k.data, Conn)]:
+            self._conn_flush(conn)
+            self._conn_close(conn)
+        path = os.path.join(self.state_dir, SOCKET_NAME)
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            pass
+        try:
+            os.unlink(os.path.join(self.state_dir, "monitor.json"))
+        except FileNotFoundError:
+            pass
+        self.log.info("monitor.exiting")
+
+
+def _rmtree(path: str) -> None:
+    if not os.path.isdir(path):
+        return
+    for entry in os.scandir(path):
+        if entry.is_dir(follow_symlinks=False):
+            _rmtree(entry.path)
+        else:
+            os.unlink(entry.path)
+    os.rmdir(path)
+
+
+def configure_logging(path: str | None) -> None:
+    """JSON lines to path (or stderr)."""
+    jsonlog.configure(path)
+
+
+def run_detached(state_dir: str, pod_id: str = "", log_path: str | None = None) -> int:
+    """Start a monitor that outlives the caller (double fork + setsid); returns its pid once it listens.
+
+    The caller must be single-threaded. The monitor's log goes to log_path or <state_dir>/monitor.log.
+    """
+    state_dir = os.path.abspath(state_dir)
+    os.makedirs(state_dir, mode=0o700, exist_ok=True)
+    r, w = os.pipe2(os.O_CLOEXEC)
+    pid = os.fork()
+    if pid == 0:
+        try:
+            os.close(r)
+            os.setsid()
+            if os.fork():
+                os._exit(0)
+            _become_monitor(state_dir, pod_id, log_path, w)
+        finally:
+            os._exit(1)
+    os.close(w)
+    os.waitpid(pid, 0)
+    msg = b""
+    while chunk := os.read(r, 4096):
+        msg += chunk
+    os.close(r)
+    if not msg.startswith(b"OK "):
+        raise RuntimeError(f"monitor for {state_dir} failed to start: {msg.decode(errors='replace') or 'died'}")
+    return int(msg[3:])
+
+
+def _become_monitor(state_dir: str, pod_id: str, log_path: str | None, ready_w: int) -> None:
+    try:
+        os.chdir("/")
+        linux.set_comm("pycri-monitor")
+        null = os.open("/dev/null", os.O_RDWR)
+        for i in range(3):
+            os.dup2(null, i)
+        os.close(null)
+        os.closerange(3, ready_w)
+        os.closerange(ready_w + 1, 65536)
+        configure_logging(log_path or os.path.join(state_dir, "monitor.log"))
+        m = Monitor(state_dir, pod_id)
+        m.bind()
+    except BaseException as exc:  # noqa: BLE001
+        os.write(ready_w, f"ERR {exc}".encode())
+        os._exit(1)
+    os.write(ready_w, f"OK {os.getpid()}".encode())
+    os.close(ready_w)
+    try:
+        m.serve_forever()
+    except BaseException:  # noqa: BLE001
+        m.log.exception("monitor.crashed")
+        os._exit(1)
+    os._exit(0)

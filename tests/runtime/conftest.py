@@ -1,0 +1,149 @@
+"""Fixtures for runtime/ tests: busybox rootfs, bundles, monitors, and a leak check after every test."""
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import tempfile
+import time
+import uuid
+
+import pytest
+
+from tests.runtime.rt_helpers import MARKER_ENV, make_rootfs, make_spec, write_bundle
+
+from runtime import cgroups, linux, monitor
+from runtime.client import MonitorClient
+
+TOKEN = uuid.uuid4().hex[:12]
+os.environ[MARKER_ENV] = TOKEN
+CG_PREFIX = f"/pycri-rt-test-{TOKEN}"
+
+if os.geteuid() != 0:
+    pytest.skip("runtime tests need root", allow_module_level=True)
+
+
+def _marked_pids() -> set[int]:
+    """Processes carrying this session's marker in their environment (monitors, containers, execs)."""
+    needle = f"{MARKER_ENV}={TOKEN}".encode()
+    me = os.getpid()
+    out = set()
+    for d in os.listdir("/proc"):
+        if not d.isdigit() or int(d) == me:
+            continue
+        try:
+            with open(f"/proc/{d}/environ", "rb") as f:
+                env = f.read()
+            with open(f"/proc/{d}/stat", "rb") as f:
+                st = f.read()
+        except OSError:
+            continue
+        if needle in env.split(b"\0") and st[st.rindex(b")") + 2:][:1] != b"Z":
+            out.add(int(d))
+    return out
+
+
+def _mounts_under(paths: list[str]) -> list[str]:
+    out = []
+    with open("/proc/self/mountinfo") as f:
+        for line in f:
+            mp = line.split()[4]
+            if any(mp == p or mp.startswith(p + "/") for p in paths):
+                out.append(mp)
+    return out
+
+
+def _test_cgroups() -> list[str]:
+    out = []
+    roots = set(cgroups.v1_mounts().values()) if cgroups.detect_version() == 1 else {cgroups.ROOT}
+    for mp in roots:
+        base = mp + CG_PREFIX
+        if os.path.isdir(base):
+            for dirpath, dirnames, _ in os.walk(base):
+                out += [os.path.join(dirpath, d) for d in dirnames]
+    return out
+
+
+@pytest.fixture(scope="session")
+def tmp_root():
+    d = tempfile.mkdtemp(prefix="prt-", dir="/tmp")
+    yield d
+    shutil.rmtree(d, ignore_errors=True)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _cgroup_prefix():
+    yield
+    cg = cgroups.open_cgroup(CG_PREFIX)
+    if cg.exists():
+        cg.remove()
+
+
+@pytest.fixture(autouse=True)
+def leakcheck(tmp_root, tmp_path):
+    """After each test: no marked processes, no mounts under our dirs, no cgroups under our prefix."""
+    yield
+    watched = [tmp_root, str(tmp_path)]
+    deadline = time.monotonic() + 3
+    while True:
+        procs, mounts, cgs = _marked_pids(), _mounts_under(watched), _test_cgroups()
+        if not (procs or mounts or cgs) or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
+    for pid in procs:  # do not let one leak cascade into every later test
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    assert not procs, f"leaked processes: {procs}"
+    assert not mounts, f"leaked mounts: {mounts}"
+    assert not cgs, f"leaked cgroups: {cgs}"
+
+
+@pytest.fixture(scope="session")
+def rootfs(tmp_root):
+    return make_rootfs(os.path.join(tmp_root, "rootfs"))
+
+
+@pytest.fixture
+def cgroup_path():
+    """A unique cgroupsPath under this session's prefix."""
+    return f"{CG_PREFIX}/{uuid.uuid4().hex[:8]}"
+
+
+@pytest.fixture
+def bundle(tmp_path, rootfs):
+    """bundle(args, name=..., **spec overrides / mutate=callable) -> bundle dir."""
+    def make(args, name="b", mutate=None, **overrides):
+        spec = make_spec(args, **overrides)
+        if mutate:
+            mutate(spec)
+        return write_bundle(str(tmp_path / name), spec, rootfs)
+    return make
+
+
+class MonitorHandle:
+    def __init__(self, state_dir: str):
+        self.state_dir = state_dir
+        self.pid = monitor.run_detached(state_dir, "test-pod")
+        self.client = MonitorClient(os.path.join(state_dir, "monitor.sock"), timeout=30)
+
+    def stop(self) -> None:
+        try:
+            self.client.shutdown(force=True)
+        except Exception:  # noqa: BLE001 - the test may have killed it
+            pass
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:
+            if not linux.is_alive(self.pid, None):  # a zombie waiting for init counts as gone
+                return
+            time.sleep(0.005)
+        os.kill(self.pid, signal.SIGKILL)
+
+
+@pytest.fixture
+def mon(tmp_root):
+    state_dir = tempfile.mkdtemp(prefix="m", dir=tmp_root)
+    h = MonitorHandle(state_dir)
+    yield h
+    h.stop()

@@ -1,0 +1,294 @@
+"""Monitor: logs, exec, tty, stdin, OOM, survival, on-disk state."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+from tests.runtime.rt_helpers import log_text, read_log
+
+from runtime import linux, state
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from runtime.client import MonitorClient, MonitorError
+
+
+def start(mon, cid, bundle_dir, **kw):
+    mon.client.create(cid, bundle_dir, **kw)
+    mon.client.start(cid)
+
+
+def test_logs_are_byte_exact_with_partial_lines(mon, bundle, tmp_path):
+    log = str(tmp_path / "c.log")
+    script = ("head -c 40000 /dev/zero | tr '\\0' x; echo; echo short; echo oops >&2; "
+              "printf 'tab\\there'; echo; printf 'no-newline'")
+    start(mon, "c", bundle(["sh", "-c", script]), log_path=log)
+    assert mon.client.wait("c", timeout=10)["exit_code"] == 0
+    mon.client.delete("c")
+    recs = read_log(log)
+    out = [r for r in recs if r[0] == "stdout"]
+    assert [r[1] for r in out] == ["P", "P", "F", "F", "F", "F"]  # 16 KiB + 16 KiB + rest
+    assert len(out[0][2]) == 16384
+    assert log_text(log) == "x" * 40000 + "\nshort\ntab\there\nno-newline\n"
+    assert log_text(log, "stderr") == "oops\n"
+
+
+def test_log_path_from_annotation_and_reopen(mon, bundle, tmp_path):
+    log = str(tmp_path / "ann.log")
+    b = bundle(["sh", "-c", "while read l; do echo got:$l; done"],
+               mutate=lambda s: s.update(annotations={"io.pycri.log-path": log}))
+    start(mon, "c", b, stdin=True)
+    mon.client.write_stdin("c", b"one\n")
+    _wait_for(lambda: "got:one" in log_text(log))
+    os.rename(log, log + ".1")
+    mon.client.reopen_log("c")
+    mon.client.write_stdin("c", b"two\n")
+    _wait_for(lambda: os.path.exists(log) and "got:two" in log_text(log))
+    mon.client.close_stdin("c")
+    assert mon.client.wait("c", timeout=10)["exit_code"] == 0
+    assert log_text(log + ".1") == "got:one\n"
+    assert log_text(log) == "got:two\n"
+    mon.client.delete("c")
+
+
+def _wait_for(cond, timeout=5.0):
+    deadline = time.monotonic() + timeout
+    while not cond():
+        assert time.monotonic() < deadline, "condition not met in time"
+        time.sleep(0.01)
+
+
+def test_exec_exit_code_output_cap_and_timeout(mon, bundle):
+    start(mon, "c", bundle(["sleep", "1000"],
+                           mutate=lambda s: s["process"]["env"].append("FOO=from-spec")))
+    r = mon.client.exec("c", {"args": ["sh", "-c", "echo $FOO; echo e >&2; cat /proc/self/cgroup >/dev/null; "
+                                       "echo $$; exit 5"]})
+    assert r.exit_code == 5
+    out = r.stdout.decode().split()
+    assert out[0] == "from-spec" and int(out[1]) > 1  # container env, inside the container's pid ns
+    assert r.stderr == b"e\n"
+    # the grandchild's "ready" can overtake the intermediate's pid report: exit codes must still match
+    for n in range(12):
+        assert mon.client.exec("c", {"args": ["sh", "-c", f"exit {n % 256}"]}).exit_code == n % 256
+    r = mon.client.exec("c", {"args": ["sh", "-c", "head -c 100000 /dev/zero"]}, output_cap=1000)
+    assert (len(r.stdout), r.truncated, r.exit_code) == (1000, True, 0)
+    t = time.monotonic()
+    r = mon.client.exec("c", {"args": ["sleep", "30"]}, timeout=0.3)
+    assert r.timed_out and r.exit_code == 137 and time.monotonic() - t < 5
+    with pytest.raises(MonitorError, match="executable file not found"):
+        mon.client.exec("c", {"args": ["nope"]})
+    mon.client.kill("c", "KILL")
+    mon.client.wait("c", timeout=10)
+    with pytest.raises(MonitorError, match="not running"):
+        mon.client.exec("c", {"args": ["true"]})
+    mon.client.delete("c")
+
+
+def test_exec_shares_cgroup(mon, bundle, cgroup_path):
+    start(mon, "c", bundle(["sleep", "1000"], mutate=lambda s: s["linux"].update(cgroupsPath=cgroup_path)))
+    r = mon.client.exec("c", {"args": ["cat", "/proc/self/cgroup"]})
+    assert f"memory:{cgroup_path}" in r.stdout.decode()
+    mon.client.delete("c", force=True)
+
+
+def test_tty_output(mon, bundle, tmp_path):
+    log = str(tmp_path / "tty.log")
+    b = bundle(["sh", "-c", "tty; stty size; echo hi"],
+               mutate=lambda s: s["process"].update(terminal=True, consoleSize={"height": 30, "width": 100}))
+    start(mon, "c", b, log_path=log)
+    assert mon.client.wait("c", timeout=10)["exit_code"] == 0
+    mon.client.delete("c")
+    text = log_text(log)
+    assert "/dev/console" in text and "30 100" in text and "hi\r" in text
+
+
+def test_oom_kill_is_detected(mon, bundle, cgroup_path):
+    def mutate(spec):
+        spec["linux"]["cgroupsPath"] = cgroup_path
+        spec["linux"]["resources"] = {"memory": {"limit": 16 << 20, "swap": 16 << 20}}
+    start(mon, "c", bundle(["dd", "if=/dev/zero", "of=/dev/shm/fill", "bs=1M", "count=60"], mutate=mutate))
+    ex = mon.client.wait("c", timeout=60)
+    assert ex["oom_killed"] is True and ex["signal"] == 9
+    on_disk = state.container_status(mon.state_dir, "c")
+    assert on_disk["status"] == "stopped" and on_disk["oom_killed"] is True
+    mon.client.delete("c")
+
+
+def test_no_oom_when_within_limit(mon, bundle, cgroup_path):
+    def mutate(spec):
+        spec["linux"]["cgroupsPath"] = cgroup_path
+        spec["linux"]["resources"] = {"memory": {"limit": 64 << 20}, "pids": {"limit": 20},
+                                      "cpu": {"shares": 512, "quota": 50000, "period": 100000}}
+    start(mon, "c", bundle(["sleep", "1000"], mutate=mutate))
+    st = mon.client.stats("c")
+    assert st["pids"] == 1 and st["memory_limit"] == 64 << 20 and st["cpu_usage_ns"] > 0
+    mon.client.update_resources("c", {"memory": {"limit": 32 << 20}, "pids": {"limit": 5}})
+    st = mon.client.stats("c")
+    assert st["memory_limit"] == 32 << 20
+    mon.client.kill("c", "KILL")  # pid 1 ignores TERM without a handler
+    ex = mon.client.wait("c", timeout=10)
+    assert ex["oom_killed"] is False and ex["signal"] == 9
+    mon.client.delete("c")
+
+
+def test_monitor_survives_client_kill(mon, bundle):
+    start(mon, "c", bundle(["sleep", "1000"]))
+    waiter = subprocess.Popen([sys.executable, "-c", (
+        f"import sys; sys.path.insert(0, {REPO!r}); from runtime.client import MonitorClient; "
+        f"MonitorClient({mon.client.socket_path!r}, timeout=None).wait('c')")])
+    time.sleep(0.3)
+    waiter.kill()
+    waiter.wait()
+    assert mon.client.ping()["containers"] == ["c"]
+    assert mon.client.state("c")["status"] == "running"
+    mon.client.kill("c", "KILL")
+    assert mon.client.wait("c", timeout=10)["signal"] == 9
+    mon.client.delete("c")
+
+
+def test_state_on_disk_survives_monitor_death(mon, bundle, cgroup_path):
+    start(mon, "c", bundle(["sleep", "1000"], mutate=lambda s: s["linux"].update(cgroupsPath=cgroup_path)))
+    pid = mon.client.state("c")["pid"]
+    os.kill(mon.pid, signal.SIGKILL)
+    _wait_for(lambda: not state.monitor_alive(mon.state_dir))
+    st = state.container_status(mon.state_dir, "c")
+    assert st["status"] == "running" and st["pid"] == pid  # the container outlives its monitor
+    with pytest.raises(MonitorError, match="not running|closed"):
+        MonitorClient(mon.client.socket_path).ping()
+    os.kill(pid, signal.SIGKILL)
+    _wait_for(lambda: not linux.is_alive(pid, None))
+    st = state.container_status(mon.state_dir, "c")
+    assert st["status"] == "stopped" and st["reason"] == "monitor-lost"
+    from runtime import cgroups
+    cgroups.open_cgroup(cgroup_path).remove()
+
+
+def test_spawner_monitor_outlives_spawner(tmp_root, bundle):
+    import tempfile
+    from runtime import spawner
+    sp = spawner.start()
+    state_dir = tempfile.mkdtemp(prefix="s", dir=tmp_root)
+    sock = sp.spawn_monitor("pod-x", state_dir)
+    mpid = state.read_json(os.path.join(state_dir, "monitor.json"))["pid"]
+    os.kill(sp.pid, signal.SIGKILL)
+    sp.close()
+    c = MonitorClient(sock)
+    c.create("c", bundle(["sh", "-c", "exit 3"]))
+    c.start("c")
+    assert c.wait("c", timeout=10)["exit_code"] == 3
+    c.delete("c")
+    c.shutdown()
+    _wait_for(lambda: not linux.is_alive(mpid, None))
+
+
+def test_protocol_rejects_garbage(mon):
+    import json
+    import socket
+    s = socket.socket(socket.AF_UNIX)
+    s.connect(mon.client.socket_path)
+    s.sendall(b"not json\n[1]\n" + json.dumps({"op": "__class__"}).encode() + b"\n" +
+              json.dumps({"op": "state", "id": "missing"}).encode() + b"\n")
+    f = s.makefile("rb")
+    answers = [json.loads(f.readline()) for _ in range(4)]
+    s.close()
+    assert [a["ok"] for a in answers] == [False] * 4
+    assert "not found" in answers[3]["error"]
+    assert mon.client.ping()["containers"] == []
+
+
+def test_delete_created_container_and_duplicate_ids(mon, bundle, cgroup_path):
+    b = bundle(["sleep", "1000"], mutate=lambda s: s["linux"].update(cgroupsPath=cgroup_path))
+    pid = mon.client.create("c", b)["pid"]
+    assert mon.client.state("c")["status"] == "created" and linux.is_alive(pid, None)
+    with pytest.raises(MonitorError, match="already exists"):
+        mon.client.create("c", b)
+    with pytest.raises(MonitorError, match="created"):
+        mon.client.delete("c")
+    mon.client.delete("c", force=True)
+    assert not linux.is_alive(pid, None)
+    assert not os.path.exists(os.path.join(mon.state_dir, "c"))
+    with pytest.raises(MonitorError, match="not found"):
+        mon.client.state("c")
+
+
+def test_monitor_holds_no_inherited_fds(mon):
+    fds = os.listdir(f"/proc/{mon.pid}/fd")
+    targets = sorted(os.readlink(f"/proc/{mon.pid}/fd/{fd}") for fd in fds)
+    # stdio on /dev/null, its log, its listening socket, the signal pipe and the selector: nothing of ours
+    assert not [t for t in targets if t.startswith("/") and t not in ("/dev/null",)
+                and not t.endswith("monitor.log")], targets
+    assert len(fds) <= 8, targets
+
+
+def test_interactive_exec_stream_with_stdin(mon, bundle):
+    start(mon, "c", bundle(["sleep", "1000"]))
+    s = mon.client.exec_stream("c", {"args": ["sh", "-c", "read a; echo got:$a; echo err:$a >&2; cat; exit 9"]},
+                               stdin=True)
+    s.write_stdin(b"hello\n")
+    s.write_stdin(b"rest of input")
+    s.close_stdin()
+    out, err, ex = s.collect()
+    s.close()
+    assert out == b"got:hello\nrest of input" and err == b"err:hello\n"
+    assert ex["exit_code"] == 9
+    mon.client.delete("c", force=True)
+
+
+def test_interactive_exec_tty_resize(mon, bundle):
+    start(mon, "c", bundle(["sleep", "1000"]))
+    s = mon.client.exec_stream("c", {"args": ["sh", "-c", "read x; stty size; tty"], "terminal": True})
+    assert s.info["tty"] is True
+    s.resize(120, 40)
+    s.write_stdin(b"go\n")
+    out, _, ex = s.collect()
+    assert b"40 120" in out and b"/dev/pts/" in out and ex["exit_code"] == 0
+    mon.client.delete("c", force=True)
+
+
+def test_attach_streams_output_and_stdin(mon, bundle, tmp_path):
+    log = str(tmp_path / "a.log")
+    mon.client.create("c", bundle(["sh", "-c", "while read l; do echo out:$l; [ $l = bye ] && exit 3; done"]),
+                      stdin=True, log_path=log)
+    a = mon.client.attach("c")
+    mon.client.start("c")
+    a.write_stdin(b"one\nbye\n")
+    out, _, ex = a.collect()
+    a.close()
+    assert out == b"out:one\nout:bye\n" and ex["exit_code"] == 3
+    assert log_text(log) == "out:one\nout:bye\n"  # the log gets the same bytes
+    mon.client.delete("c")
+
+
+def test_stream_stdin_larger_than_a_pipe_then_eof(mon, bundle):
+    start(mon, "c", bundle(["sleep", "1000"]))
+    s = mon.client.exec_stream("c", {"args": ["sh", "-c", "sleep 0.2; wc -c"]}, stdin=True)
+    s.write_stdin(b"y" * 300_000)  # more than the 64 KiB pipe: the monitor buffers and keeps writing
+    s.close_stdin()
+    out, _, ex = s.collect()
+    s.close()
+    assert out.strip() == b"300000" and ex["exit_code"] == 0
+    mon.client.delete("c", force=True)
+
+
+def test_cgroup_in_use_is_refused_and_left_alone(mon, bundle, cgroup_path):
+    b = bundle(["sleep", "1000"], mutate=lambda s: s["linux"].update(cgroupsPath=cgroup_path))
+    start(mon, "a", b)
+    with pytest.raises(MonitorError, match="in use"):
+        mon.client.create("b", b)
+    assert mon.client.state("a")["status"] == "running"
+    assert mon.client.stats("a")["pids"] == 1
+    mon.client.delete("a", force=True)
+
+
+def test_force_delete_with_running_exec_does_not_hang(mon, bundle):
+    start(mon, "c", bundle(["sleep", "1000"]))
+    s = mon.client.exec_stream("c", {"args": ["sleep", "1000"]})
+    t = time.monotonic()
+    mon.client.delete("c", force=True)  # the exec is killed with the pid namespace and must be reaped too
+    assert time.monotonic() - t < 5
+    _, _, ex = s.collect()
+    s.close()
+    assert ex["exit_code"] == 137
