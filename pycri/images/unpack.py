@@ -1,0 +1,450 @@
+"""Safe extraction of an untrusted layer tarball into an empty snapshot directory (overlayfs upper-dir format).
+
+Every path is resolved component by component from a directory fd of the target with O_NOFOLLOW, so nothing in the
+archive can make us write outside the target:
+- `..` that would climb above the layer root rejects the layer; a leading `/` is dropped (the name is relative to
+  the layer root, as docker and containerd read it);
+- a parent component that is a symlink (or not a directory) rejects the layer: a layer made from a filesystem never
+  has entries below a symlink, so such an entry can only be an attempt to write through it;
+- new files are created with O_EXCL|O_NOFOLLOW after the old entry of that name is removed, so an existing symlink is
+  replaced, never followed;
+- hardlinks must point at a name inside the layer root. A target in this layer is hardlinked; a target that exists
+  only in a lower layer (its parent snapshots) is copied, because one overlay upper dir cannot link into another and
+  a shared inode would let one snapshot's metadata changes leak into another; a missing target rejects the layer.
+Whiteouts `.wh.<name>` become overlay whiteouts (char device 0/0) - unless this layer itself has <name>, which
+then stays (a whiteout hides lower layers only; a directory of that name becomes opaque); `.wh..wh..opq` sets
+trusted.overlay.opaque=y on its directory, other `.wh..wh.*` (aufs metadata) are skipped. Device nodes other
+than 0/0 are created only when `allow_devices` (a root daemon, as containerd does); FIFOs always. Ownership (when
+root), mode with setuid/setgid/sticky, mtimes, and PAX SCHILY.xattr.* attributes are kept; `trusted.*` xattrs from
+an archive are refused (they would be overlayfs's own control attributes). Compression is detected from the magic
+bytes (gzip, zstd, none), the media type only checked for being a layer type at all; the uncompressed stream is
+hashed and must equal the diff id.
+"""
+
+from __future__ import annotations
+
+import errno
+import gzip
+import hashlib
+import os
+import shutil
+import stat
+import tarfile
+import zlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import BinaryIO
+
+import zstandard
+
+from ..log import get as get_logger
+
+log = get_logger("images.unpack")
+
+WHITEOUT_PREFIX = ".wh."
+OPAQUE = ".wh..wh..opq"
+OVERLAY_OPAQUE_XATTR = "trusted.overlay.opaque"
+LAYER_MEDIA_TYPES = {
+    "application/vnd.oci.image.layer.v1.tar",
+    "application/vnd.oci.image.layer.v1.tar+gzip",
+    "application/vnd.oci.image.layer.v1.tar+zstd",
+    "application/vnd.oci.image.layer.nondistributable.v1.tar",
+    "application/vnd.oci.image.layer.nondistributable.v1.tar+gzip",
+    "application/vnd.oci.image.layer.nondistributable.v1.tar+zstd",
+    "application/vnd.docker.image.rootfs.diff.tar",
+    "application/vnd.docker.image.rootfs.diff.tar.gzip",
+    "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip",
+}
+_CHUNK = 1 << 20
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+class LayerError(Exception):
+    """The layer is malformed or hostile; nothing outside the target was touched."""
+
+
+class MissingLowers(LayerError):
+    """A hardlink points below this layer and the lower layers were not given (UnpackOptions.lowers is None)."""
+
+
+@dataclass
+class UnpackOptions:
+    allow_devices: bool = False  # mknod real device nodes (only a root daemon)
+    same_owner: bool = field(default_factory=lambda: os.geteuid() == 0)
+    # Parent snapshot dirs, top-first, for hardlinks to lower-layer files. None: not known yet (the parents are
+    # still being unpacked); such a hardlink then raises MissingLowers so the caller can wait and retry.
+    lowers: list[Path] | None = field(default_factory=list)
+
+
+@dataclass
+class UnpackResult:
+    diff_id: str
+    size: int  # uncompressed bytes
+    entries: int
+
+
+class _HashingReader:
+    """A read()-only stream that hashes and counts what passes through it."""
+
+    def __init__(self, inner: BinaryIO) -> None:
+        self.inner = inner
+        self.hasher = hashlib.sha256()
+        self.count = 0
+
+    def read(self, n: int = -1) -> bytes:
+        data = self.inner.read(n if n is not None and n >= 0 else _CHUNK)
+        self.hasher.update(data)
+        self.count += len(data)
+        return data
+
+    def drain(self) -> None:
+        while self.read(_CHUNK):
+            pass
+
+
+def decompressed(raw: BinaryIO, media_type: str = "") -> BinaryIO:
+    """Wrap a seekable layer blob in its decompressor, chosen by magic bytes."""
+    if media_type and media_type not in LAYER_MEDIA_TYPES:
+        raise LayerError(f"unsupported layer media type {media_type!r}")
+    head = raw.read(4)
+    raw.seek(0)
+    if head[:2] == b"\x1f\x8b":
+        kind = "gzip"
+        stream: BinaryIO = gzip.GzipFile(fileobj=raw, mode="rb")  # type: ignore[assignment]
+    elif head == b"\x28\xb5\x2f\xfd":
+        kind = "zstd"
+        stream = zstandard.ZstdDecompressor().stream_reader(raw, read_across_frames=True)  # type: ignore
+    else:
+        kind = "tar"
+        stream = raw
+    declared = "zstd" if media_type.endswith("zstd") else "gzip" if media_type.endswith("gzip") else "tar"
+    if media_type and declared != kind:
+        log.warning("layer compression differs from its media type", media_type=media_type, detected=kind)
+    return stream
+
+
+def _clean(name: str) -> list[str]:
+    parts: list[str] = []
+    for comp in name.split("/"):
+        if comp in ("", "."):
+            continue
+        if comp == "..":
+            if not parts:
+                raise LayerError(f"path {name!r} escapes the layer root")
+            parts.pop()
+        else:
+            parts.append(comp)
+    return parts
+
+
+class _Extractor:
+    def __init__(self, target: Path, options: UnpackOptions) -> None:
+        self.target = target
+        self.options = options
+        self.root_fd = os.open(target, _DIR_FLAGS)
+        self.dir_times: list[tuple[list[str], int]] = []
+        self._parent_cache: tuple[tuple[str, ...], int] | None = None
+
+    def close(self) -> None:
+        self._drop_cache()
+        os.close(self.root_fd)
+
+    def _drop_cache(self) -> None:
+        if self._parent_cache:
+            os.close(self._parent_cache[1])
+            self._parent_cache = None
+
+    def parent_fd(self, parts: list[str], *, create: bool = True, root_fd: int | None = None) -> int:
+        """An fd (owned by the caller) on the directory holding parts[-1], never following a symlink."""
+        key = tuple(parts[:-1])
+        own_root = root_fd is None
+        if own_root and self._parent_cache and self._parent_cache[0] == key:
+            return os.dup(self._parent_cache[1])
+        fd = os.dup(self.root_fd if own_root else root_fd)
+        try:
+            for comp in parts[:-1]:
+                try:
+                    nfd = os.open(comp, _DIR_FLAGS, dir_fd=fd)
+                except FileNotFoundError:
+                    if not create:
+                        raise
+                    os.mkdir(comp, 0o755, dir_fd=fd)
+                    nfd = os.open(comp, _DIR_FLAGS, dir_fd=fd)
+                    os.chmod(nfd, 0o755)
+                except OSError as exc:
+                    if exc.errno in (errno.ELOOP, errno.ENOTDIR):
+                        raise LayerError(
+                            f"{'/'.join(parts)}: parent {comp!r} is a symlink or not a directory"
+                        ) from None
+                    raise
+                os.close(fd)
+                fd = nfd
+        except BaseException:
+            os.close(fd)
+            raise
+        if own_root:
+            self._drop_cache()
+            self._parent_cache = (key, os.dup(fd))
+        return fd
+
+    def remove_existing(self, pfd: int, name: str, keep_dir: bool) -> bool:
+        """Remove what is at `name` (not following symlinks); True if it is a directory and was kept."""
+        try:
+            st = os.stat(name, dir_fd=pfd, follow_symlinks=False)
+        except FileNotFoundError:
+            return False
+        if stat.S_ISDIR(st.st_mode):
+            if keep_dir:
+                return True
+            self._drop_cache()
+            shutil.rmtree(name, dir_fd=pfd)
+        else:
+            os.unlink(name, dir_fd=pfd)
+        return False
+
+    # -- metadata --------------------------------------------------------------------------------------------
+    def apply_meta(self, fd: int, member: tarfile.TarInfo) -> None:
+        if self.options.same_owner:
+            os.chown(fd, member.uid, member.gid)
+        os.chmod(fd, member.mode & 0o7777)
+        for key, value in member.pax_headers.items():
+            if not key.startswith("SCHILY.xattr."):
+                continue
+            xname = key[len("SCHILY.xattr."):]
+            if xname.startswith("trusted."):
+                log.warning("layer xattr refused", path=member.name, xattr=xname)
+                continue
+            raw = value.encode("utf-8", "surrogateescape")
+            try:
+                os.setxattr(fd, xname, raw)
+            except OSError as exc:
+                if exc.errno not in (errno.ENOTSUP, errno.EPERM):
+                    raise
+                log.warning("layer xattr not set", path=member.name, xattr=xname, error=exc.strerror)
+
+    @staticmethod
+    def _ns(member: tarfile.TarInfo) -> int:
+        return int(member.mtime * 1_000_000_000)
+
+    # -- entries ---------------------------------------------------------------------------------------------
+    def entry(self, tar: tarfile.TarFile, member: tarfile.TarInfo) -> None:
+        parts = _clean(member.name)
+        if not parts:
+            if member.isdir():  # the layer root itself ("./")
+                self.apply_meta(self.root_fd, member)
+                self.dir_times.append(([], self._ns(member)))
+            return
+        base = parts[-1]
+        if base == OPAQUE:
+            pfd = self.parent_fd(parts)
+            try:
+                os.setxattr(pfd, OVERLAY_OPAQUE_XATTR, b"y")
+            finally:
+                os.close(pfd)
+            return
+        if base.startswith(WHITEOUT_PREFIX + WHITEOUT_PREFIX):
+            return  # aufs metadata (.wh..wh.plnk etc.)
+        if base.startswith(WHITEOUT_PREFIX):
+            self.whiteout(parts[:-1] + [base[len(WHITEOUT_PREFIX):]])
+            return
+        pfd = self.parent_fd(parts)
+        try:
+            self._create(tar, member, parts, pfd, base)
+        finally:
+            os.close(pfd)
+
+    def whiteout(self, parts: list[str]) -> None:
+        if parts[-1] in ("", ".", ".."):
+            raise LayerError(f"invalid whiteout for {'/'.join(parts)!r}")
+        pfd = self.parent_fd(parts)
+        try:
+            # A whiteout hides only lower layers (OCI image spec). When this layer already has the name, that
+            # entry shadows the lower one by itself; a directory must then stop merging with lower ones: opaque.
+            try:
+                st = os.stat(parts[-1], dir_fd=pfd, follow_symlinks=False)
+            except FileNotFoundError:
+                os.mknod(parts[-1], stat.S_IFCHR | 0o000, os.makedev(0, 0), dir_fd=pfd)
+                return
+            if stat.S_ISDIR(st.st_mode):
+                fd = os.open(parts[-1], _DIR_FLAGS, dir_fd=pfd)
+                try:
+                    os.setxattr(fd, OVERLAY_OPAQUE_XATTR, b"y")
+                finally:
+                    os.close(fd)
+        finally:
+            os.close(pfd)
+
+    def _create(self, tar: tarfile.TarFile, member: tarfile.TarInfo, parts: list[str], pfd: int, name: str) -> None:
+        if member.isdir():
+            if not self.remove_existing(pfd, name, keep_dir=True):
+                os.mkdir(name, 0o700, dir_fd=pfd)
+            fd = os.open(name, _DIR_FLAGS, dir_fd=pfd)
+            try:
+                self.apply_meta(fd, member)
+            finally:
+                os.close(fd)
+            self.dir_times.append((parts, self._ns(member)))
+            return
+        if member.islnk():
+            self.hardlink(member, pfd, name)
+            return
+        self.remove_existing(pfd, name, keep_dir=False)
+        if member.isreg():
+            fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600,
+                         dir_fd=pfd)
+            try:
+                source = tar.extractfile(member)
+                if source is not None:
+                    while chunk := source.read(_CHUNK):
+                        view = memoryview(chunk)
+                        while view:
+                            view = view[os.write(fd, view):]
+                self.apply_meta(fd, member)
+                os.utime(fd, ns=(self._ns(member), self._ns(member)))
+            finally:
+                os.close(fd)
+            return
+        if member.issym():
+            os.symlink(member.linkname, name, dir_fd=pfd)
+            if self.options.same_owner:
+                os.chown(name, member.uid, member.gid, dir_fd=pfd, follow_symlinks=False)
+        elif member.ischr() or member.isblk():
+            if member.ischr() and member.devmajor == 0 and member.devminor == 0:
+                os.mknod(name, stat.S_IFCHR, os.makedev(0, 0), dir_fd=pfd)  # an overlay-format whiteout
+            elif not self.options.allow_devices:
+                raise LayerError(f"{member.name}: device nodes are not allowed in layers here")
+            else:
+                kind = stat.S_IFCHR if member.ischr() else stat.S_IFBLK
+                os.mknod(name, kind | 0o600, os.makedev(member.devmajor, member.devminor), dir_fd=pfd)
+                self._meta_by_path(pfd, name, member)
+        elif member.isfifo():
+            os.mkfifo(name, 0o600, dir_fd=pfd)
+            self._meta_by_path(pfd, name, member)
+        else:
+            raise LayerError(f"{member.name}: unsupported tar entry type {member.type!r}")
+        try:
+            os.utime(name, ns=(self._ns(member), self._ns(member)), dir_fd=pfd, follow_symlinks=False)
+        except OverflowError:
+            pass
+
+    def _meta_by_path(self, pfd: int, name: str, member: tarfile.TarInfo) -> None:
+        # Device nodes and FIFOs must not be opened (that could block or touch a device): set by name instead.
+        if self.options.same_owner:
+            os.chown(name, member.uid, member.gid, dir_fd=pfd, follow_symlinks=False)
+        os.chmod(name, member.mode & 0o7777, dir_fd=pfd)
+
+    def hardlink(self, member: tarfile.TarInfo, pfd: int, name: str) -> None:
+        target = _clean(member.linkname)
+        if not target:
+            raise LayerError(f"{member.name}: hardlink to the layer root")
+        roots = [(self.root_fd, False)]
+        lower_fds = []
+        try:
+            for lower in self.options.lowers or []:
+                lfd = os.open(lower, _DIR_FLAGS)
+                lower_fds.append(lfd)
+                roots.append((lfd, True))
+            for root_fd, is_lower in roots:
+                try:
+                    tfd = self.parent_fd(target, create=False, root_fd=root_fd)
+                except FileNotFoundError:
+                    continue
+                except LayerError:
+                    if not is_lower:
+                        raise
+                    continue  # a symlink on the way in a lower layer: never followed, so not there
+                try:
+                    try:
+                        st = os.stat(target[-1], dir_fd=tfd, follow_symlinks=False)
+                    except FileNotFoundError:
+                        continue
+                    if stat.S_ISCHR(st.st_mode) and st.st_rdev == 0 and is_lower:
+                        break  # whited out above: the target does not exist in the image
+                    if stat.S_ISDIR(st.st_mode):
+                        raise LayerError(f"{member.name}: hardlink to a directory {member.linkname!r}")
+                    self.remove_existing(pfd, name, keep_dir=False)
+                    if not is_lower:
+                        os.link(target[-1], name, src_dir_fd=tfd, dst_dir_fd=pfd, follow_symlinks=False)
+                    else:
+                        self._copy_from_lower(tfd, target[-1], st, pfd, name, member)
+                    return
+                finally:
+                    os.close(tfd)
+        finally:
+            for lfd in lower_fds:
+                os.close(lfd)
+        if self.options.lowers is None:
+            raise MissingLowers(f"{member.name}: hardlink target {member.linkname!r} may be in a lower layer")
+        raise LayerError(f"{member.name}: hardlink target {member.linkname!r} is not in this layer or below")
+
+    def _copy_from_lower(self, sfd: int, sname: str, st: os.stat_result, pfd: int, name: str,
+                         member: tarfile.TarInfo) -> None:
+        if stat.S_ISLNK(st.st_mode):
+            os.symlink(os.readlink(sname, dir_fd=sfd), name, dir_fd=pfd)
+            return
+        if not stat.S_ISREG(st.st_mode):
+            raise LayerError(f"{member.name}: hardlink to a special file {member.linkname!r} in a lower layer")
+        src = os.open(sname, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=sfd)
+        try:
+            dst = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600,
+                          dir_fd=pfd)
+            try:
+                while chunk := os.read(src, _CHUNK):
+                    view = memoryview(chunk)
+                    while view:
+                        view = view[os.write(dst, view):]
+                if self.options.same_owner:
+                    os.chown(dst, st.st_uid, st.st_gid)
+                os.chmod(dst, stat.S_IMODE(st.st_mode))
+                os.utime(dst, ns=(st.st_atime_ns, st.st_mtime_ns))
+            finally:
+                os.close(dst)
+        finally:
+            os.close(src)
+
+    def finish(self) -> None:
+        """Directory mtimes last (creating children changed them), deepest first."""
+        self._drop_cache()
+        for parts, ns in reversed(self.dir_times):
+            try:
+                if not parts:
+                    os.utime(self.root_fd, ns=(ns, ns))
+                    continue
+                pfd = self.parent_fd(parts, create=False)
+                try:
+                    os.utime(parts[-1], ns=(ns, ns), dir_fd=pfd, follow_symlinks=False)
+                finally:
+                    os.close(pfd)
+            except (FileNotFoundError, LayerError, OverflowError):
+                continue  # removed again later in the archive
+
+
+def unpack_layer(blob: Path, target: Path, *, media_type: str = "", diff_id: str | None = None,
+                 options: UnpackOptions | None = None) -> UnpackResult:
+    """Extract the layer blob into the empty directory `target` (blocking: run it in a thread)."""
+    options = options or UnpackOptions()
+    entries = 0
+    with open(blob, "rb") as raw:
+        reader = _HashingReader(decompressed(raw, media_type))
+        extractor = _Extractor(target, options)
+        member = None
+        try:
+            with tarfile.open(fileobj=reader, mode="r|", errorlevel=2) as tar:  # type: ignore[call-overload]
+                for member in tar:
+                    entries += 1
+                    extractor.entry(tar, member)
+            extractor.finish()
+            reader.drain()
+        except LayerError:
+            raise
+        except (tarfile.TarError, EOFError, zlib.error, zstandard.ZstdError, gzip.BadGzipFile) as exc:
+            raise LayerError(f"corrupt layer archive: {exc}") from exc
+        except OSError as exc:
+            where = member.name if member is not None else "?"
+            raise LayerError(f"cannot extract {where!r}: {exc.strerror or exc}") from exc
+        finally:
+            extractor.close()
+    actual = "sha256:" + reader.hasher.hexdigest()
+    if diff_id is not None and actual != diff_id:
+        raise LayerError(f"uncompressed layer has digest {actual}, the image config says {diff_id}")
+    return UnpackResult(actual, reader.count, entries)

@@ -1,0 +1,215 @@
+"""Layer extraction: hostile archives never write outside the target; whiteouts, metadata, compression kept right."""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import io
+import os
+import stat
+import tarfile
+from pathlib import Path
+
+import pytest
+import zstandard
+
+from pycri.images.unpack import LayerError, UnpackOptions, unpack_layer
+
+from .conftest import tree
+
+
+def entry(name, kind="file", data=b"", mode=0o644, uid=0, gid=0, link="", dev=(0, 0), pax=None):
+    info = tarfile.TarInfo(name)
+    info.mode, info.uid, info.gid, info.mtime = mode, uid, gid, 1_700_000_000
+    info.type = {"file": tarfile.REGTYPE, "dir": tarfile.DIRTYPE, "symlink": tarfile.SYMTYPE,
+                 "hardlink": tarfile.LNKTYPE, "char": tarfile.CHRTYPE, "block": tarfile.BLKTYPE,
+                 "fifo": tarfile.FIFOTYPE}[kind]
+    info.linkname = link
+    info.devmajor, info.devminor = dev
+    if pax:
+        info.pax_headers = pax
+    if kind == "file":
+        info.size = len(data)
+    return info, (io.BytesIO(data) if kind == "file" else None)
+
+
+def make_tar(*entries) -> bytes:
+    out = io.BytesIO()
+    with tarfile.open(fileobj=out, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        for info, data in entries:
+            tar.addfile(info, data)
+    return out.getvalue()
+
+
+@pytest.fixture
+def sandbox(tmp_path):
+    """(target, canary): the canary dir lives next to the target and must stay untouched."""
+    target, canary = tmp_path / "target", tmp_path / "canary"
+    target.mkdir()
+    canary.mkdir()
+    (canary / "secret").write_text("secret\n")
+    before = tree(canary)
+    passwd = os.stat("/etc/passwd")
+    yield target, canary
+    after = tree(canary)
+    assert after.keys() == before.keys(), "something was written outside the target"
+    assert (canary / "secret").read_text() == "secret\n"
+    assert os.stat("/etc/passwd").st_nlink == passwd.st_nlink
+    assert os.stat("/etc/passwd").st_mtime_ns == passwd.st_mtime_ns
+
+
+def unpack(tmp_path, data: bytes, target: Path, **kw):
+    blob = tmp_path / f"blob-{hashlib.sha256(data).hexdigest()[:8]}"
+    blob.write_bytes(data)
+    return unpack_layer(blob, target, **kw)
+
+
+def test_dotdot_escape_rejected(tmp_path, sandbox):
+    target, canary = sandbox
+    data = make_tar(entry("../canary/pwned", data=b"x"))
+    with pytest.raises(LayerError, match="escapes"):
+        unpack(tmp_path, data, target)
+    data = make_tar(entry("a/../../canary/pwned", data=b"x"))
+    with pytest.raises(LayerError, match="escapes"):
+        unpack(tmp_path, data, target)
+
+
+def test_absolute_path_stays_inside(tmp_path, sandbox):
+    target, canary = sandbox
+    unpack(tmp_path, make_tar(entry(str(canary / "pwned"), data=b"x")), target)
+    inside = target / str(canary / "pwned").lstrip("/")
+    assert inside.read_bytes() == b"x"
+
+
+@pytest.mark.parametrize("link", ["ABS", "../canary", "../../../../../../..{canary}"])
+def test_write_through_symlink_rejected(tmp_path, sandbox, link):
+    target, canary = sandbox
+    link = str(canary) if link == "ABS" else link.format(canary=canary)
+    data = make_tar(entry("evil", "symlink", link=link), entry("evil/pwned", data=b"x"))
+    with pytest.raises(LayerError, match="symlink"):
+        unpack(tmp_path, data, target)
+
+
+def test_existing_symlink_is_replaced_not_followed(tmp_path, sandbox):
+    target, canary = sandbox
+    data = make_tar(entry("victim", "symlink", link=str(canary / "secret")), entry("victim", data=b"new"))
+    unpack(tmp_path, data, target)
+    assert not (target / "victim").is_symlink() and (target / "victim").read_bytes() == b"new"
+
+
+@pytest.mark.parametrize("link", ["/etc/passwd", "../../../../etc/passwd", "nothere"])
+def test_hardlink_outside_rejected(tmp_path, sandbox, link):
+    target, _ = sandbox
+    data = make_tar(entry("hl", "hardlink", link=link))
+    with pytest.raises(LayerError):
+        unpack(tmp_path, data, target)
+    assert not os.path.lexists(target / "hl")
+
+
+def test_hardlink_through_symlink_rejected(tmp_path, sandbox):
+    target, canary = sandbox
+    data = make_tar(entry("d", "symlink", link=str(canary)), entry("hl", "hardlink", link="d/secret"))
+    with pytest.raises(LayerError, match="symlink"):
+        unpack(tmp_path, data, target)
+
+
+def test_hardlink_inside_layer_and_to_lower(tmp_path, sandbox):
+    target, _ = sandbox
+    lower = tmp_path / "lower"
+    lower.mkdir()
+    (lower / "base").write_bytes(b"lower file")
+    os.chmod(lower / "base", 0o750)
+    data = make_tar(entry("a", data=b"same"), entry("b", "hardlink", link="a"),
+                    entry("c", "hardlink", link="/base"))
+    unpack(tmp_path, data, target, options=UnpackOptions(lowers=[lower]))
+    assert os.stat(target / "a").st_ino == os.stat(target / "b").st_ino
+    assert (target / "c").read_bytes() == b"lower file"
+    assert os.stat(target / "c").st_ino != os.stat(lower / "base").st_ino
+    assert stat.S_IMODE(os.stat(target / "c").st_mode) == 0o750
+
+
+def test_devices(tmp_path, sandbox):
+    target, _ = sandbox
+    data = make_tar(entry("null", "char", dev=(1, 3), mode=0o666))
+    with pytest.raises(LayerError, match="device"):
+        unpack(tmp_path, data, target, options=UnpackOptions(allow_devices=False))
+    assert not os.path.lexists(target / "null")
+    if os.geteuid() == 0:
+        unpack(tmp_path, data, target, options=UnpackOptions(allow_devices=True))
+        st = os.lstat(target / "null")
+        assert stat.S_ISCHR(st.st_mode) and st.st_rdev == os.makedev(1, 3)
+    # a 0/0 char device is an overlay-format whiteout: always allowed
+    unpack(tmp_path, make_tar(entry("wh", "char", dev=(0, 0))), target,
+           options=UnpackOptions(allow_devices=False))
+    assert os.lstat(target / "wh").st_rdev == 0
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="whiteouts and ownership need root")
+def test_whiteouts_metadata_xattrs(tmp_path, sandbox):
+    target, _ = sandbox
+    data = make_tar(
+        entry("dir", "dir", mode=0o755), entry("dir/.wh..wh..opq"), entry("dir/.wh.gone"),
+        entry("dir/keep", data=b"k", mode=0o4755, uid=1000, gid=1001, pax={"SCHILY.xattr.user.test": "v"}),
+        entry("dir/evil", data=b"e", pax={"SCHILY.xattr.trusted.overlay.redirect": "/etc"}),
+        entry("fifo", "fifo", mode=0o640), entry("link", "symlink", link="/nowhere", uid=5, gid=6),
+        entry(".wh..wh.plnk"),
+    )
+    unpack(tmp_path, data, target)
+    assert os.getxattr(target / "dir", "trusted.overlay.opaque") == b"y"
+    gone = os.lstat(target / "dir" / "gone")
+    assert stat.S_ISCHR(gone.st_mode) and gone.st_rdev == 0
+    keep = os.lstat(target / "dir" / "keep")
+    assert (keep.st_uid, keep.st_gid, stat.S_IMODE(keep.st_mode)) == (1000, 1001, 0o4755)
+    assert keep.st_mtime == 1_700_000_000
+    assert os.getxattr(target / "dir" / "keep", "user.test") == b"v"
+    with pytest.raises(OSError):
+        os.getxattr(target / "dir" / "evil", "trusted.overlay.redirect")
+    assert stat.S_ISFIFO(os.lstat(target / "fifo").st_mode)
+    assert os.readlink(target / "link") == "/nowhere" and os.lstat(target / "link").st_uid == 5
+    assert os.lstat(target / "dir").st_mtime == 1_700_000_000  # directory times set after their children
+    assert not os.path.lexists(target / ".wh..wh.plnk")
+
+
+@pytest.mark.parametrize("compression", ["none", "gzip", "zstd"])
+def test_compressions_and_diff_id(tmp_path, compression):
+    target = tmp_path / "t"
+    target.mkdir()
+    raw = make_tar(entry("f", data=b"hello"))
+    diff_id = "sha256:" + hashlib.sha256(raw).hexdigest()
+    blob = {"none": raw, "gzip": gzip.compress(raw), "zstd": zstandard.ZstdCompressor().compress(raw)}[compression]
+    result = unpack(tmp_path, blob, target, diff_id=diff_id, media_type="application/vnd.oci.image.layer.v1.tar")
+    assert result.diff_id == diff_id and (target / "f").read_bytes() == b"hello"
+    with pytest.raises(LayerError, match="config says"):
+        unpack(tmp_path, blob, tmp_path / "t", diff_id="sha256:" + "0" * 64)
+
+
+def test_corrupt_and_unknown(tmp_path):
+    target = tmp_path / "t"
+    target.mkdir()
+    with pytest.raises(LayerError, match="corrupt"):
+        unpack(tmp_path, gzip.compress(make_tar(entry("f", data=b"x" * 5000)))[:-30], target)
+    with pytest.raises(LayerError, match="media type"):
+        unpack(tmp_path, make_tar(entry("f")), target, media_type="application/x-evil")
+
+
+def test_hardlink_through_lower_layer_symlink_not_followed(tmp_path, sandbox):
+    target, canary = sandbox
+    lower = tmp_path / "lower"
+    lower.mkdir()
+    os.symlink(str(canary), lower / "lnk")
+    data = make_tar(entry("hl", "hardlink", link="lnk/secret"))
+    with pytest.raises(LayerError, match="not in this layer or below"):
+        unpack(tmp_path, data, target, options=UnpackOptions(lowers=[lower]))
+    assert not os.path.lexists(target / "hl")
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="whiteouts need root")
+def test_whiteout_hides_lower_layers_only(tmp_path, sandbox):
+    target, _ = sandbox
+    data = make_tar(entry("f", data=b"this layer"), entry(".wh.f"), entry("d", "dir"), entry("d/x", data=b"x"),
+                    entry(".wh.d"), entry(".wh.g"), entry("g", data=b"re-added"))
+    unpack(tmp_path, data, target)
+    assert (target / "f").read_bytes() == b"this layer"
+    assert (target / "d" / "x").read_bytes() == b"x"
+    assert os.getxattr(target / "d", "trusted.overlay.opaque") == b"y"
+    assert (target / "g").read_bytes() == b"re-added"
