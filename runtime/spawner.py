@@ -51,6 +51,9 @@ class Spawner:
             raise SpawnerError(ans.get("error", "spawn failed"))
         return ans["socket"]
 
+    def alive(self) -> bool:
+        return self._proc.poll() is None
+
     def close(self) -> None:
         """Stop the spawner (monitors it made keep running)."""
         self._file.close()
