@@ -19,9 +19,16 @@ import grpc
 
 from pycri import __version__, log
 from pycri.config import Config
+from pycri.containers import Containers
+from pycri.events import Events
+from pycri.images import ImageManager
+from pycri.monitors import Monitors
+from pycri.network.cni import CNI
 from pycri.network.cniconf import load_network_config
 from pycri.network.defaultnet import write_default_conflist
+from pycri.records import Records
 from pycri.rpc import service_handler
+from pycri.sandboxes import Sandboxes
 from pycri.services.image_service import ImageService
 from pycri.services.runtime_service import RuntimeService
 from pycri.store import Store
@@ -38,9 +45,9 @@ class DaemonError(Exception):
 
 
 class Daemon:
-    """What the servicers share: the config, the metadata store and runtime-wide settings."""
+    """What the servicers share: config, store, records, images, monitors, CNI, events and the managers."""
 
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, spawner=None) -> None:
         self.config = config
         self.started_at = time.time()
         for d in (config.root_path, config.state_path):
@@ -48,6 +55,41 @@ class Daemon:
         self.store = Store(config.db_path, sync_full=config.store_sync_full)
         self.cgroup_version = _cgroup_version()
         self._ensure_network_config()
+        self.spawner = spawner
+        self.records = Records(self.store)
+        self.images = ImageManager(config, self.store)
+        self.images.usage_provider = self._chain_ids_in_use
+        self.monitors = Monitors(spawner)
+        self.cni = CNI(config.cni.bin_dirs, config.root_path / "cni" / "results")
+        self.events = Events()
+        self.sandboxes = Sandboxes(self)
+        self.containers = Containers(self)
+        self._tasks: set[asyncio.Task] = set()
+
+    def _chain_ids_in_use(self):
+        """Layers that containers run on: image GC keeps them even after their image is removed."""
+        for rec in self.records.containers.values():
+            yield from rec.chain_ids
+
+    def background(self, coro) -> asyncio.Task:
+        """Run a daemon-lifetime task (exit watchers); kept referenced until done, cancelled at shutdown."""
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    async def recover(self) -> None:
+        await self.sandboxes.recover()
+        await self.containers.recover()
+
+    async def aclose(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.images.close()
+        if self.spawner is not None:
+            await asyncio.to_thread(self.spawner.close)
+        self.store.close()
 
     def _ensure_network_config(self) -> None:
         cni = self.config.cni
@@ -76,10 +118,9 @@ class Daemon:
             self.store.query_one("SELECT 1")
         except Exception as exc:  # noqa: BLE001 - any store failure makes the runtime not ready
             return False, "MetadataStoreFailed", f"{type(exc).__name__}: {exc}"
+        if self.spawner is not None and not self.spawner.alive():
+            return False, "MonitorSpawnerDied", "the pod monitor spawner exited; restart pycri"
         return True, "", ""
-
-    def close(self) -> None:
-        self.store.close()
 
 
 def _cgroup_version() -> str:
@@ -110,8 +151,9 @@ def prepare_socket(path: Path) -> None:
     raise DaemonError(f"another process is serving on {path}")
 
 
-async def serve(config: Config) -> None:
-    daemon = Daemon(config)
+async def serve(config: Config, spawner=None) -> None:
+    daemon = Daemon(config, spawner)
+    await daemon.recover()
     sock = Path(config.listen)
     prepare_socket(sock)
     server = grpc.aio.server(options=[
@@ -120,7 +162,7 @@ async def serve(config: Config) -> None:
     ])
     server.add_generic_rpc_handlers((
         service_handler("RuntimeService", RuntimeService(daemon)),
-        service_handler("ImageService", ImageService()),
+        service_handler("ImageService", ImageService(daemon.images)),
     ))
     old_umask = os.umask(0o117)  # the socket is born 0660: root (and the socket's group) only, no window
     try:
@@ -139,5 +181,5 @@ async def serve(config: Config) -> None:
     _log.info("shutting down", grace_seconds=SHUTDOWN_GRACE_SECONDS)
     await server.stop(SHUTDOWN_GRACE_SECONDS)
     sock.unlink(missing_ok=True)
-    daemon.close()
+    await daemon.aclose()
     _log.info("stopped")

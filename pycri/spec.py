@@ -72,7 +72,8 @@ ANN_CONTAINER_NAME = "io.kubernetes.cri.container-name"
 ANN_IMAGE_NAME = "io.kubernetes.cri.image-name"
 ANN_LOG_PATH = "io.pycri.log-path"
 
-SANDBOX_OOM_SCORE_ADJ = -998  # the kubelet's value for infra containers
+SANDBOX_OOM_SCORE_ADJ = -998
+DEFAULT_CGROUP_PARENT = "/pycri"  # for pods the kubelet gave no cgroup parent (crictl runp, tests)  # the kubelet's value for infra containers
 
 
 @dataclass
@@ -102,7 +103,7 @@ def cgroups_path(driver: str, parent: str, container_id: str) -> str:
         if parent and not slice_name.endswith(".slice"):
             raise InvalidArgument(f"cgroup_parent {parent!r} is not a systemd slice (the cgroup driver is systemd)")
         return f"{slice_name}:pycri:{container_id}"
-    parent = parent or "/pycri"
+    parent = parent or DEFAULT_CGROUP_PARENT
     if not parent.startswith("/"):
         parent = "/" + parent
     return f"{parent.rstrip('/')}/{container_id}"
@@ -340,7 +341,7 @@ def sandbox_spec(config: cri.PodSandboxConfig, image_config: dict, sandbox_id: s
         "linux": {
             "cgroupsPath": cgroups_path(cgroup_driver, linux.cgroup_parent, sandbox_id),
             "namespaces": _namespaces(spec_paths, new_pid=opts.pid != cri.NamespaceMode.NODE),
-            "resources": {"devices": [{"allow": False, "access": "rwm"}], **resources(
+            "resources": {"devices": list(DEFAULT_DEVICE_RULES), **resources(
                 linux.resources if linux.HasField("resources") else None)},
             "sysctl": validate_sysctls(dict(linux.sysctls), opts),
         },

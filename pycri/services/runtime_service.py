@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import json
 import os
@@ -22,6 +23,133 @@ class RuntimeService:
     def __init__(self, daemon) -> None:
         self.daemon = daemon
         self.config = daemon.config
+        self.sandboxes = daemon.sandboxes
+        self.containers = daemon.containers
+
+    # ---- pod sandboxes ----
+
+    async def RunPodSandbox(self, request, context):
+        sid = await self.sandboxes.run(request.config, request.runtime_handler)
+        self.daemon.events.emit(sid, cri.ContainerEventType.CONTAINER_CREATED_EVENT)
+        self.daemon.events.emit(sid, cri.ContainerEventType.CONTAINER_STARTED_EVENT)
+        return cri.RunPodSandboxResponse(pod_sandbox_id=sid)
+
+    async def StopPodSandbox(self, request, context):
+        await self.sandboxes.stop(request.pod_sandbox_id)
+        self.daemon.events.emit(request.pod_sandbox_id, cri.ContainerEventType.CONTAINER_STOPPED_EVENT)
+        return cri.StopPodSandboxResponse()
+
+    async def RemovePodSandbox(self, request, context):
+        await self.sandboxes.remove(request.pod_sandbox_id)
+        self.daemon.events.emit(request.pod_sandbox_id, cri.ContainerEventType.CONTAINER_DELETED_EVENT)
+        return cri.RemovePodSandboxResponse()
+
+    async def PodSandboxStatus(self, request, context):
+        return self.sandboxes.status(request.pod_sandbox_id, request.verbose)
+
+    async def ListPodSandbox(self, request, context):
+        return cri.ListPodSandboxResponse(
+            items=self.sandboxes.list(request.filter if request.HasField("filter") else None))
+
+    async def StreamPodSandboxes(self, request, context):
+        items = self.sandboxes.list(request.filter if request.HasField("filter") else None)
+        for chunk in _chunks(items):
+            yield cri.StreamPodSandboxesResponse(pod_sandboxes=chunk)
+
+    # ---- containers ----
+
+    async def CreateContainer(self, request, context):
+        cid = await self.containers.create(request.pod_sandbox_id, request.config, request.sandbox_config)
+        return cri.CreateContainerResponse(container_id=cid)
+
+    async def StartContainer(self, request, context):
+        await self.containers.start(request.container_id)
+        return cri.StartContainerResponse()
+
+    async def StopContainer(self, request, context):
+        await self.containers.stop(request.container_id, request.timeout)
+        return cri.StopContainerResponse()
+
+    async def RemoveContainer(self, request, context):
+        await self.containers.remove(request.container_id)
+        return cri.RemoveContainerResponse()
+
+    async def ContainerStatus(self, request, context):
+        return self.containers.status(request.container_id, request.verbose)
+
+    async def ListContainers(self, request, context):
+        return cri.ListContainersResponse(
+            containers=self.containers.list(request.filter if request.HasField("filter") else None))
+
+    async def StreamContainers(self, request, context):
+        items = self.containers.list(request.filter if request.HasField("filter") else None)
+        for chunk in _chunks(items):
+            yield cri.StreamContainersResponse(containers=chunk)
+
+    async def UpdateContainerResources(self, request, context):
+        await self.containers.update_resources(request.container_id, request.linux)
+        return cri.UpdateContainerResourcesResponse()
+
+    async def ReopenContainerLog(self, request, context):
+        await self.containers.reopen_log(request.container_id)
+        return cri.ReopenContainerLogResponse()
+
+    async def ExecSync(self, request, context):
+        return await self.containers.exec_sync(request.container_id, list(request.cmd), request.timeout)
+
+    # ---- stats ----
+
+    async def ContainerStats(self, request, context):
+        rec = self.containers.get(request.container_id)
+        return cri.ContainerStatsResponse(stats=await self.containers.stats(rec))
+
+    async def ListContainerStats(self, request, context):
+        return cri.ListContainerStatsResponse(stats=await self._container_stats(request))
+
+    async def StreamContainerStats(self, request, context):
+        for chunk in _chunks(await self._container_stats(request)):
+            yield cri.StreamContainerStatsResponse(container_stats=chunk)
+
+    async def _container_stats(self, request) -> list:
+        flt = request.filter if request.HasField("filter") else None
+        wanted = []
+        for rec in self.daemon.records.containers.values():
+            if rec.state != "running":
+                continue
+            if flt is not None:
+                if flt.id and not rec.id.startswith(flt.id):
+                    continue
+                if flt.pod_sandbox_id and not rec.sandbox_id.startswith(flt.pod_sandbox_id):
+                    continue
+                if any(rec.config.labels.get(k) != v for k, v in flt.label_selector.items()):
+                    continue
+            wanted.append(rec)
+        return list(await asyncio.gather(*(self.containers.stats(rec) for rec in wanted)))
+
+    async def PodSandboxStats(self, request, context):
+        rec = self.sandboxes.get(request.pod_sandbox_id)
+        return cri.PodSandboxStatsResponse(stats=await self.sandboxes.stats(rec))
+
+    async def ListPodSandboxStats(self, request, context):
+        return cri.ListPodSandboxStatsResponse(stats=await self._pod_stats(request))
+
+    async def StreamPodSandboxStats(self, request, context):
+        for chunk in _chunks(await self._pod_stats(request)):
+            yield cri.StreamPodSandboxStatsResponse(pod_sandbox_stats=chunk)
+
+    async def _pod_stats(self, request) -> list:
+        targets = self.sandboxes.stats_targets(request.filter if request.HasField("filter") else None)
+        return list(await asyncio.gather(*(self.sandboxes.stats(rec) for rec in targets)))
+
+    # ---- events ----
+
+    async def GetContainerEvents(self, request, context):
+        queue = self.daemon.events.subscribe()
+        try:
+            while True:
+                yield await queue.get()
+        finally:
+            self.daemon.events.unsubscribe(queue)
 
     async def Version(self, request, context):
         return cri.VersionResponse(
@@ -81,3 +209,11 @@ class RuntimeService:
         self.daemon.set_setting(POD_CIDR_KEY, cidr)
         _log.info("pod cidr updated", pod_cidr=cidr)
         return cri.UpdateRuntimeConfigResponse()
+
+
+STREAM_CHUNK = 500  # items per Stream* response: far below the 16 MiB message limit
+
+
+def _chunks(items: list) -> list[list]:
+    """The Stream* list RPCs answer in chunks of at least one item (none at all for an empty list)."""
+    return [items[i:i + STREAM_CHUNK] for i in range(0, len(items), STREAM_CHUNK)]

@@ -1,0 +1,476 @@
+"""Containers: create from an image in a sandbox, start, stop, remove, status, list, exec, logs, resources, stats."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import secrets
+import shutil
+import stat
+import time
+from pathlib import Path
+
+from runtime.client import MonitorError
+
+from pycri import log
+from pycri.api import api_pb2 as cri
+from pycri.errors import DeadlineExceeded, FailedPrecondition, InvalidArgument, NotFound
+from pycri.monitors import MonitorUnavailable
+from pycri.records import (C_CREATED, C_CREATING, C_EXITED, C_RUNNING, CONTAINER_STATE, SB_READY, ContainerRecord,
+                           SandboxRecord, pb)
+from pycri.reservations import Reservations
+from pycri.sandboxes import remove_cgroup
+from pycri.spec import PodPaths, container_spec, resources as oci_resources
+from pycri.users import resolve as resolve_user
+
+_log = log.get("container")
+EXEC_OUTPUT_CAP = 16 * 1024 * 1024  # ExecSync output beyond this is cut (probes print little)
+_SIGNAL_NAMES = {v: k for k, v in cri.Signal.items()}
+
+
+def container_name(config: cri.ContainerConfig, sandbox_config: cri.PodSandboxConfig) -> str:
+    md, pmd = config.metadata, sandbox_config.metadata
+    return f"{md.name}_{pmd.name}_{pmd.namespace}_{pmd.uid}_{md.attempt}"
+
+
+class Containers:
+    def __init__(self, ctx) -> None:
+        self.ctx = ctx
+        self.reservations = Reservations("container")
+        self._locks: dict[str, asyncio.Lock] = {}
+        self._cpu_samples: dict[str, tuple[int, int]] = {}  # id -> (time ns, usage ns): for usage_nano_cores
+
+    def _lock(self, cid: str) -> asyncio.Lock:
+        return self._locks.setdefault(cid, asyncio.Lock())
+
+    # ---- CreateContainer ----
+
+    async def create(self, sandbox_id: str, config: cri.ContainerConfig, sandbox_config: cri.PodSandboxConfig) -> str:
+        if not config.metadata.name:
+            raise InvalidArgument("container metadata needs a name")
+        if not config.image.image:
+            raise InvalidArgument("container config needs an image")
+        sandbox = self.ctx.records.find_sandbox(sandbox_id)
+        if sandbox is None or sandbox.state not in (SB_READY,):
+            raise NotFound(f"pod sandbox {sandbox_id!r} not found or not ready")
+        sandbox_config = sandbox.config  # the runtime's own copy is authoritative
+        name = container_name(config, sandbox_config)
+        existing = (lambda n: (r.id if (r := self.ctx.records.container_by_name(n)) else None))
+        return await self.reservations.create_once(name, existing,
+                                                   lambda: self._create(sandbox, config, sandbox_config, name))
+
+    async def _create(self, sandbox: SandboxRecord, config: cri.ContainerConfig,
+                      sandbox_config: cri.PodSandboxConfig, name: str) -> str:
+        ctx = self.ctx
+        image = await ctx.images.status(config.image.image)
+        if image is None:
+            raise NotFound(f"image {config.image.image!r} not found: pull it first")
+        cid = secrets.token_hex(32)
+        log_path = ""
+        if sandbox_config.log_directory and config.log_path:
+            log_path = os.path.join(sandbox_config.log_directory, config.log_path)
+        rec = ContainerRecord(id=cid, sandbox_id=sandbox.id, name=name, config_pb=pb(config), image_id=image.id,
+                              image_ref=(image.repo_digests[0] if image.repo_digests else image.id),
+                              state=C_CREATING, created_at=time.time_ns(), log_path=log_path,
+                              bundle=str(Path(sandbox.pod_dir) / "bundles" / cid),
+                              layer_dir=str(ctx.config.root_path / "containers" / cid))
+        ctx.records.save_container(rec)
+        try:
+            await self._setup(rec, sandbox, config, sandbox_config, image)
+        except BaseException:
+            await asyncio.shield(self._cleanup(rec))
+            raise
+        rec.state = C_CREATED
+        ctx.records.save_container(rec)
+        ctx.events.emit(cid, cri.ContainerEventType.CONTAINER_CREATED_EVENT)
+        _log.info("container created", container_id=cid, pod_sandbox_id=sandbox.id, name=config.metadata.name)
+        return cid
+
+    async def _setup(self, rec: ContainerRecord, sandbox: SandboxRecord, config: cri.ContainerConfig,
+                     sandbox_config: cri.PodSandboxConfig, image) -> None:
+        ctx = self.ctx
+        infra = f"/proc/{sandbox.infra_pid}/ns"
+        opts = sandbox_config.linux.security_context.namespace_options
+        host_net = opts.network == cri.NamespaceMode.NODE
+        paths = PodPaths(
+            hostname=sandbox_config.hostname,
+            hostname_file=f"{sandbox.pod_dir}/hostname", hosts_file=f"{sandbox.pod_dir}/hosts",
+            resolv_file=f"{sandbox.pod_dir}/resolv.conf", shm_dir=sandbox.shm_dir or None,
+            net_ns=sandbox.netns or None,
+            ipc_ns=None if opts.ipc == cri.NamespaceMode.NODE else f"{infra}/ipc",
+            uts_ns=None if host_net else f"{infra}/uts",
+            pid_ns=None if opts.pid == cri.NamespaceMode.NODE else f"{infra}/pid")
+        sc = config.linux.security_context if config.linux.HasField("security_context") else None
+        if sc is not None and sc.namespace_options.pid == cri.NamespaceMode.TARGET:
+            target = ctx.records.find_container(sc.namespace_options.target_id)
+            if target is None or target.state != C_RUNNING:
+                raise NotFound(f"target container {sc.namespace_options.target_id!r} is not running")
+            paths.extra_annotations["target_pid_ns"] = f"/proc/{target.pid}/ns/pid"
+        spec = container_spec(config, sandbox_config, image.config, rec.id, sandbox.id, paths,
+                              ctx.config.cgroup.driver, rec.log_path)
+        user = self._user(config, image)
+        spec["process"]["user"] = user
+        rec.user = user
+        rec.cgroup_path = spec["linux"]["cgroupsPath"]
+        rec.chain_ids = list(image.chain_ids)
+        if config.linux.HasField("resources"):
+            rec.resources_pb = pb(config.linux.resources)
+        rec.stop_signal = self._stop_signal(config, image)
+        bundle = Path(rec.bundle)
+        layer = Path(rec.layer_dir)
+        for d in (bundle / "rootfs", layer / "upper", layer / "work"):
+            d.mkdir(parents=True, exist_ok=True)
+        tmp = bundle / "config.json.tmp"
+        tmp.write_text(json.dumps(spec))
+        os.replace(tmp, bundle / "config.json")
+        if rec.log_path:
+            os.makedirs(os.path.dirname(rec.log_path), exist_ok=True)
+        overlay = {"lower": ctx.images.lowerdirs(image.id), "upper": str(layer / "upper"), "work": str(layer / "work")}
+        try:
+            created = await ctx.monitors.call(sandbox.monitor_dir, "create", rec.id, str(bundle), overlay=overlay,
+                                              stdin=config.stdin, log_path=rec.log_path or os.devnull)
+        except MonitorError as exc:
+            raise FailedPrecondition(f"failed to create container: {exc}") from None
+        rec.pid = created.get("pid", 0)
+        for warning in created.get("warnings", []):
+            _log.warning("container create", container_id=rec.id, warning=warning)
+
+    def _user(self, config: cri.ContainerConfig, image) -> dict:
+        sc = config.linux.security_context if config.linux.HasField("security_context") else None
+        read = image_file_reader(self.ctx.images.lowerdirs(image.id))
+        image_user = (image.config.get("config") or {}).get("User") or ""
+        uid = gid = None
+        supplemental = []
+        merge = True
+        if sc is not None:
+            if sc.HasField("run_as_user"):
+                uid = sc.run_as_user.value
+            elif sc.run_as_username:
+                image_user = sc.run_as_username
+            if sc.HasField("run_as_group"):
+                if not (sc.HasField("run_as_user") or sc.run_as_username):
+                    raise InvalidArgument("run_as_group needs run_as_user or run_as_username")
+                gid = sc.run_as_group.value
+            supplemental = list(sc.supplemental_groups)
+            merge = sc.supplemental_groups_policy != cri.SupplementalGroupsPolicy.Strict
+        if uid is not None:
+            image_user = image_user.split(":", 1)[1] if ":" in image_user and gid is None else ""
+            image_user = f":{image_user}" if image_user else ""
+        user = resolve_user(image_user, read, uid=uid, gid=gid, supplemental=supplemental, merge_groups=merge)
+        out = {"uid": user.uid, "gid": user.gid}
+        if user.additional_gids:
+            out["additionalGids"] = user.additional_gids
+        return out
+
+    @staticmethod
+    def _stop_signal(config: cri.ContainerConfig, image) -> str:
+        if config.stop_signal:
+            name = _SIGNAL_NAMES.get(config.stop_signal, "SIGTERM")
+            return name.replace("RTMINPLUS", "RTMIN+").replace("RTMAXMINUS", "RTMAX-")
+        img = (image.config.get("config") or {}).get("StopSignal") or ""
+        if img:
+            return img if img.startswith("SIG") or img.isdigit() else f"SIG{img}"
+        return "SIGTERM"
+
+    # ---- Start / Stop / Remove ----
+
+    async def start(self, container_id: str) -> None:
+        rec = self.get(container_id)
+        async with self._lock(rec.id):
+            if rec.state != C_CREATED:
+                raise FailedPrecondition(f"container {rec.id} is {rec.state}, not created")
+            sandbox = self.ctx.records.sandboxes.get(rec.sandbox_id)
+            try:
+                started = await self.ctx.monitors.call(sandbox.monitor_dir, "start", rec.id)
+            except (MonitorError, MonitorUnavailable) as exc:
+                rec.state, rec.finished_at, rec.exit_code = C_EXITED, time.time_ns(), 128
+                rec.reason, rec.message = "StartError", str(exc)
+                self.ctx.records.save_container(rec)
+                raise FailedPrecondition(f"failed to start container {rec.id}: {exc}") from None
+            rec.state = C_RUNNING
+            rec.started_at = time.time_ns()
+            rec.pid = started.get("pid", rec.pid)
+            self.ctx.records.save_container(rec)
+        self._watch(rec)
+        self.ctx.events.emit(rec.id, cri.ContainerEventType.CONTAINER_STARTED_EVENT)
+        _log.info("container started", container_id=rec.id, pid=rec.pid)
+
+    def _watch(self, rec: ContainerRecord) -> None:
+        sandbox = self.ctx.records.sandboxes.get(rec.sandbox_id)
+
+        async def watch() -> None:
+            exit_info = await self.ctx.monitors.wait_exit(sandbox.monitor_dir, rec.id)
+            if exit_info is None:
+                exit_info = self.ctx.monitors.status_from_disk(sandbox.monitor_dir, rec.id)
+            self._record_exit(rec.id, exit_info)
+
+        self.ctx.background(watch())
+
+    def _record_exit(self, cid: str, info: dict) -> None:
+        rec = self.ctx.records.containers.get(cid)
+        if rec is None or rec.state != C_RUNNING:
+            return
+        code = info.get("exit_code")
+        rec.state = C_EXITED
+        rec.finished_at = int(info.get("finished_at") or time.time_ns())
+        if code is None:  # the monitor died with the process: nothing recorded its end
+            rec.exit_code, rec.reason = 255, "Unknown"
+            rec.message = "the container's monitor exited before the container; its exit status is unknown"
+        else:
+            rec.exit_code = int(code)
+            rec.reason = "OOMKilled" if info.get("oom_killed") else ("Completed" if code == 0 else "Error")
+        self.ctx.records.save_container(rec)
+        self.ctx.events.emit(cid, cri.ContainerEventType.CONTAINER_STOPPED_EVENT)
+        _log.info("container exited", container_id=cid, exit_code=rec.exit_code, reason=rec.reason)
+
+    async def stop(self, container_id: str, timeout: int) -> None:
+        rec = self.ctx.records.find_container(container_id)
+        if rec is None:
+            raise NotFound(f"container {container_id!r} not found")
+        if rec.state != C_RUNNING:
+            return  # idempotent
+        sandbox = self.ctx.records.sandboxes.get(rec.sandbox_id)
+        try:
+            if timeout > 0:
+                await self.ctx.monitors.call(sandbox.monitor_dir, "kill", rec.id, rec.stop_signal)
+                try:
+                    info = await self.ctx.monitors.call(sandbox.monitor_dir, "wait", rec.id, timeout=timeout,
+                                                        client_timeout=None)
+                    self._record_exit(rec.id, info)
+                    return
+                except MonitorError:
+                    pass  # the grace period ran out
+            await self.ctx.monitors.call(sandbox.monitor_dir, "kill", rec.id, "SIGKILL", all=True)
+            info = await self.ctx.monitors.call(sandbox.monitor_dir, "wait", rec.id, timeout=60, client_timeout=None)
+            self._record_exit(rec.id, info)
+        except MonitorUnavailable:
+            self._record_exit(rec.id, self.ctx.monitors.status_from_disk(sandbox.monitor_dir, rec.id))
+
+    async def remove(self, container_id: str) -> None:
+        rec = self.ctx.records.find_container(container_id)
+        if rec is None:
+            return  # idempotent
+        if rec.state == C_RUNNING:
+            await self.stop(rec.id, timeout=0)
+        async with self._lock(rec.id):
+            await self._cleanup(rec)
+        self._locks.pop(rec.id, None)
+        if self.ctx.images.resolve_id(rec.image_id) is None:  # its image was removed while it ran
+            self.ctx.background(self.ctx.images.gc())
+        self.ctx.events.emit(rec.id, cri.ContainerEventType.CONTAINER_DELETED_EVENT)
+        _log.info("container removed", container_id=rec.id)
+
+    async def _cleanup(self, rec: ContainerRecord) -> None:
+        sandbox = self.ctx.records.sandboxes.get(rec.sandbox_id)
+        if sandbox is not None and self.ctx.monitors.alive(sandbox.monitor_dir):
+            try:
+                await self.ctx.monitors.call(sandbox.monitor_dir, "delete", rec.id, force=True)
+            except MonitorError as exc:
+                if "not found" not in str(exc) and "unknown" not in str(exc):
+                    _log.warning("monitor delete", container_id=rec.id, error=str(exc))
+        elif rec.cgroup_path:
+            await asyncio.to_thread(remove_cgroup, rec.cgroup_path, self.ctx.config.cgroup.driver)
+        for d in (rec.bundle, rec.layer_dir):
+            if d:
+                await asyncio.to_thread(shutil.rmtree, d, True)
+        self.ctx.records.delete_container(rec.id)
+        self._cpu_samples.pop(rec.id, None)
+
+    # ---- Status / List ----
+
+    def get(self, container_id: str) -> ContainerRecord:
+        rec = self.ctx.records.find_container(container_id)
+        if rec is None or rec.state == C_CREATING:
+            raise NotFound(f"container {container_id!r} not found")
+        return rec
+
+    def status(self, container_id: str, verbose: bool) -> cri.ContainerStatusResponse:
+        rec = self.get(container_id)
+        config = rec.config
+        user = cri.ContainerUser(linux=cri.LinuxContainerUser(
+            uid=rec.user.get("uid", 0), gid=rec.user.get("gid", 0),
+            supplemental_groups=[rec.user.get("gid", 0)] + list(rec.user.get("additionalGids", []))))
+        status = cri.ContainerStatus(
+            id=rec.id, metadata=config.metadata, state=CONTAINER_STATE.get(rec.state, cri.CONTAINER_UNKNOWN),
+            created_at=rec.created_at, started_at=rec.started_at, finished_at=rec.finished_at,
+            exit_code=rec.exit_code, image=cri.ImageSpec(image=config.image.image, annotations=config.image.annotations,
+                                                         user_specified_image=config.image.user_specified_image),
+            image_ref=rec.image_ref, image_id=rec.image_id, reason=rec.reason, message=rec.message,
+            labels=config.labels, annotations=config.annotations, mounts=config.mounts, log_path=rec.log_path,
+            resources=cri.ContainerResources(linux=rec.resources) if rec.resources_pb else None, user=user,
+            stop_signal=config.stop_signal)
+        response = cri.ContainerStatusResponse(status=status)
+        if verbose:
+            response.info["info"] = json.dumps({"sandboxID": rec.sandbox_id, "pid": rec.pid, "bundle": rec.bundle,
+                                                "stopSignal": rec.stop_signal, "state": rec.state})
+        return response
+
+    def list(self, flt: cri.ContainerFilter | None) -> list[cri.Container]:
+        out = []
+        for rec in self.ctx.records.containers.values():
+            if rec.state == C_CREATING:
+                continue
+            state = CONTAINER_STATE.get(rec.state, cri.CONTAINER_UNKNOWN)
+            config = rec.config
+            if flt is not None:
+                if flt.id and not rec.id.startswith(flt.id):
+                    continue
+                if flt.pod_sandbox_id and not rec.sandbox_id.startswith(flt.pod_sandbox_id):
+                    continue
+                if flt.HasField("state") and flt.state.state != state:
+                    continue
+                if any(config.labels.get(k) != v for k, v in flt.label_selector.items()):
+                    continue
+            out.append(cri.Container(id=rec.id, pod_sandbox_id=rec.sandbox_id, metadata=config.metadata,
+                                     image=cri.ImageSpec(image=config.image.image), image_ref=rec.image_ref,
+                                     image_id=rec.image_id, state=state, created_at=rec.created_at,
+                                     labels=config.labels, annotations=config.annotations))
+        return out
+
+    # ---- Exec, logs, resources, stats ----
+
+    def _running(self, container_id: str) -> tuple[ContainerRecord, SandboxRecord]:
+        rec = self.get(container_id)
+        if rec.state != C_RUNNING:
+            raise FailedPrecondition(f"container {rec.id} is not running")
+        return rec, self.ctx.records.sandboxes[rec.sandbox_id]
+
+    async def exec_sync(self, container_id: str, cmd: list[str], timeout: int) -> cri.ExecSyncResponse:
+        if not cmd:
+            raise InvalidArgument("exec needs a command")
+        rec, sandbox = self._running(container_id)
+        try:
+            result = await self.ctx.monitors.call(sandbox.monitor_dir, "exec", rec.id, {"args": list(cmd)},
+                                                  timeout=timeout if timeout > 0 else None,
+                                                  output_cap=EXEC_OUTPUT_CAP, client_timeout=None)
+        except MonitorError as exc:
+            raise FailedPrecondition(f"exec in container {rec.id} failed: {exc}") from None
+        if result.timed_out:
+            raise DeadlineExceeded(f"command {cmd!r} timed out after {timeout}s")
+        return cri.ExecSyncResponse(stdout=result.stdout, stderr=result.stderr, exit_code=result.exit_code)
+
+    async def reopen_log(self, container_id: str) -> None:
+        rec, sandbox = self._running(container_id)
+        await self.ctx.monitors.call(sandbox.monitor_dir, "reopen_log", rec.id)
+
+    async def update_resources(self, container_id: str, res: cri.LinuxContainerResources) -> None:
+        rec = self.get(container_id)
+        if rec.state not in (C_CREATED, C_RUNNING):
+            raise FailedPrecondition(f"container {rec.id} is {rec.state}")
+        sandbox = self.ctx.records.sandboxes[rec.sandbox_id]
+        try:
+            warnings = await self.ctx.monitors.call(sandbox.monitor_dir, "update_resources", rec.id,
+                                                    oci_resources(res))
+        except MonitorError as exc:
+            raise FailedPrecondition(f"cannot update resources of {rec.id}: {exc}") from None
+        for w in warnings or []:
+            _log.warning("update resources", container_id=rec.id, warning=w)
+        rec.resources_pb = pb(res)
+        self.ctx.records.save_container(rec)
+
+    async def stats(self, rec: ContainerRecord) -> cri.ContainerStats:
+        now = time.time_ns()
+        attrs = cri.ContainerAttributes(id=rec.id, metadata=rec.config.metadata, labels=rec.config.labels,
+                                        annotations=rec.config.annotations)
+        out = cri.ContainerStats(attributes=attrs)
+        if rec.state == C_RUNNING:
+            sandbox = self.ctx.records.sandboxes[rec.sandbox_id]
+            try:
+                st = await self.ctx.monitors.call(sandbox.monitor_dir, "stats", rec.id)
+            except (MonitorError, MonitorUnavailable):
+                st = None
+            if st:
+                usage = int(st.get("cpu_usage_ns", 0))
+                cpu = cri.CpuUsage(timestamp=now, usage_core_nano_seconds=cri.UInt64Value(value=usage))
+                last = self._cpu_samples.get(rec.id)
+                if last is not None and now > last[0] and usage >= last[1]:
+                    cpu.usage_nano_cores.value = int((usage - last[1]) * 1e9 / (now - last[0]))
+                self._cpu_samples[rec.id] = (now, usage)
+                out.cpu.CopyFrom(cpu)
+                working_set = int(st.get("memory_working_set", 0))
+                limit = int(st.get("memory_limit") or 0)
+                out.memory.CopyFrom(cri.MemoryUsage(
+                    timestamp=now,
+                    working_set_bytes=cri.UInt64Value(value=working_set),
+                    available_bytes=cri.UInt64Value(value=max(limit - working_set, 0)) if 0 < limit < 1 << 62
+                    else None,
+                    usage_bytes=cri.UInt64Value(value=int(st.get("memory_usage", 0))),
+                    rss_bytes=cri.UInt64Value(value=int(st.get("memory_rss", 0))),
+                    page_faults=cri.UInt64Value(value=int(st.get("page_faults", 0))),
+                    major_page_faults=cri.UInt64Value(value=int(st.get("major_page_faults", 0)))))
+        used, inodes = await asyncio.to_thread(_usage, Path(rec.layer_dir) / "upper")
+        out.writable_layer.CopyFrom(cri.FilesystemUsage(
+            timestamp=now, fs_id=cri.FilesystemIdentifier(mountpoint=str(self.ctx.config.root_path)),
+            used_bytes=cri.UInt64Value(value=used), inodes_used=cri.UInt64Value(value=inodes)))
+        return out
+
+    # ---- Recovery ----
+
+    async def recover(self) -> None:
+        """At start: undo half-made containers; re-watch running ones; report exits that happened meanwhile."""
+        for rec in list(self.ctx.records.containers.values()):
+            sandbox = self.ctx.records.sandboxes.get(rec.sandbox_id)
+            if rec.state == C_CREATING or sandbox is None:
+                await self._cleanup(rec)
+                continue
+            if rec.state != C_RUNNING:
+                continue
+            if self.ctx.monitors.alive(sandbox.monitor_dir):
+                self._watch(rec)
+            else:
+                self._record_exit(rec.id, self.ctx.monitors.status_from_disk(sandbox.monitor_dir, rec.id))
+
+
+def _usage(path: Path) -> tuple[int, int]:
+    used = inodes = 0
+    for dirpath, dirnames, filenames in os.walk(path):
+        for name in dirnames + filenames:
+            try:
+                st = os.lstat(os.path.join(dirpath, name))
+            except OSError:
+                continue
+            inodes += 1
+            used += st.st_blocks * 512
+    return used, inodes
+
+
+def image_file_reader(lowerdirs: list[str]):
+    """A reader of small files (e.g. /etc/passwd) from an image's layer snapshots, topmost layer first.
+
+    Layers are untrusted: a path through a symlink is treated as absent rather than followed (a hostile image
+    must not make us read a host file). Overlay semantics: a whiteout (char 0/0) or a non-directory in the way
+    hides what lower layers have, and so does an opaque directory.
+    """
+    def read(path: str) -> bytes | None:
+        parts = [p for p in path.split("/") if p and p not in (".", "..")]
+        for layer in lowerdirs:
+            current = layer
+            for i, part in enumerate(parts):
+                parent, current = current, os.path.join(current, part)
+                try:
+                    st = os.lstat(current)
+                except FileNotFoundError:
+                    if _opaque(parent):
+                        return None
+                    break  # not in this layer: look lower
+                if stat.S_ISLNK(st.st_mode):
+                    return None
+                if i < len(parts) - 1:
+                    if not stat.S_ISDIR(st.st_mode):
+                        return None
+                    continue
+                if not stat.S_ISREG(st.st_mode):
+                    return None
+                with open(current, "rb") as f:
+                    return f.read(1 << 20)
+        return None
+
+    return read
+
+
+def _opaque(path: str) -> bool:
+    try:
+        return os.getxattr(path, "trusted.overlay.opaque", follow_symlinks=False) == b"y"
+    except OSError:
+        return False
