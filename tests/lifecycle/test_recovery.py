@@ -1,0 +1,98 @@
+"""Daemon restarts (graceful and kill -9), exits while the daemon is down, a lost monitor, and a host reboot."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import time
+
+from pycri.api import api_pb2 as cri
+
+
+def _monitor_pid(daemon, sid: str) -> int:
+    pod_dir = daemon.state / "p" / sid[:16]
+    return json.loads((pod_dir / "monitor.json").read_text())["pid"]
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    state = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0]
+    return state != "Z"
+
+
+def test_containers_keep_running_across_restarts_and_kill_9(kubelet):
+    d = kubelet.d
+    sid, pod = kubelet.run_pod("survivor")
+    cid = kubelet.start(sid, pod, "c", command=["sh", "-c", "while :; do echo tick; sleep 0.2; done"])
+    short = kubelet.start(sid, pod, "short", command=["sleep", "2"])
+    pid = json.loads(kubelet.rt.ContainerStatus(cri.ContainerStatusRequest(container_id=cid, verbose=True))
+                     .info["info"])["pid"]
+    d.restart()  # SIGTERM, then start again
+    assert _alive(pid)
+    d.kill()  # kill -9: no chance to save anything
+    time.sleep(2.5)  # `short` exits while the daemon is down
+    d.start()
+    kubelet.rt = d.runtime
+    assert kubelet.pod_status(sid).state == cri.SANDBOX_READY
+    assert kubelet.status(cid).state == cri.CONTAINER_RUNNING
+    st = kubelet.wait_exited(short, timeout=10)
+    assert (st.exit_code, st.reason) == (0, "Completed")
+    assert kubelet.exec(cid, "echo", "still-here").stdout == b"still-here\n"
+    log_path = os.path.join(kubelet.log_dir, "c", "0.log")
+    size = os.path.getsize(log_path)
+    kubelet.until(lambda: os.path.getsize(log_path) > size, what="logging continues after the restart")
+    assert [s.id for s in kubelet.rt.ListPodSandbox(cri.ListPodSandboxRequest()).items] == [sid]
+    assert sorted(c.id for c in kubelet.rt.ListContainers(cri.ListContainersRequest()).containers) == \
+        sorted([cid, short])
+
+
+def test_a_killed_monitor_leaves_its_containers_exited_and_cleanable(kubelet):
+    sid, pod = kubelet.run_pod("lost")
+    cid = kubelet.start(sid, pod, "c", command=["sleep", "3600"])
+    os.kill(_monitor_pid(kubelet.d, sid), signal.SIGKILL)
+    st = kubelet.wait_exited(cid, timeout=15)
+    assert st.state == cri.CONTAINER_EXITED and st.reason
+    kubelet.until(lambda: kubelet.pod_status(sid).state == cri.SANDBOX_NOTREADY, what="sandbox not ready")
+    kubelet.rt.StopPodSandbox(cri.StopPodSandboxRequest(pod_sandbox_id=sid))
+    kubelet.rt.RemovePodSandbox(cri.RemovePodSandboxRequest(pod_sandbox_id=sid))
+    assert not kubelet.rt.ListContainers(cri.ListContainersRequest()).containers
+
+
+def test_after_a_reboot_sandboxes_are_not_ready_and_containers_exited(kubelet):
+    d = kubelet.d
+    sid, pod = kubelet.run_pod("rebooted")
+    cid = kubelet.start(sid, pod, "c", command=["sleep", "3600"])
+    ip = kubelet.pod_status(sid).network.ip
+    d.stop()
+    _simulate_reboot(d, sid)
+    d.start()
+    kubelet.rt = d.runtime
+    assert kubelet.pod_status(sid).state == cri.SANDBOX_NOTREADY
+    st = kubelet.status(cid)
+    assert st.state == cri.CONTAINER_EXITED
+    kubelet.rt.StopPodSandbox(cri.StopPodSandboxRequest(pod_sandbox_id=sid))
+    assert not (d.ipam_dir / f"net-{d.bridge}" / ip).exists()  # CNI DEL released the pod's IP
+    kubelet.rt.RemovePodSandbox(cri.RemovePodSandboxRequest(pod_sandbox_id=sid))
+    assert not kubelet.rt.ListPodSandbox(cri.ListPodSandboxRequest()).items
+
+
+def _simulate_reboot(d, sid: str) -> None:
+    """Power off: every process of the pod dies, the kernel objects go, /run (the state dir) is emptied."""
+    from runtime.cgroups import open_cgroup
+
+    os.kill(_monitor_pid(d, sid), signal.SIGKILL)
+    for rel in ("/pycri",):  # the default cgroup parent of test pods: its members are the pod's processes
+        cg = open_cgroup(rel)
+        if cg.exists():
+            cg.remove()
+    for line in reversed(open("/proc/self/mountinfo").read().splitlines()):
+        mount_point = line.split()[4]
+        if mount_point.startswith(str(d.state)):
+            subprocess.run(["umount", "-l", mount_point], check=False)
+    shutil.rmtree(d.state)
