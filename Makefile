@@ -31,7 +31,11 @@ proto: venv
 images: venv
 	$(PY) hack/build_test_images.py
 
+# Start the daemon with working defaults: socket /run/pycri/pycri.sock, state in /var/lib/pycri and /run/pycri,
+# the default bridge network (written at start when /etc/cni/net.d has none), and our pause image imported as
+# registry.k8s.io/pause:3.10 so no registry is needed to run a pod.
 run: deps venv proto
+	hack/pause_archive.sh
 	$(VENV)/bin/pycri
 
 test: deps venv proto images

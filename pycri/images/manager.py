@@ -252,6 +252,16 @@ class ImageManager:
                 self.store.execute("INSERT INTO image_names (name, image_id) VALUES (?, ?) ON CONFLICT(name) "
                                    "DO UPDATE SET image_id = excluded.image_id", (name, image_id))
 
+    def tag(self, image_id: str, ref: str) -> str:
+        """Give an existing image one more name (normalised); returns the name."""
+        name = str(reference.parse(ref))
+        if self._row(image_id) is None:
+            raise ImageNotFound(f"image {image_id} not found")
+        with self.store.transaction():
+            self.store.execute("INSERT INTO image_names (name, image_id) VALUES (?, ?) ON CONFLICT(name) "
+                               "DO UPDATE SET image_id = excluded.image_id", (name, image_id))
+        return name
+
     # -- lookups ---------------------------------------------------------------------------------------------
     def resolve_id(self, ref_or_id: str) -> str | None:
         """The image id for an id, unique id prefix, or reference; None when there is no such image."""
