@@ -183,23 +183,17 @@ class Sandboxes:
         _log.info("sandbox removed", pod_sandbox_id=rec.id)
 
     async def _teardown(self, rec: SandboxRecord, remove: bool) -> None:
-        """Undo what exists of a sandbox, in the fast order; each step tolerates what is already gone."""
+        """Undo what exists of a sandbox; each step tolerates what is already gone.
+
+        CNI DEL runs while the netns still exists, in parallel with killing the infra container: the bridge
+        plugin finds the pod's addresses inside the netns to remove its masquerade rules, so a DEL after the
+        netns is deleted (faster, see docs/design.md) leaks those iptables chains whenever ipMasq is on.
+        """
         ctx = self.ctx
         monitor_up = os.path.exists(ctx.monitors.socket_path(rec.monitor_dir)) and ctx.monitors.alive(rec.monitor_dir)
-        if monitor_up:
-            try:
-                await ctx.monitors.call(rec.monitor_dir, "kill", rec.id, "SIGKILL", all=True)
-                await ctx.monitors.call(rec.monitor_dir, "wait", rec.id, timeout=30, client_timeout=None)
-            except Exception as exc:  # noqa: BLE001 - the infra may never have been created
-                _log.debug("infra kill", pod_sandbox_id=rec.id, error=str(exc))
+        await asyncio.gather(self._kill_infra(rec) if monitor_up else asyncio.sleep(0), self._network_down(rec))
         if rec.netns:
             await asyncio.to_thread(podns.remove_netns, rec.netns)
-            net = load_network_config(ctx.config.cni.conf_dir)
-            if net is not None and (not rec.network_name or net.name == rec.network_name):
-                try:
-                    await ctx.cni.delete(net, self._pod_network_args(rec, rec.config))
-                except CNIError as exc:
-                    _log.warning("CNI DEL failed", pod_sandbox_id=rec.id, error=str(exc))
         if rec.shm_dir:
             await asyncio.to_thread(podns.unmount_shm, rec.shm_dir)
         if not monitor_up and rec.cgroup_path:
@@ -217,6 +211,31 @@ class Sandboxes:
                 _log.debug("monitor shutdown", pod_sandbox_id=rec.id, error=str(exc))
         await asyncio.to_thread(shutil.rmtree, rec.pod_dir, True)
         ctx.records.delete_sandbox(rec.id)
+
+    async def _kill_infra(self, rec: SandboxRecord) -> None:
+        try:
+            await self.ctx.monitors.call(rec.monitor_dir, "kill", rec.id, "SIGKILL", all=True)
+            await self.ctx.monitors.call(rec.monitor_dir, "wait", rec.id, timeout=30, client_timeout=None)
+        except Exception as exc:  # noqa: BLE001 - the infra may never have been created, or be gone already
+            _log.debug("infra kill", pod_sandbox_id=rec.id, error=str(exc))
+
+    async def _network_down(self, rec: SandboxRecord) -> None:
+        """CNI DEL once (network_name is cleared when it succeeded, so repeated StopPodSandbox calls are cheap)."""
+        if not rec.network_name:
+            return
+        net = load_network_config(self.ctx.config.cni.conf_dir)
+        if net is None or net.name != rec.network_name:
+            _log.warning("the pod's CNI network config is gone; its IP may stay reserved", pod_sandbox_id=rec.id,
+                         network=rec.network_name)
+            return
+        try:
+            await self.ctx.cni.delete(net, self._pod_network_args(rec, rec.config))
+        except CNIError as exc:
+            _log.warning("CNI DEL failed", pod_sandbox_id=rec.id, error=str(exc))
+            return
+        rec.network_name = ""
+        if rec.id in self.ctx.records.sandboxes:
+            self.ctx.records.save_sandbox(rec)
 
     # ---- Status / List ----
 
