@@ -71,7 +71,9 @@ def _images_import(config_path: str | None, path: str, name: str | None) -> int:
         cfg.root_path.mkdir(parents=True, exist_ok=True, mode=0o711)
         manager = ImageManager(cfg, Store(cfg.db_path, sync_full=cfg.store_sync_full))
         try:
-            ids = await manager.import_archive(path)
+            ids = await manager.import_archive(path, _progress_bar(path) if sys.stderr.isatty() else None)
+            if sys.stderr.isatty():
+                sys.stderr.write(" done\n")
             if name and ids:
                 manager.tag(ids[0], name)
             return ids
@@ -86,6 +88,24 @@ def _images_import(config_path: str | None, path: str, name: str | None) -> int:
     for image_id in ids:
         print(image_id)
     return 0
+
+
+def _progress_bar(label: str):
+    """A one-line progress bar on stderr: `importing FILE [#####.....] 52% 12.3/23.6 MiB`."""
+    last = [-1]
+    furthest = [0]
+
+    def show(done: int, total: int) -> None:
+        furthest[0] = done = max(done, furthest[0])  # tar reads jump back and forth; show how far it got
+        pct = int(done * 100 / total) if total else 100
+        if pct == last[0]:
+            return
+        last[0] = pct
+        bar = "#" * (pct // 4) + "." * (25 - pct // 4)
+        sys.stderr.write(f"\rimporting {label} [{bar}] {pct:3d}% {done / 2**20:.1f}/{total / 2**20:.1f} MiB")
+        sys.stderr.flush()
+
+    return show
 
 
 def _limit_malloc_arenas() -> None:

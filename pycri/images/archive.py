@@ -8,7 +8,9 @@ reference; a docker save archive's RepoTags. Uncompressed docker save layers are
 
 from __future__ import annotations
 
+import io
 import json
+import os
 import tarfile
 from pathlib import Path
 from typing import Any
@@ -25,10 +27,38 @@ class ArchiveError(Exception):
     """The archive is not an importable image archive."""
 
 
-def plan_archive(content: ContentStore, path: Path) -> list[dict]:
-    """Copy the archive's blobs into the content store (verified) and describe each image in it."""
+class _Counting(io.RawIOBase):
+    """The archive file, reporting how far it has been read (progress on a terminal for big imports)."""
+
+    def __init__(self, f, progress) -> None:
+        self._f, self._progress = f, progress
+        self._total = os.fstat(f.fileno()).st_size
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        return self._f.seek(offset, whence)
+
+    def tell(self) -> int:
+        return self._f.tell()
+
+    def readinto(self, b) -> int:
+        n = self._f.readinto(b)
+        self._progress(self._f.tell(), self._total)
+        return n
+
+
+def plan_archive(content: ContentStore, path: Path, progress=None) -> list[dict]:
+    """Copy the archive's blobs into the content store (verified) and describe each image in it.
+
+    progress(done_bytes, total_bytes), if given, is called as the archive is read."""
     try:
-        with tarfile.open(path, "r:*") as tar:
+        with open(path, "rb") as raw, tarfile.open(
+                fileobj=io.BufferedReader(_Counting(raw, progress)) if progress else raw, mode="r:*") as tar:
             members = {_member_key(m.name): m for m in tar.getmembers() if m.isreg()}
             if "index.json" in members and "oci-layout" in members:
                 return _plan_oci(content, tar, members)

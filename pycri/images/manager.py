@@ -396,10 +396,11 @@ class ImageManager:
         return self._usage[1]
 
     # -- import ----------------------------------------------------------------------------------------------
-    async def import_archive(self, path: str | Path) -> list[str]:
-        """Import an OCI layout tarball or a `docker save` tarball; returns the image ids."""
+    async def import_archive(self, path: str | Path, progress=None) -> list[str]:
+        """Import an OCI layout tarball or a `docker save` tarball; returns the image ids.
+        progress(done_bytes, total_bytes) is called from a worker thread as the archive is read."""
         try:
-            plans = await asyncio.to_thread(plan_archive, self.content, Path(path))
+            plans = await asyncio.to_thread(plan_archive, self.content, Path(path), progress)
         except (ArchiveError, ContentError) as exc:
             raise ImageError(f"import {path}: {exc}") from exc
         return await self._install_plans(plans)
