@@ -32,6 +32,7 @@ from pycri.sandboxes import Sandboxes
 from pycri.services.image_service import ImageService
 from pycri.services.runtime_service import RuntimeService
 from pycri.store import Store
+from pycri.streaming.container_backend import streaming_server
 
 _log = log.get("daemon")
 
@@ -64,6 +65,7 @@ class Daemon:
         self.events = Events()
         self.sandboxes = Sandboxes(self)
         self.containers = Containers(self)
+        self.streaming = None  # the StreamingServer, once serve() has started it
         self._tasks: set[asyncio.Task] = set()
 
     def _chain_ids_in_use(self):
@@ -156,6 +158,14 @@ async def serve(config: Config, spawner=None) -> None:
     await daemon.recover()
     sock = Path(config.listen)
     prepare_socket(sock)
+    streaming = streaming_server(daemon)
+    try:
+        await streaming.start()
+    except OSError as exc:
+        await daemon.aclose()
+        raise DaemonError(f"cannot serve streaming on {config.streaming.address}:{config.streaming.port}: "
+                          f"{exc.strerror or exc}") from None
+    daemon.streaming = streaming
     server = grpc.aio.server(options=[
         ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
         ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
@@ -181,5 +191,6 @@ async def serve(config: Config, spawner=None) -> None:
     _log.info("shutting down", grace_seconds=SHUTDOWN_GRACE_SECONDS)
     await server.stop(SHUTDOWN_GRACE_SECONDS)
     sock.unlink(missing_ok=True)
+    await streaming.stop()
     await daemon.aclose()
     _log.info("stopped")

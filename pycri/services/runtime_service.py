@@ -9,8 +9,9 @@ import os
 
 from pycri import CRI_API_VERSION, RUNTIME_NAME, __version__, log
 from pycri.api import api_pb2 as cri
-from pycri.errors import InvalidArgument
+from pycri.errors import InvalidArgument, Unavailable
 from pycri.network.cniconf import load_network_config, network_status
+from pycri.streaming.container_backend import ready_sandbox, running_container
 
 _log = log.get("runtime")
 
@@ -96,6 +97,28 @@ class RuntimeService:
 
     async def ExecSync(self, request, context):
         return await self.containers.exec_sync(request.container_id, list(request.cmd), request.timeout)
+
+    # ---- streaming: the session itself runs on the streaming server (pycri/streaming/container_backend.py) ----
+
+    def _streaming(self):
+        if self.daemon.streaming is None:
+            raise Unavailable("the streaming server is not running")
+        return self.daemon.streaming
+
+    async def Exec(self, request, context):
+        rec, _ = running_container(self.daemon, request.container_id)
+        request.container_id = rec.id  # a unique prefix names the container; the URL is for the container
+        return cri.ExecResponse(url=self._streaming().register_exec(request))
+
+    async def Attach(self, request, context):
+        rec, _ = running_container(self.daemon, request.container_id)
+        request.container_id = rec.id
+        return cri.AttachResponse(url=self._streaming().register_attach(request))
+
+    async def PortForward(self, request, context):
+        sandbox = ready_sandbox(self.daemon, request.pod_sandbox_id)
+        request.pod_sandbox_id = sandbox.id
+        return cri.PortForwardResponse(url=self._streaming().register_portforward(request))
 
     # ---- stats ----
 
