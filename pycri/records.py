@@ -32,7 +32,7 @@ def _pb(msg) -> str:
     return base64.b64encode(msg.SerializeToString()).decode()
 
 
-def _unpb(cls, text: str):
+def unpb(cls, text: str):
     return cls.FromString(base64.b64decode(text)) if text else cls()
 
 
@@ -52,10 +52,12 @@ class SandboxRecord:
     infra_pid: int = 0
     cgroup_parent: str = ""
     cgroup_path: str = ""  # the infra container's cgroup (linux.cgroupsPath)
+    resources_pb: str = ""  # pod-level LinuxContainerResources from UpdatePodSandboxResources
+    overhead_pb: str = ""
 
     @functools.cached_property
     def config(self) -> cri.PodSandboxConfig:
-        return _unpb(cri.PodSandboxConfig, self.config_pb)
+        return unpb(cri.PodSandboxConfig, self.config_pb)
 
     @property
     def monitor_dir(self) -> str:
@@ -94,11 +96,11 @@ class ContainerRecord:
 
     @functools.cached_property
     def config(self) -> cri.ContainerConfig:
-        return _unpb(cri.ContainerConfig, self.config_pb)
+        return unpb(cri.ContainerConfig, self.config_pb)
 
     @property
     def resources(self) -> cri.LinuxContainerResources:
-        return _unpb(cri.LinuxContainerResources, self.resources_pb)
+        return unpb(cri.LinuxContainerResources, self.resources_pb)
 
 
 def pb(msg) -> str:

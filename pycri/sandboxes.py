@@ -25,7 +25,7 @@ from pycri.errors import FailedPrecondition, InvalidArgument, NotFound
 from pycri.network.cni import CNIError, PodNetworkArgs, pod_ips
 from pycri.network.cniconf import load_network_config
 from pycri.podfiles import write_pod_files
-from pycri.records import SB_CREATING, SB_NOTREADY, SB_READY, SANDBOX_STATE, SandboxRecord, pb
+from pycri.records import SB_CREATING, SB_NOTREADY, SB_READY, SANDBOX_STATE, SandboxRecord, pb, unpb
 from pycri.reservations import Reservations
 from pycri.spec import DEFAULT_CGROUP_PARENT, PodPaths, sandbox_spec
 
@@ -265,6 +265,7 @@ class Sandboxes:
                 "pid": rec.infra_pid, "netNamespacePath": rec.netns, "podDir": rec.pod_dir,
                 "runtimeHandler": rec.runtime_handler, "cgroupParent": rec.cgroup_parent,
                 "image": self.ctx.config.sandbox_image, "state": rec.state,
+                "resources": _resources_json(rec.resources_pb), "overhead": _resources_json(rec.overhead_pb),
             })
         return response
 
@@ -286,6 +287,15 @@ class Sandboxes:
                                       labels=config.labels, annotations=config.annotations,
                                       runtime_handler=rec.runtime_handler))
         return out
+
+    def update_resources(self, sandbox_id: str, overhead, resources) -> None:
+        """Record the pod-level resources the kubelet has applied to the pod cgroup (it owns that cgroup; the
+        call tells the runtime, best effort, as the CRI describes it). Shown in verbose PodSandboxStatus."""
+        rec = self.get(sandbox_id)
+        rec.overhead_pb = pb(overhead) if overhead is not None else ""
+        rec.resources_pb = pb(resources) if resources is not None else ""
+        self.ctx.records.save_sandbox(rec)
+        _log.info("pod resources updated", pod_sandbox_id=rec.id)
 
     # ---- Stats ----
 
@@ -349,6 +359,14 @@ class Sandboxes:
                                  pod_sandbox_id=rec.id)
                     rec.state = SB_NOTREADY
                     self.ctx.records.save_sandbox(rec)
+
+
+def _resources_json(text: str) -> dict | None:
+    if not text:
+        return None
+    from google.protobuf.json_format import MessageToDict
+
+    return MessageToDict(unpb(cri.LinuxContainerResources, text))
 
 
 def _net_dev(pid: int) -> list:

@@ -48,6 +48,12 @@ class RuntimeService:
     async def PodSandboxStatus(self, request, context):
         return self.sandboxes.status(request.pod_sandbox_id, request.verbose)
 
+    async def UpdatePodSandboxResources(self, request, context):
+        self.sandboxes.update_resources(request.pod_sandbox_id,
+                                        request.overhead if request.HasField("overhead") else None,
+                                        request.resources if request.HasField("resources") else None)
+        return cri.UpdatePodSandboxResourcesResponse()
+
     async def ListPodSandbox(self, request, context):
         return cri.ListPodSandboxResponse(
             items=self.sandboxes.list(request.filter if request.HasField("filter") else None))

@@ -327,3 +327,15 @@ def test_container_events_are_streamed(kubelet):
     assert mine == [cri.CONTAINER_CREATED_EVENT, cri.CONTAINER_STARTED_EVENT, cri.CONTAINER_STOPPED_EVENT,
                     cri.CONTAINER_DELETED_EVENT]
     assert (sid, cri.CONTAINER_STARTED_EVENT) in events
+
+
+def test_update_pod_sandbox_resources_is_recorded(kubelet):
+    sid, _ = kubelet.run_pod("resize")
+    kubelet.rt.UpdatePodSandboxResources(cri.UpdatePodSandboxResourcesRequest(
+        pod_sandbox_id=sid, resources=cri.LinuxContainerResources(cpu_shares=512, memory_limit_in_bytes=1 << 28)))
+    info = json.loads(kubelet.rt.PodSandboxStatus(cri.PodSandboxStatusRequest(pod_sandbox_id=sid, verbose=True))
+                      .info["info"])
+    assert info["resources"] == {"cpuShares": "512", "memoryLimitInBytes": str(1 << 28)}
+    with pytest.raises(grpc.RpcError) as err:
+        kubelet.rt.UpdatePodSandboxResources(cri.UpdatePodSandboxResourcesRequest(pod_sandbox_id="0" * 64))
+    assert err.value.code() == grpc.StatusCode.NOT_FOUND
