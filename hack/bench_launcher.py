@@ -1,5 +1,9 @@
 """Benchmark: create+start+wait of busybox `true` through our monitor (warm) vs `runc run` and `crun run`
-on the same bundle. Usage: python hack/bench_launcher.py [-n 50]. Needs root."""
+on the same bundle. Usage: python hack/bench_launcher.py [-n 50]. Needs root.
+
+`--pod`: instead, the monitor operations in the shape pycri issues them for one pod (spawn, infra create/start,
+app create/start in the infra's namespaces, exec, kill+wait, delete, shutdown), each timed client-side, with
+an overlay rootfs, a pinned netns, per-container cgroups and pycri's mounts; no runc/crun comparison."""
 from __future__ import annotations
 
 import argparse
@@ -62,6 +66,105 @@ def bench_oci(binary: str, bundle: str, root: str, n: int, extra: list[str]) -> 
     return out
 
 
+POD_OPS = ("spawn", "infra create", "infra start", "create", "start", "exec true", "kill+wait", "delete",
+           "infra kill+wait", "infra delete", "shutdown")
+
+
+def _pod_spec(args: list[str], cg: str, namespaces: list[dict], mounts: list[dict], readonly: bool) -> dict:
+    spec = make_spec(args, marker="", root={"path": "rootfs", "readonly": readonly})
+    spec.pop("hostname", None)
+    spec["process"].pop("rlimits", None)
+    spec["process"]["noNewPrivileges"] = False
+    spec["mounts"] = [m for m in spec["mounts"] if m["destination"] != "/dev/shm"] + [
+        {"destination": "/sys/fs/cgroup", "type": "cgroup", "source": "cgroup",
+         "options": ["nosuid", "noexec", "nodev", "relatime", "ro"]}] + mounts
+    spec["linux"] = {**spec["linux"], "cgroupsPath": cg, "namespaces": namespaces,
+                     "resources": {"devices": [{"allow": False, "access": "rwm"},
+                                               {"allow": True, "type": "c", "major": -1, "minor": -1, "access": "m"},
+                                               {"allow": True, "type": "b", "major": -1, "minor": -1, "access": "m"},
+                                               {"allow": True, "type": "c", "major": 1, "minor": 3,
+                                                "access": "rwm"}]}}
+    spec["linux"]["maskedPaths"] = spec["linux"]["maskedPaths"] + ["/sys/devices/virtual/powercap"]
+    return spec
+
+
+def bench_pod(tmp: str, n: int) -> dict[str, list[float]]:
+    """The monitor ops of one pod's life, as pycri sends them (see POD_OPS), n pods one after the other."""
+    from runtime import cgroups, podns
+    lower = make_rootfs(os.path.join(tmp, "lower"))
+    cg_root = f"/pycri-bench-launcher-{os.getpid()}"
+    times: dict[str, list[float]] = {k: [] for k in POD_OPS}
+    sp = spawner.start()
+    try:
+        for i in range(n + 2):
+            pod = os.path.join(tmp, f"p{i}")
+            os.makedirs(os.path.join(pod, "shm"))
+            for f in ("hostname", "hosts", "resolv.conf"):
+                with open(os.path.join(pod, f), "w") as fh:
+                    fh.write("x\n")
+            netns = os.path.join(tmp, f"ns{i}")
+            podns.create_netns(netns)
+            t: dict[str, float] = {}
+
+            def timed(name, fn, *args, **kw):
+                t0 = time.perf_counter()
+                out = fn(*args, **kw)
+                t[name] = time.perf_counter() - t0
+                return out
+
+            def bundle(name, spec):
+                b = os.path.join(pod, name)
+                for d in ("rootfs", "upper", "work"):
+                    os.makedirs(os.path.join(b, d))
+                with open(os.path.join(b, "config.json"), "w") as fh:
+                    json.dump(spec, fh)
+                return b, {"lower": [lower], "upper": os.path.join(b, "upper"), "work": os.path.join(b, "work")}
+
+            try:
+                c = MonitorClient(timed("spawn", sp.spawn_monitor, f"pod{i}", os.path.join(tmp, f"m{i}")))
+                shm = [{"destination": "/dev/shm", "type": "bind", "source": os.path.join(pod, "shm"),
+                        "options": ["rbind", "rprivate", "rw"]}]
+                ib, iov = bundle("infra", _pod_spec(
+                    ["sleep", "3600"], f"{cg_root}/pod{i}/infra", [{"type": "mount"}, {"type": "network", "path": netns},
+                                                                 {"type": "ipc"}, {"type": "uts"}, {"type": "pid"}],
+                    shm, readonly=True))
+                timed("infra create", c.create, "infra", ib, overlay=iov, log_path=os.devnull)
+                ipid = timed("infra start", c.start, "infra")["pid"]
+                files = [{"destination": f"/etc/{f}", "type": "bind", "source": os.path.join(pod, f),
+                          "options": ["rbind", "rprivate", "rw"]} for f in ("hostname", "hosts", "resolv.conf")]
+                ab, aov = bundle("app", _pod_spec(
+                    ["sleep", "3600"], f"{cg_root}/pod{i}/app",
+                    [{"type": "mount"}, {"type": "network", "path": netns},
+                     {"type": "ipc", "path": f"/proc/{ipid}/ns/ipc"}, {"type": "uts", "path": f"/proc/{ipid}/ns/uts"},
+                     {"type": "pid"}], shm + files, readonly=False))
+                timed("create", c.create, "app", ab, overlay=aov, log_path=os.path.join(pod, "app.log"))
+                timed("start", c.start, "app")
+                r = timed("exec true", c.exec, "app", {"args": ["true"]})
+                assert r.exit_code == 0, r
+                t0 = time.perf_counter()
+                c.kill("app", "SIGKILL", all=True)
+                c.wait("app", timeout=30)
+                t["kill+wait"] = time.perf_counter() - t0
+                timed("delete", c.delete, "app", force=True)
+                t0 = time.perf_counter()
+                c.kill("infra", "SIGKILL", all=True)
+                c.wait("infra", timeout=30)
+                t["infra kill+wait"] = time.perf_counter() - t0
+                timed("infra delete", c.delete, "infra", force=True)
+                timed("shutdown", c.shutdown, force=True)
+            finally:
+                podns.remove_netns(netns)
+            if i >= 2:  # warm-up
+                for k, v in t.items():
+                    times[k].append(v)
+    finally:
+        sp.close()
+        cg = cgroups.open_cgroup(cg_root)
+        if cg.exists():
+            cg.remove()
+    return times
+
+
 def private_cgroup_view() -> None:
     """crun refuses hybrid hosts when cgroup2 holds a controller (here: hugetlb). Run the whole benchmark,
     all runtimes alike, in a private mount namespace without /sys/fs/cgroup/unified."""
@@ -78,7 +181,20 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("-n", type=int, default=50)
     ap.add_argument("--cgroup", action="store_true", help="give every container a cgroup (all runtimes)")
+    ap.add_argument("--pod", action="store_true", help="time the monitor ops of a pod's life (see the doc)")
     a = ap.parse_args()
+    if a.pod:
+        tmp = tempfile.mkdtemp(prefix="bench-", dir="/tmp")
+        try:
+            times = bench_pod(tmp, a.n)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        print(f"monitor ops of one pod (client-side), n={a.n} pods (ms)")
+        print(f"{'op':20} {'median':>8} {'p95':>8}")
+        for k, xs in times.items():
+            print(f"{k:20} {statistics.median(xs) * 1000:8.2f} {pct(xs, 95) * 1000:8.2f}")
+        print(json.dumps({k: round(statistics.median(xs) * 1000, 2) for k, xs in times.items()}))
+        return 0
     tmp = tempfile.mkdtemp(prefix="bench-", dir="/tmp")
     try:
         rootfs = make_rootfs(os.path.join(tmp, "rootfs"))

@@ -15,6 +15,7 @@ no longer import modules or dlopen.
 """
 from __future__ import annotations
 
+import ctypes
 import errno
 import fcntl
 import gc
@@ -44,6 +45,7 @@ class Plan:
     unshare_flags: int = 0                 # namespaces made after the cgroup join (cgroup)
     join: list[tuple[str, str]] = field(default_factory=list)   # (type, path), pid excluded
     join_pid: str | None = None
+    pid_joined_by_parent: bool = False     # set by Process: cloned straight into join_pid (no extra fork)
     stdio: tuple[int, int, int] | None = None
     console_fd: int | None = None          # pty slave for process.terminal
     console_path: str | None = None
@@ -54,6 +56,15 @@ class Plan:
     warnings: list[str] = field(default_factory=list)
     uid_map: str | None = None             # for a new user namespace, written by the parent before "go"
     gid_map: str | None = None
+    cgroup_tasks: list[bytes] | None = None  # files the child writes b"0" to, joining its cgroup (see cgroups)
+    # When the child waits for the parent's "go": "early" (before anything: uid/gid maps, attach(pid)),
+    # "late" (after its mounts, just before pivot_root: the parent makes the cgroup meanwhile, the child then
+    # joins it itself), or None (no wait: nothing to do in the parent, e.g. an exec whose cgroup exists).
+    go_stage: str | None = "early"
+    auto_start: bool = False               # no "ready"/"start" handshake: exec as soon as set up (Process.run)
+    cgroup_v1: list[tuple[str, str]] | None = None  # (name, options) of the host's v1 hierarchies
+    cap_drop: list[tuple] | None = None    # prctl arguments (linux.prctl_args) dropping bounding-set bits
+    cap_ambient: list[tuple] | None = None  # prctl arguments raising ambient bits
 
 
 def plan_from_spec(spec: dict, bundle: str | None, *, overlay: dict | None = None,
@@ -115,6 +126,8 @@ def plan_from_spec(spec: dict, bundle: str | None, *, overlay: dict | None = Non
     if console_fd is not None:
         plan.console_path = os.ttyname(console_fd)
     plan.cgroup_v2 = _host()["cgroup_v2"]
+    if not plan.cgroup_v2 and any(isinstance(m, dict) and m.get("type") == "cgroup" for m in spec.get("mounts") or []):
+        plan.cgroup_v1 = _host()["cgroup_v1"]  # read here: /proc/self/mountinfo is slow to parse in the child
     _plan_caps(plan, proc)
     for key, what in (("hooks", spec.get("hooks")), ("process.apparmorProfile", proc.get("apparmorProfile")),
                       ("process.selinuxLabel", proc.get("selinuxLabel")),
@@ -148,7 +161,7 @@ def _host() -> dict:
     if not _HOST_CACHE:
         from runtime import cgroups
         _HOST_CACHE.update(cgroup_v2=cgroups.detect_version() == 2, last_cap=linux.cap_last_cap(),
-                           permitted=caps.current_permitted())
+                           permitted=caps.current_permitted(), cgroup_v1=rootfs_mod.v1_hierarchies())
     return _HOST_CACHE
 
 
@@ -159,6 +172,13 @@ def _plan_caps(plan: Plan, proc: dict) -> None:
     except ValueError as exc:
         raise LaunchError(str(exc)) from None
     plan.last_cap = _host()["last_cap"]
+    if plan.capsets is not None:
+        plan.cap_drop = [linux.prctl_args(linux.PR_CAPBSET_DROP, c) for c in range(plan.last_cap + 1)
+                         if not plan.capsets["bounding"] & (1 << c)]
+        raise_ = linux.PR_CAP_AMBIENT_RAISE
+        plan.cap_ambient = [(*linux.prctl_args(linux.PR_CAP_AMBIENT, raise_)[:2], ctypes.c_ulong(c),
+                             ctypes.c_ulong(0), ctypes.c_ulong(0))
+                            for c in range(plan.last_cap + 1) if plan.capsets["ambient"] & (1 << c)]
     profile = (plan.spec.get("linux") or {}).get("seccomp")
     if profile:
         try:
@@ -215,14 +235,35 @@ class Process:
     def __init__(self, plan: Plan):
         self.plan = plan
         self.warnings: list[str] = list(plan.warnings)
+        # Joining a pid namespace: rather than a fork in the child after setns (a second copy of this process,
+        # and the intermediate's exit), point our pid_ns_for_children at it, clone, and point it back.
         c2p_r, c2p_w = os.pipe2(os.O_CLOEXEC)
         p2c_r, p2c_w = os.pipe2(os.O_CLOEXEC)
+        own_ns = target_ns = -1
+        if plan.join_pid is not None and plan.uid_map is None:
+            try:
+                own_ns = os.open("/proc/self/ns/pid", os.O_RDONLY | os.O_CLOEXEC)
+                target_ns = os.open(plan.join_pid, os.O_RDONLY | os.O_CLOEXEC)
+                linux.setns(target_ns, linux.CLONE_NEWPID)
+                plan.pid_joined_by_parent = True
+            except OSError as exc:
+                for fd in (own_ns, target_ns, c2p_r, c2p_w, p2c_r, p2c_w):
+                    if fd >= 0:
+                        os.close(fd)
+                raise LaunchError(f"joining namespaces: {exc.filename or plan.join_pid}: {exc.strerror}") from None
         try:
             pid = linux.clone(plan.clone_flags)
         except OSError as exc:
+            pid = -1
             for fd in (c2p_r, c2p_w, p2c_r, p2c_w):
                 os.close(fd)
             raise LaunchError(f"clone: {exc.strerror}") from None
+        finally:
+            if own_ns >= 0:
+                if pid != 0:  # the parent, back to its own; the child stays in the container's (its own now)
+                    linux.setns(own_ns, linux.CLONE_NEWPID)
+                os.close(own_ns)
+                os.close(target_ns)
         if pid == 0:  # the child: never returns
             code = 1
             try:
@@ -243,6 +284,14 @@ class Process:
 
     def setup(self) -> None:
         """Let the child set up namespaces and mounts; returns when it is ready to exec."""
+        self.go()
+        self.wait_ready()
+
+    def go(self) -> None:
+        """Let the child go on with its set-up (the caller may work in parallel, then call wait_ready).
+        A no-op for a plan whose child does not wait (go_stage None)."""
+        if self.plan.go_stage is None:
+            return
         if self.plan.uid_map is not None:
             try:
                 for name, text in (("uid_map", self.plan.uid_map), ("gid_map", self.plan.gid_map)):
@@ -251,8 +300,11 @@ class Process:
             except OSError as exc:
                 self._fail(f"writing user namespace mappings: {exc.strerror}")
         self._send("G")
+
+    def wait_ready(self) -> None:
+        """Wait for the child's "ready" (raises LaunchError when its set-up failed)."""
         # after joining a pid namespace the grandchild's "R" may overtake the intermediate's "P"
-        need_pid = self.plan.join_pid is not None
+        need_pid = self.plan.join_pid is not None and not self.plan.pid_joined_by_parent
         ready = False
         while need_pid or not ready:
             msg = self._chan.read()
@@ -272,7 +324,15 @@ class Process:
 
     def start(self) -> None:
         """Let the child exec; returns once execve succeeded."""
+        self.begin_start()
+        self.wait_started()
+
+    def begin_start(self) -> None:
+        """Let the child drop privileges and exec (the caller may work in parallel, then call wait_started)."""
         self._send("S")
+
+    def wait_started(self) -> None:
+        """Returns once execve succeeded (EOF on the close-on-exec pipe); raises LaunchError otherwise."""
         while True:
             msg = self._chan.read()
             if msg is None:
@@ -281,8 +341,16 @@ class Process:
             kind, payload = msg
             if kind == "W":
                 self.warnings.append(payload)
+            elif kind == "P":  # auto_start with a pid-namespace join
+                self.pid = int(payload)
+                _reap(self._clone_pid)
             elif kind == "E":
                 self._fail(payload)
+
+    def run(self) -> None:
+        """For an auto_start plan (an exec): go, and return once execve succeeded (one wait, no handshake)."""
+        self.go()
+        self.wait_started()
 
     def abort(self) -> None:
         """Kill a not-yet-started child and reap it."""
@@ -368,7 +436,11 @@ def _child(plan: Plan, p2c: int, c2p: int) -> None:
     for sig in (signal.SIGPIPE, signal.SIGXFSZ, signal.SIGINT, signal.SIGTERM, signal.SIGCHLD, signal.SIGHUP):
         signal.signal(sig, signal.SIG_DFL)
     signal.pthread_sigmask(signal.SIG_SETMASK, [])
-    _wait_byte(p2c, b"G")
+    late = plan.go_stage == "late" and plan.rootfs is not None
+    if plan.go_stage is not None and not late:
+        _wait_byte(p2c, b"G")
+    if plan.cgroup_tasks and not late:
+        _join_cgroup(plan.cgroup_tasks)
     spec = plan.spec
     proc = spec["process"]
     lin = spec.get("linux") or {}
@@ -376,7 +448,8 @@ def _child(plan: Plan, p2c: int, c2p: int) -> None:
     with _Stage("joining namespaces"):
         # open every path first: joining the mount namespace changes what the paths mean
         fds = [(kind, os.open(path, os.O_RDONLY | os.O_CLOEXEC)) for kind, path in plan.join]
-        pid_fd = os.open(plan.join_pid, os.O_RDONLY | os.O_CLOEXEC) if plan.join_pid else -1
+        pid_fd = os.open(plan.join_pid, os.O_RDONLY | os.O_CLOEXEC) \
+            if plan.join_pid and not plan.pid_joined_by_parent else -1
         order = {"user": 0, "mount": 2}  # the user namespace first (it owns the others), mount last
         for kind, fd in sorted(fds, key=lambda kf: order.get(kf[0], 1)):
             linux.setns(fd, linux.NS_FLAGS[kind])
@@ -402,7 +475,7 @@ def _child(plan: Plan, p2c: int, c2p: int) -> None:
                 os._exit(0)
 
     if plan.rootfs is not None:
-        _setup_rootfs(plan, spec, lin)
+        _setup_rootfs(plan, spec, lin, p2c if late else -1)
 
     with _Stage("setting hostname"):
         if spec.get("hostname") and plan.clone_flags & linux.CLONE_NEWUTS:
@@ -437,15 +510,16 @@ def _child(plan: Plan, p2c: int, c2p: int) -> None:
     user = proc.get("user") or {}
     os.umask(int(user.get("umask", 0o022)))
 
-    _send(c2p, "R")
-    _wait_byte(p2c, b"S")
+    if not plan.auto_start:
+        _send(c2p, "R")
+        _wait_byte(p2c, b"S")
 
     nnp = bool(proc.get("noNewPrivileges"))
     if filt is not None and not nnp:
         with _Stage("loading seccomp"):
             filt.load()
     with _Stage("dropping privileges"):
-        _drop_privileges(user, plan.capsets, plan.last_cap)
+        _drop_privileges(user, plan)
     if nnp:
         linux.prctl(linux.PR_SET_NO_NEW_PRIVS, 1)
     if filt is not None and nnp:
@@ -457,14 +531,24 @@ def _child(plan: Plan, p2c: int, c2p: int) -> None:
         os.execve(path, proc["args"], env_map)
 
 
-def _setup_rootfs(plan: Plan, spec: dict, lin: dict) -> None:
+def _join_cgroup(tasks: list[bytes]) -> None:
+    with _Stage("joining the cgroup"):
+        for path in tasks:
+            fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
+            try:
+                os.write(fd, b"0")
+            finally:
+                os.close(fd)
+
+
+def _setup_rootfs(plan: Plan, spec: dict, lin: dict, go_fd: int = -1) -> None:
     rootfs = plan.rootfs
     with _Stage("mounting rootfs"):
         rootfs_mod.mount_rootfs(rootfs, plan.overlay, lin.get("rootfsPropagation"))
     dev_is_ours = False
     for m in spec.get("mounts") or []:
         with _Stage(f"mounting {m.get('destination')}"):
-            rootfs_mod.mount_one(rootfs, m, plan.cgroup_v2)
+            rootfs_mod.mount_one(rootfs, m, plan.cgroup_v2, plan.cgroup_v1)
             if m.get("destination") == "/dev" and m.get("type") != "bind":
                 dev_is_ours = True
     with _Stage("creating devices"):
@@ -472,6 +556,10 @@ def _setup_rootfs(plan: Plan, spec: dict, lin: dict) -> None:
                                   bind=bool(plan.clone_flags & linux.CLONE_NEWUSER))
         if plan.console_path:
             rootfs_mod.bind_console(rootfs, plan.console_path)
+    if go_fd >= 0:  # go_stage "late": the parent has made the cgroup meanwhile; join it (host paths: before pivot)
+        _wait_byte(go_fd, b"G")
+        if plan.cgroup_tasks:
+            _join_cgroup(plan.cgroup_tasks)
     with _Stage("pivot_root"):
         rootfs_mod.pivot(rootfs)
     with _Stage("writing sysctls"):  # before /proc/sys becomes read-only
@@ -529,12 +617,12 @@ def _cap_sets(spec_caps: dict | None) -> dict[str, int] | None:
             for k in ("bounding", "effective", "permitted", "inheritable", "ambient")}
 
 
-def _drop_privileges(user: dict, capset: dict[str, int] | None, last_cap: int) -> None:
+def _drop_privileges(user: dict, plan: Plan) -> None:
     uid, gid = int(user.get("uid", 0)), int(user.get("gid", 0))
+    capset = plan.capsets
     if capset is not None:
-        for cap in range(last_cap + 1):
-            if not capset["bounding"] & (1 << cap):
-                linux.prctl(linux.PR_CAPBSET_DROP, cap)
+        for args in plan.cap_drop:
+            linux.prctl_call(args)
     linux.prctl(linux.PR_SET_KEEPCAPS, 1)
     os.setgroups([int(g) for g in user.get("additionalGids") or []])
     os.setresgid(gid, gid, gid)
@@ -543,9 +631,8 @@ def _drop_privileges(user: dict, capset: dict[str, int] | None, last_cap: int) -
     if capset is not None:
         linux.capset(capset["effective"], capset["permitted"], capset["inheritable"])
         linux.prctl(linux.PR_CAP_AMBIENT, linux.PR_CAP_AMBIENT_CLEAR_ALL)
-        for cap in range(last_cap + 1):
-            if capset["ambient"] & (1 << cap):
-                linux.prctl(linux.PR_CAP_AMBIENT, linux.PR_CAP_AMBIENT_RAISE, cap)
+        for args in plan.cap_ambient:
+            linux.prctl_call(args)
 
 
 def spec_json(path: str) -> dict:

@@ -154,6 +154,17 @@ def prctl(option: int, arg2: int = 0, arg3: int = 0, arg4: int = 0, arg5: int = 
                              ctypes.c_ulong(arg4), ctypes.c_ulong(arg5)), f"prctl({option})")
 
 
+def prctl_args(option: int, arg2: int = 0) -> tuple:
+    """prctl arguments as ready ctypes values, built ahead (in the parent) for prctl_call in the child."""
+    return (ctypes.c_int(option), ctypes.c_ulong(arg2), ctypes.c_ulong(0), ctypes.c_ulong(0), ctypes.c_ulong(0))
+
+
+def prctl_call(args: tuple) -> None:
+    if libc.prctl(*args) < 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"prctl({args[0].value}, {args[1].value}): {os.strerror(err)}")
+
+
 def set_comm(name: str) -> None:
     """Set the process name shown by ps/top (15 bytes max)."""
     libc.prctl(ctypes.c_int(PR_SET_NAME), ctypes.c_char_p(name.encode()[:15]), ctypes.c_ulong(0),

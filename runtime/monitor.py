@@ -147,9 +147,24 @@ class Monitor:
         self.execs: dict[int, Exec] = {}
         self.running = True
         self.log = log.bind(pod_id=pod_id)
+        self._after: list = []  # (fn, args, kwargs) run once the current answer is sent (logging)
 
     # ---------------------------------------------------------------- set-up and loop
+    def prepare(self) -> None:
+        """The process-wide part of start-up (subreaper, signals, wakeup pipe): a spare does it ahead."""
+        if getattr(self, "wake_r", None) is not None:
+            return
+        linux.prctl(linux.PR_SET_CHILD_SUBREAPER, 1)
+        r, w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
+        self.wake_r = r
+        signal.set_wakeup_fd(w, warn_on_full_buffer=False)
+        signal.signal(signal.SIGCHLD, lambda *_: None)
+        for s in (signal.SIGPIPE, signal.SIGHUP, signal.SIGINT, signal.SIGTERM):
+            signal.signal(s, signal.SIG_IGN)
+        self.sel.register(r, selectors.EVENT_READ, "signal")
+
     def bind(self) -> None:
+        self.prepare()
         os.makedirs(self.state_dir, mode=0o700, exist_ok=True)
         path = os.path.join(self.state_dir, SOCKET_NAME)
         if len(path.encode()) > 107:
@@ -164,18 +179,10 @@ class Monitor:
         self.lsock.listen(64)
         self.lsock.setblocking(False)
         self.sel.register(self.lsock, selectors.EVENT_READ, "listen")
-        linux.prctl(linux.PR_SET_CHILD_SUBREAPER, 1)
-        r, w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
-        self.wake_r = r
-        signal.set_wakeup_fd(w, warn_on_full_buffer=False)
-        signal.signal(signal.SIGCHLD, lambda *_: None)
-        for s in (signal.SIGPIPE, signal.SIGHUP, signal.SIGINT, signal.SIGTERM):
-            signal.signal(s, signal.SIG_IGN)
-        self.sel.register(r, selectors.EVENT_READ, "signal")
         state.write_json(os.path.join(self.state_dir, "monitor.json"),
                          {"pid": os.getpid(), "start_time": linux.proc_start_time(os.getpid()),
                           "pod_id": self.pod_id})
-        self.log.info("monitor.listening", socket=path, pid=os.getpid())
+        self._later(self.log.info, "monitor.listening", socket=path, pid=os.getpid())
         gc.freeze()  # start-up objects: never scanned again, so clones copy fewer pages
 
     def serve_forever(self) -> None:
@@ -191,6 +198,8 @@ class Monitor:
                     self._dispatch(key, mask)
                 except Exception:  # noqa: BLE001 - keep serving the pod's other containers
                     self.log.exception("monitor.event_failed")
+                if self._after:  # e.g. an exit's log line, after its waiters were answered
+                    self._run_after()
             self._check_deadlines()
         self._cleanup()
 
@@ -261,13 +270,28 @@ class Monitor:
             result = handler(conn, req)
         except (RequestError, launch.LaunchError, cgroups.CgroupError, ValueError, TypeError, KeyError) as exc:
             self._reply(conn, {"ok": False, "error": str(exc)})
+            self._run_after()
             return
         except Exception as exc:  # noqa: BLE001 - one bad request must not kill the pod's monitor
-            self.log.exception("monitor.request_failed", line=line[:200].decode(errors="replace"))
             self._reply(conn, {"ok": False, "error": f"internal error: {type(exc).__name__}: {exc}"})
+            self.log.exception("monitor.request_failed", line=line[:200].decode(errors="replace"))
+            self._run_after()
             return
         if result is not None:
             self._reply(conn, {"ok": True, **result})
+        self._run_after()
+
+    def _later(self, fn, *args, **kwargs) -> None:
+        """Run fn after the answer to the current request has been sent (for what the client need not wait)."""
+        self._after.append((fn, args, kwargs))
+
+    def _run_after(self) -> None:
+        while self._after:
+            fn, args, kwargs = self._after.pop(0)
+            try:
+                fn(*args, **kwargs)
+            except Exception:  # noqa: BLE001
+                self.log.exception("monitor.deferred_failed")
 
     def _reply(self, conn: Conn, obj: dict) -> None:
         if conn.closed:
@@ -387,7 +411,11 @@ class Monitor:
         bundle = req.get("bundle")
         if not isinstance(bundle, str) or not os.path.isabs(bundle):
             raise RequestError("bundle must be an absolute path")
-        spec = launch.spec_json(os.path.join(bundle, "config.json"))
+        spec = req.get("spec")  # inline: no config.json to write and read back (the bundle dir still anchors
+        if spec is None:        # a relative root.path)
+            spec = launch.spec_json(os.path.join(bundle, "config.json"))
+        elif not isinstance(spec, dict):
+            raise RequestError("spec must be a JSON object (an OCI runtime spec)")
         sdir = os.path.join(self.state_dir, cid)
         if os.path.exists(sdir):
             raise RequestError(f"container {cid} has state left in {sdir}; delete it first")
@@ -401,7 +429,6 @@ class Monitor:
 
     def _create(self, c: Container, req: dict) -> None:
         spec = c.spec
-        os.makedirs(c.dir, mode=0o700, exist_ok=False)
         proc = spec.get("process") or {}
         log_path = req.get("log_path") or (spec.get("annotations") or {}).get(LOG_PATH_ANNOTATION)
         max_line = int(req.get("log_max_line") or DEFAULT_MAX_LINE)
@@ -413,42 +440,67 @@ class Monitor:
                 os.close(fd)
             if console is not None:
                 os.close(console)
-        c.pid = c.proc.pid
-        c.start_time = linux.proc_start_time(c.pid)
-        for w in c.proc.warnings:
-            self.log.warning("container.warning", container_id=c.id, warning=w)
         c.status = "created"
         self.containers[c.id] = c
-        state.write_json(os.path.join(c.dir, "state.json"), c.record())
         t3 = time.perf_counter()
-        self.log.info("container.created", container_id=c.id, pid=c.pid, plan_ms=round((t1 - t0) * 1e3, 2),
-                      clone_ms=round((t2 - t1) * 1e3, 2), setup_ms=round((t3 - t2) * 1e3, 2))
+        for w in c.proc.warnings:
+            self._later(self.log.warning, "container.warning", container_id=c.id, warning=w)
+        self._later(self.log.info, "container.created", container_id=c.id, pid=c.pid,
+                    plan_ms=round((t1 - t0) * 1e3, 2), clone_ms=round((t2 - t1) * 1e3, 2),
+                    setup_ms=round((t3 - t2) * 1e3, 2))
 
     def _launch(self, c: Container, req: dict, log_path, max_line, stdio, console):
+        """Plan and clone first; the cgroup is made while the child sets up its namespaces and mounts (the
+        other CPU), and the child joins it itself just before pivot_root (go_stage "late"; see
+        cgroups.Cgroup.self_attach_paths). Then, still in parallel, the parent's share: state dir, log file,
+        start time and state.json (written before the answer, as always)."""
         spec = c.spec
-        if log_path:
-            c.log_path = log_path
-            c.log = LogFile(log_path, max_line)
-        cg_path = (spec.get("linux") or {}).get("cgroupsPath")
-        if cg_path:
-            cg = cgroups.open_cgroup(cg_path)
-            if cg.exists() and cg.pids():
-                raise RequestError(f"cgroup {cg_path} is in use by other processes")
-            c.cgroup = cg
-            cg.create()
-            for w in cg.apply((spec.get("linux") or {}).get("resources")):
-                self.log.warning("cgroup.warning", container_id=c.id, warning=w)
-            c.oom_base = cg.oom_kills()
+        lin = spec.get("linux") or {}
+        cg_path = lin.get("cgroupsPath")
+        cg = cgroups.open_cgroup(cg_path) if cg_path else None
         t0 = time.perf_counter()
         plan = launch.plan_from_spec(spec, c.bundle, overlay=req.get("overlay"), stdio=stdio,
                                      console_fd=console)
+        userns = bool(plan.clone_flags & linux.CLONE_NEWUSER)
+        if cg is not None and not userns:
+            plan.cgroup_tasks = cg.self_attach_paths()  # None: attach(pid) below
+        if userns or (cg is not None and (not plan.cgroup_tasks or plan.unshare_flags & linux.CLONE_NEWCGROUP)):
+            # maps and attach(pid) before the child does anything; a new cgroup namespace must be made inside
+            # the container's cgroup and before its /sys/fs/cgroup mount, so the child joins first there too
+            plan.go_stage = "early"
+        elif cg is not None:
+            plan.go_stage = "late"
+        else:
+            plan.go_stage = None
         t1 = time.perf_counter()
         c.proc = launch.Process(plan)
         t2 = time.perf_counter()
         c.pid = c.proc.pid
-        if c.cgroup:
-            c.cgroup.attach(c.proc.pid)
-        c.proc.setup()
+        if cg is not None:
+            if cg.exists() and cg.pids():
+                raise RequestError(f"cgroup {cg_path} is in use by other processes")
+            c.cgroup = cg
+            cg.create()
+            for w in cg.apply(lin.get("resources")):
+                self._later(self.log.warning, "cgroup.warning", container_id=c.id, warning=w)
+            c.oom_base = cg.oom_kills()
+            if not plan.cgroup_tasks:
+                cg.attach(c.pid)
+        c.proc.go()
+        # in parallel with the child's set-up
+        os.mkdir(c.dir, 0o700)
+        if log_path:
+            c.log_path = log_path
+            c.log = LogFile(log_path, max_line)
+        pid_known = plan.join_pid is None  # else the pid is the grandchild's, known once it is ready
+        if pid_known:
+            c.start_time = linux.proc_start_time(c.pid)
+            state.write_json(os.path.join(c.dir, "state.json"), {**c.record(), "status": "created"})
+        c.proc.wait_ready()
+        if not pid_known:
+            c.pid = c.proc.pid
+            c.start_time = linux.proc_start_time(c.pid)
+            state.write_json(os.path.join(c.dir, "state.json"), {**c.record(), "status": "created"})
         return t0, t1, t2
 
     def _make_stdio(self, c: Container, terminal: bool, stdin: bool):
@@ -486,17 +538,20 @@ class Monitor:
         c = self._get(req)
         if c.status != "created":
             raise RequestError(f"container {c.id} is {c.status}, not created")
+        c.proc.begin_start()
+        # while the child drops privileges and execs: record "running" (before the answer, as always;
+        # a failed exec below turns it into an exit file)
+        c.status = "running"
+        c.started_at = time.time_ns()
+        state.write_json(os.path.join(c.dir, "state.json"), c.record())
         try:
-            c.proc.start()
+            c.proc.wait_started()
         except launch.LaunchError:
             c.status = "stopped"
             c.exit = {"exit_code": 127, "signal": 0, "finished_at": time.time_ns(), "oom_killed": False}
             self._finish(c)
             raise
-        c.status = "running"
-        c.started_at = time.time_ns()
-        state.write_json(os.path.join(c.dir, "state.json"), c.record())
-        self.log.info("container.started", container_id=c.id, pid=c.pid)
+        self._later(self.log.info, "container.started", container_id=c.id, pid=c.pid)
         return {"pid": c.pid}
 
     def op_kill(self, conn, req):
@@ -592,7 +647,7 @@ class Monitor:
             self._kill_and_reap(c)
         self._teardown(c)
         self.containers.pop(c.id, None)
-        self.log.info("container.deleted", container_id=c.id)
+        self._later(self.log.info, "container.deleted", container_id=c.id)
         return {}
 
     def op_shutdown(self, conn, req):
@@ -644,12 +699,16 @@ class Monitor:
                 self._watch(fd, ex, stream)
         try:
             plan = launch.plan_for_exec(c.pid, process, c.spec, stdio=stdio, console_fd=console)
+            if c.cgroup:
+                plan.cgroup_tasks = c.cgroup.self_attach_paths()  # joined by the child before any setns
+            if plan.cgroup_tasks or not c.cgroup:
+                plan.go_stage = None  # nothing for the parent to do first: the child need not wait
+            plan.auto_start = True  # set up and exec in one go: no ready/start round trip
             proc = launch.Process(plan)
             try:
-                if c.cgroup:
+                if c.cgroup and not plan.cgroup_tasks:
                     c.cgroup.attach(proc.pid)
-                proc.setup()
-                proc.start()
+                proc.run()
             except launch.LaunchError:
                 raise
             except BaseException:
@@ -668,7 +727,7 @@ class Monitor:
                 os.close(console)
         ex.pid = proc.pid
         self.execs[proc.pid] = ex
-        self.log.info("exec.started", container_id=c.id, pid=proc.pid, stream=streaming)
+        self._later(self.log.info, "exec.started", container_id=c.id, pid=proc.pid, stream=streaming)
         if streaming:
             self._reply(conn, {"ok": True, "pid": proc.pid, "tty": process["terminal"]})
             conn.stream = ex
@@ -764,9 +823,10 @@ class Monitor:
         if c.stdin_w is not None:
             os.close(c.stdin_w)
             c.stdin_w = None
+        # exit.json alone records the end (state.container_status lets it override state.json): one file
+        # written, not two, before the waiters are answered
         state.write_json(os.path.join(c.dir, "exit.json"), c.exit)
-        state.write_json(os.path.join(c.dir, "state.json"), c.record())
-        self.log.info("container.exited", container_id=c.id, **c.exit)
+        self._later(self.log.info, "container.exited", container_id=c.id, **c.exit)
         for w in c.waiters:
             self._reply(w, {"ok": True, **c.exit})
         c.waiters.clear()
@@ -795,7 +855,7 @@ class Monitor:
                               "truncated": ex.truncated,
                               "stdout": base64.b64encode(bytes(ex.out["stdout"])).decode(),
                               "stderr": base64.b64encode(bytes(ex.out["stderr"])).decode()})
-        self.log.info("exec.exited", container_id=ex.container.id, pid=ex.pid, exit_code=ex.status,
+        self._later(self.log.info, "exec.exited", container_id=ex.container.id, pid=ex.pid, exit_code=ex.status,
                       timed_out=ex.timed_out)
 
     def _check_deadlines(self) -> None:
@@ -898,31 +958,82 @@ def run_detached(state_dir: str, pod_id: str = "", log_path: str | None = None) 
 
     The caller must be single-threaded. The monitor's log goes to log_path or <state_dir>/monitor.log.
     """
-    state_dir = os.path.abspath(state_dir)
-    os.makedirs(state_dir, mode=0o700, exist_ok=True)
-    r, w = os.pipe2(os.O_CLOEXEC)
+    return prefork().assign(state_dir, pod_id, log_path)
+
+
+class Spare:
+    """A detached monitor process (double fork + setsid, stdio on /dev/null, no other fds) that waits for
+    its pod: `assign()` makes it bind `<state_dir>/monitor.sock` and serve. The spawner keeps one ready, so a
+    pod's monitor costs a pipe message instead of two forks. A spare whose pipe closes unassigned exits."""
+
+    def __init__(self, assign_w: int, ready_r: int):
+        self._assign_w = assign_w
+        self._ready_r = ready_r
+
+    def assign(self, state_dir: str, pod_id: str = "", log_path: str | None = None) -> int:
+        """Turn the spare into the monitor of state_dir; returns its pid once it listens."""
+        state_dir = os.path.abspath(state_dir)
+        os.makedirs(state_dir, mode=0o700, exist_ok=True)
+        req = json.dumps({"state_dir": state_dir, "pod_id": pod_id, "log_path": log_path}).encode() + b"\n"
+        try:
+            try:
+                os.write(self._assign_w, req)
+            except OSError as exc:
+                raise RuntimeError(f"spare monitor gone: {exc}") from None
+            os.close(self._assign_w)
+            self._assign_w = -1
+            msg = _read_all(self._ready_r)
+        finally:
+            self.close()
+        if not msg.startswith(b"OK "):
+            raise RuntimeError(f"monitor for {state_dir} failed to start: {msg.decode(errors='replace') or 'died'}")
+        return int(msg[3:])
+
+    def close(self) -> None:
+        """Release an unassigned spare: it exits; returns once it has (its end of the ready pipe closed)."""
+        if self._assign_w >= 0:
+            os.close(self._assign_w)
+            self._assign_w = -1
+            _read_all(self._ready_r)
+        if self._ready_r >= 0:
+            os.close(self._ready_r)
+            self._ready_r = -1
+
+
+def prefork() -> Spare:
+    """Fork a detached spare monitor (the caller must be single-threaded)."""
+    ready_r, ready_w = os.pipe2(os.O_CLOEXEC)
+    assign_r, assign_w = os.pipe2(os.O_CLOEXEC)
     pid = os.fork()
     if pid == 0:
         try:
-            os.close(r)
+            os.close(ready_r)
+            os.close(assign_w)
             os.setsid()
             if os.fork():
                 os._exit(0)
-            _become_monitor(state_dir, pod_id, log_path, w)
+            _spare_main(assign_r, ready_w)
         finally:
             os._exit(1)
-    os.close(w)
+    os.close(ready_w)
+    os.close(assign_r)
     os.waitpid(pid, 0)
+    return Spare(assign_w, ready_r)
+
+
+def _read_all(fd: int) -> bytes:
     msg = b""
-    while chunk := os.read(r, 4096):
+    while True:
+        try:
+            chunk = os.read(fd, 4096)
+        except InterruptedError:
+            continue
+        if not chunk:
+            return msg
         msg += chunk
-    os.close(r)
-    if not msg.startswith(b"OK "):
-        raise RuntimeError(f"monitor for {state_dir} failed to start: {msg.decode(errors='replace') or 'died'}")
-    return int(msg[3:])
 
 
-def _become_monitor(state_dir: str, pod_id: str, log_path: str | None, ready_w: int) -> None:
+def _spare_main(assign_r: int, ready_w: int) -> None:
     try:
         os.chdir("/")
         linux.set_comm("pycri-monitor")
@@ -930,16 +1041,39 @@ def _become_monitor(state_dir: str, pod_id: str, log_path: str | None, ready_w: 
         for i in range(3):
             os.dup2(null, i)
         os.close(null)
-        os.closerange(3, ready_w)
-        os.closerange(ready_w + 1, 65536)
-        configure_logging(log_path or os.path.join(state_dir, "monitor.log"))
-        m = Monitor(state_dir, pod_id)
+        lo, hi = sorted((assign_r, ready_w))
+        os.closerange(3, lo)
+        os.closerange(lo + 1, hi)
+        os.closerange(hi + 1, 65536)
+        m = Monitor("/", "")
+        m.prepare()
+        line = b""
+        while not line.endswith(b"\n"):
+            chunk = os.read(assign_r, 65536)
+            if not chunk:
+                os._exit(0)  # released unassigned
+            line += chunk
+        os.close(assign_r)
+        req = json.loads(line)
+        state_dir, pod_id, log_path = req["state_dir"], req.get("pod_id") or "", req.get("log_path")
+        m.state_dir, m.pod_id = os.path.abspath(state_dir), pod_id
+    except BaseException as exc:  # noqa: BLE001
+        os.write(ready_w, f"ERR {exc}".encode())
+        os._exit(1)
+    _become_monitor(m, log_path, ready_w)
+
+
+def _become_monitor(m: Monitor, log_path: str | None, ready_w: int) -> None:
+    try:
+        configure_logging(log_path or os.path.join(m.state_dir, "monitor.log"))
+        m.log = log.bind(pod_id=m.pod_id)
         m.bind()
     except BaseException as exc:  # noqa: BLE001
         os.write(ready_w, f"ERR {exc}".encode())
         os._exit(1)
     os.write(ready_w, f"OK {os.getpid()}".encode())
     os.close(ready_w)
+    m._run_after()
     try:
         m.serve_forever()
     except BaseException:  # noqa: BLE001

@@ -148,7 +148,7 @@ def mount_rootfs(rootfs: str, overlay: dict | None, propagation: str | None) -> 
         linux.mount(rootfs, rootfs, None, MS_BIND | MS_REC)
 
 
-def mount_one(rootfs: str, m: dict, cgroup_v2: bool) -> None:
+def mount_one(rootfs: str, m: dict, cgroup_v2: bool, v1_hier: list[tuple[str, str]] | None = None) -> None:
     """Mount one OCI mount entry under rootfs."""
     dest_rel = m.get("destination")
     if not isinstance(dest_rel, str) or not dest_rel.startswith("/"):
@@ -173,7 +173,7 @@ def mount_one(rootfs: str, m: dict, cgroup_v2: bool) -> None:
         elif rest & ~MS_REMOUNT:
             linux.mount(None, dest, None, MS_BIND | MS_REMOUNT | (rest & ~MS_REMOUNT))
     elif mtype == "cgroup":
-        _mount_cgroup(dest, flags, cgroup_v2)
+        _mount_cgroup(dest, flags, cgroup_v2, v1_hier)
     else:
         _mkdirs(dest)
         linux.mount(source, dest, mtype, flags, data or None)
@@ -196,14 +196,14 @@ def _recursive_ro(dest: str, rest: int) -> None:
         remount_ro(dest, rest & ~MS_RDONLY & ~MS_REMOUNT)
 
 
-def _mount_cgroup(dest: str, flags: int, cgroup_v2: bool) -> None:
+def _mount_cgroup(dest: str, flags: int, cgroup_v2: bool, v1_hier: list[tuple[str, str]] | None = None) -> None:
     _mkdirs(dest)
     if cgroup_v2:
         linux.mount("cgroup2", dest, "cgroup2", flags)
         return
     # v1: a tmpfs with one cgroup mount per host hierarchy (the cgroup namespace, if any, scopes them)
     linux.mount("tmpfs", dest, "tmpfs", flags & ~MS_RDONLY, "mode=755")
-    for name, opts in _v1_hierarchies():
+    for name, opts in v1_hier if v1_hier is not None else v1_hierarchies():
         sub = os.path.join(dest, name)
         _mkdirs(sub)
         linux.mount("cgroup", sub, "cgroup", flags, opts)
@@ -211,7 +211,8 @@ def _mount_cgroup(dest: str, flags: int, cgroup_v2: bool) -> None:
         linux.mount(None, dest, None, MS_REMOUNT | MS_RDONLY | (flags & ~MS_RDONLY), "mode=755")
 
 
-def _v1_hierarchies() -> list[tuple[str, str]]:
+def v1_hierarchies() -> list[tuple[str, str]]:
+    """(name, mount options) of each cgroup v1 hierarchy of this mount namespace."""
     out = []
     with open("/proc/self/mountinfo") as f:
         for line in f:

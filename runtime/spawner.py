@@ -77,21 +77,41 @@ def start() -> Spawner:
 
 
 def main(fd: int) -> None:
-    """Spawner process entry point: serve spawn requests on the inherited socket until EOF."""
+    """Spawner process entry point: serve spawn requests on the inherited socket until EOF.
+
+    It keeps one spare monitor forked ahead (runtime.monitor.prefork): a request hands the spare its pod
+    (bind the socket, write monitor.json: ~1 ms) and the next spare is forked after the answer, while the
+    daemon goes on with the pod. At EOF the unassigned spare is released (it exits before the spawner does)."""
     import signal
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     from runtime import linux
-    from runtime.monitor import SOCKET_NAME, run_detached
+    from runtime.monitor import SOCKET_NAME, prefork
     linux.set_comm("pycri-spawner")
     sock = socket.socket(fileno=fd)
+    spare = prefork()
     sock.sendall(b"READY\n")
     f = sock.makefile("rb")
-    for line in f:
-        try:
-            req = json.loads(line)
-            state_dir = req["state_dir"]
-            pid = run_detached(state_dir, str(req.get("pod_id", "")))
-            ans = {"ok": True, "pid": pid, "socket": os.path.join(state_dir, SOCKET_NAME)}
-        except Exception as exc:  # noqa: BLE001 - report, keep serving
-            ans = {"ok": False, "error": str(exc)}
-        sock.sendall(json.dumps(ans).encode() + b"\n")
+    try:
+        for line in f:
+            try:
+                req = json.loads(line)
+                state_dir = req["state_dir"]
+                try:
+                    pid = (spare or prefork()).assign(state_dir, str(req.get("pod_id", "")))
+                except RuntimeError:
+                    if spare is None:
+                        raise
+                    spare = None  # the spare died (killed?): once more with a fresh one
+                    pid = prefork().assign(state_dir, str(req.get("pod_id", "")))
+                ans = {"ok": True, "pid": pid, "socket": os.path.join(state_dir, SOCKET_NAME)}
+            except Exception as exc:  # noqa: BLE001 - report, keep serving
+                ans = {"ok": False, "error": str(exc)}
+            spare = None
+            sock.sendall(json.dumps(ans).encode() + b"\n")
+            try:
+                spare = prefork()  # for the next pod, off the critical path
+            except OSError:
+                spare = None
+    finally:
+        if spare is not None:
+            spare.close()

@@ -23,10 +23,25 @@ def check_id(cid) -> str:
 
 
 def write_json(path: str, data: dict) -> None:
+    """Write data as JSON at path, before the change is acknowledged. A new file is written in place (a
+    reader may find it empty for an instant and then treats it as absent, as before it existed); an existing
+    one is replaced atomically (write + rename), so a reader sees the old or the new content, never a mix.
+    No fsync: the state dir is volatile (/run), and a process crash cannot lose a completed write()."""
+    raw = json.dumps(data).encode()
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+    except FileExistsError:
+        pass
+    else:
+        try:
+            os.write(fd, raw)
+        finally:
+            os.close(fd)
+        return
     tmp = f"{path}.tmp"
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
     try:
-        os.write(fd, json.dumps(data).encode())
+        os.write(fd, raw)
     finally:
         os.close(fd)
     os.rename(tmp, path)
