@@ -91,8 +91,31 @@ def _simulate_reboot(d, sid: str) -> None:
         cg = open_cgroup(rel)
         if cg.exists():
             cg.remove()
+    _flush_pod_nat_rules(sid)
     for line in reversed(open("/proc/self/mountinfo").read().splitlines()):
         mount_point = line.split()[4]
         if mount_point.startswith(str(d.state)):
             subprocess.run(["umount", "-l", mount_point], check=False)
     shutil.rmtree(d.state)
+
+
+def _flush_pod_nat_rules(sid: str) -> None:
+    """A reboot empties iptables; drop just this pod's nat rules and chains (tagged with its id by the plugins)."""
+    rules = subprocess.run(["iptables", "-t", "nat", "-S"], capture_output=True, text=True).stdout.splitlines()
+    chains = set()
+    for rule in rules:
+        if rule.startswith("-A ") and sid in rule:
+            parts = rule.split()
+            if "-j" in parts:
+                chains.add(parts[parts.index("-j") + 1])
+            subprocess.run(["iptables", "-t", "nat", "-D"] + _unquote(rule[3:]), check=False)
+    for chain in chains:
+        if chain.startswith("CNI-") and "HOSTPORT" not in chain:
+            subprocess.run(["iptables", "-t", "nat", "-F", chain], check=False)
+            subprocess.run(["iptables", "-t", "nat", "-X", chain], check=False)
+
+
+def _unquote(rule: str) -> list[str]:
+    import shlex
+
+    return shlex.split(rule)
