@@ -40,6 +40,7 @@ class Containers:
         self.reservations = Reservations("container")
         self._locks: dict[str, asyncio.Lock] = {}
         self._cpu_samples: dict[str, tuple[int, int]] = {}  # id -> (time ns, usage ns): for usage_nano_cores
+        self._users: dict[tuple, object] = {}
 
     def _lock(self, cid: str) -> asyncio.Lock:
         return self._locks.setdefault(cid, asyncio.Lock())
@@ -126,10 +127,10 @@ class Containers:
         os.replace(tmp, bundle / "config.json")
         if rec.log_path:
             os.makedirs(os.path.dirname(rec.log_path), exist_ok=True)
-        overlay = {"lower": ctx.images.lowerdirs(image.id), "upper": str(layer / "upper"), "work": str(layer / "work")}
+        overlay = {"lower": image.lowerdirs, "upper": str(layer / "upper"), "work": str(layer / "work")}
         try:
             created = await ctx.monitors.call(sandbox.monitor_dir, "create", rec.id, str(bundle), overlay=overlay,
-                                              stdin=config.stdin, log_path=rec.log_path or os.devnull)
+                                              stdin=config.stdin, log_path=rec.log_path or os.devnull, spec=spec)
         except MonitorError as exc:
             raise FailedPrecondition(f"failed to create container: {exc}") from None
         rec.pid = created.get("pid", 0)
@@ -138,7 +139,7 @@ class Containers:
 
     def _user(self, config: cri.ContainerConfig, image) -> dict:
         sc = config.linux.security_context if config.linux.HasField("security_context") else None
-        read = image_file_reader(self.ctx.images.lowerdirs(image.id))
+        read = image_file_reader(image.lowerdirs or self.ctx.images.lowerdirs(image.id))
         image_user = (image.config.get("config") or {}).get("User") or ""
         uid = gid = None
         supplemental = []
@@ -157,7 +158,13 @@ class Containers:
         if uid is not None:
             image_user = image_user.split(":", 1)[1] if ":" in image_user and gid is None else ""
             image_user = f":{image_user}" if image_user else ""
-        user = resolve_user(image_user, read, uid=uid, gid=gid, supplemental=supplemental, merge_groups=merge)
+        key = (image.id, image_user, uid, gid, tuple(supplemental), merge)
+        user = self._users.get(key)
+        if user is None:  # an image's passwd/group never change: resolve once per image and user
+            user = resolve_user(image_user, read, uid=uid, gid=gid, supplemental=supplemental, merge_groups=merge)
+            if len(self._users) > 4096:
+                self._users.clear()
+            self._users[key] = user
         out = {"uid": user.uid, "gid": user.gid}
         if user.additional_gids:
             out["additionalGids"] = user.additional_gids
@@ -271,11 +278,10 @@ class Containers:
                     _log.warning("monitor delete", container_id=rec.id, error=str(exc))
         elif rec.cgroup_path:
             await asyncio.to_thread(remove_cgroup, rec.cgroup_path, self.ctx.config.cgroup.driver)
-        for d in (rec.bundle, rec.layer_dir):
-            if d:
-                await asyncio.to_thread(shutil.rmtree, d, True)
         self.ctx.records.delete_container(rec.id)
         self._cpu_samples.pop(rec.id, None)
+        # The directories go after the answer (a writable layer can be large); a crash before that is swept at start.
+        self.ctx.background(asyncio.to_thread(_remove_dirs, rec.bundle, rec.layer_dir))
 
     # ---- Status / List ----
 
@@ -408,7 +414,14 @@ class Containers:
     # ---- Recovery ----
 
     async def recover(self) -> None:
-        """At start: undo half-made containers; re-watch running ones; report exits that happened meanwhile."""
+        """At start: undo half-made containers; re-watch running ones; report exits that happened meanwhile;
+        sweep writable layers whose container is gone (removed just before a crash)."""
+        layers = self.ctx.config.root_path / "containers"
+        if layers.is_dir():
+            known = set(self.ctx.records.containers)
+            stale = [str(d) for d in layers.iterdir() if d.name not in known]
+            if stale:
+                await asyncio.to_thread(_remove_dirs, *stale)
         for rec in list(self.ctx.records.containers.values()):
             sandbox = self.ctx.records.sandboxes.get(rec.sandbox_id)
             if rec.state == C_CREATING or sandbox is None:
@@ -420,6 +433,12 @@ class Containers:
                 self._watch(rec)
             else:
                 self._record_exit(rec.id, self.ctx.monitors.status_from_disk(sandbox.monitor_dir, rec.id))
+
+
+def _remove_dirs(*dirs: str) -> None:
+    for d in dirs:
+        if d:
+            shutil.rmtree(d, ignore_errors=True)
 
 
 def _usage(path: Path) -> tuple[int, int]:

@@ -87,41 +87,51 @@ class Sandboxes:
         return sid
 
     async def _setup(self, rec: SandboxRecord, config: cri.PodSandboxConfig, image) -> None:
+        """Everything the record names is decided and saved first (so an undo knows what to look for); then the
+        network, the pod's /dev/shm, the monitor and the bundle are made in parallel; then the infra container."""
         ctx = self.ctx
         opts = config.linux.security_context.namespace_options
         pod_dir = Path(rec.pod_dir)
         pod_dir.mkdir(parents=True, exist_ok=True, mode=0o711)
         files = write_pod_files(pod_dir, config, host_network=opts.network == cri.NamespaceMode.NODE)
+        net = None
         if opts.network != cri.NamespaceMode.NODE:
-            rec.netns = str(ctx.config.state_path / "ns" / rec.id[:16])
-            ctx.records.save_sandbox(rec)
-            await asyncio.to_thread(podns.create_netns, rec.netns)
             net = load_network_config(ctx.config.cni.conf_dir)
             if net is None:
                 raise FailedPrecondition(f"network not ready: no CNI network config in {ctx.config.cni.conf_dir}")
+            rec.netns = str(ctx.config.state_path / "ns" / rec.id[:16])
             rec.network_name = net.name
-            ctx.records.save_sandbox(rec)
-            try:
-                result = await ctx.cni.add(net, self._pod_network_args(rec, config))
-            except CNIError as exc:
-                raise FailedPrecondition(f"failed to set up the pod network: {exc}") from None
-            rec.ips = pod_ips(result)
         if opts.ipc != cri.NamespaceMode.NODE:
             rec.shm_dir = str(pod_dir / "shm")
-            ctx.records.save_sandbox(rec)
-            await asyncio.to_thread(podns.mount_shm, rec.shm_dir)
-        await ctx.monitors.spawn(rec.id, rec.monitor_dir)
         paths = PodPaths(hostname=files["hostname"], net_ns=rec.netns or None, shm_dir=rec.shm_dir or None)
         spec = sandbox_spec(config, image.config, rec.id, paths, ctx.config.cgroup.driver)
         rec.cgroup_path = spec["linux"]["cgroupsPath"]
         ctx.records.save_sandbox(rec)
         bundle = pod_dir / "infra"
-        _write_bundle(bundle, spec)
-        overlay = {"lower": ctx.images.lowerdirs(image.id), "upper": str(bundle / "upper"),
-                   "work": str(bundle / "work")}
+
+        async def network() -> None:
+            if net is None:
+                return
+            await asyncio.to_thread(podns.create_netns, rec.netns)
+            try:
+                result = await ctx.cni.add(net, self._pod_network_args(rec, config))
+            except CNIError as exc:
+                raise FailedPrecondition(f"failed to set up the pod network: {exc}") from None
+            rec.ips = pod_ips(result)
+
+        async def shm() -> None:
+            if rec.shm_dir:
+                await asyncio.to_thread(podns.mount_shm, rec.shm_dir)
+
+        results = await asyncio.gather(network(), shm(), ctx.monitors.spawn(rec.id, rec.monitor_dir),
+                                       asyncio.to_thread(_write_bundle, bundle, spec), return_exceptions=True)
+        for result in results:
+            if isinstance(result, BaseException):
+                raise result
+        overlay = {"lower": image.lowerdirs, "upper": str(bundle / "upper"), "work": str(bundle / "work")}
         try:
             created = await ctx.monitors.call(rec.monitor_dir, "create", rec.id, str(bundle), overlay=overlay,
-                                              log_path=os.devnull)
+                                              log_path=os.devnull, spec=spec)
             for warning in created.get("warnings", []):
                 _log.warning("infra container", pod_sandbox_id=rec.id, warning=warning)
             started = await ctx.monitors.call(rec.monitor_dir, "start", rec.id)
