@@ -18,7 +18,7 @@ from pycri.api import api_pb2 as cri
 from pycri.errors import DeadlineExceeded, FailedPrecondition, InvalidArgument, NotFound
 from pycri.monitors import MonitorUnavailable
 from pycri.records import (C_CREATED, C_CREATING, C_EXITED, C_RUNNING, CONTAINER_STATE, SB_READY, ContainerRecord,
-                           SandboxRecord, pb)
+                           SandboxRecord, matches, pb)
 from pycri.reservations import Reservations
 from pycri.sandboxes import remove_cgroup
 from pycri.spec import PodPaths, container_spec, resources as oci_resources
@@ -319,15 +319,8 @@ class Containers:
                 continue
             state = CONTAINER_STATE.get(rec.state, cri.CONTAINER_UNKNOWN)
             config = rec.config
-            if flt is not None:
-                if flt.id and not rec.id.startswith(flt.id):
-                    continue
-                if flt.pod_sandbox_id and not rec.sandbox_id.startswith(flt.pod_sandbox_id):
-                    continue
-                if flt.HasField("state") and flt.state.state != state:
-                    continue
-                if any(config.labels.get(k) != v for k, v in flt.label_selector.items()):
-                    continue
+            if not matches(flt, rec.id, config.labels, sandbox_id=rec.sandbox_id, state=state):
+                continue
             out.append(cri.Container(id=rec.id, pod_sandbox_id=rec.sandbox_id, metadata=config.metadata,
                                      image=cri.ImageSpec(image=config.image.image), image_ref=rec.image_ref,
                                      image_id=rec.image_id, state=state, created_at=rec.created_at,

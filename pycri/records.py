@@ -157,6 +157,21 @@ class Records:
         return _find(self.containers, id_or_prefix)
 
 
+def matches(flt, rec_id: str, labels, *, sandbox_id: str | None = None, state: int | None = None) -> bool:
+    """The CRI list filters (PodSandboxFilter, ContainerFilter, the stats filters): id and pod sandbox id by
+    prefix (crictl passes truncated ids), state when the filter sets it, every label of the selector."""
+    if flt is None:
+        return True
+    if flt.id and not rec_id.startswith(flt.id):
+        return False
+    if sandbox_id is not None and getattr(flt, "pod_sandbox_id", "") and not sandbox_id.startswith(flt.pod_sandbox_id):
+        return False
+    if state is not None and "state" in flt.DESCRIPTOR.fields_by_name and flt.HasField("state") \
+            and flt.state.state != state:
+        return False
+    return all(labels.get(k) == v for k, v in flt.label_selector.items())
+
+
 def _find(table: dict[str, Any], key: str):
     """By full id, or by a unique id prefix (crictl accepts truncated ids, as containerd does)."""
     if not key:

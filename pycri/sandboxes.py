@@ -25,7 +25,7 @@ from pycri.errors import FailedPrecondition, InvalidArgument, NotFound
 from pycri.network.cni import CNIError, PodNetworkArgs, pod_ips
 from pycri.network.cniconf import load_network_config
 from pycri.podfiles import write_pod_files
-from pycri.records import SB_CREATING, SB_NOTREADY, SB_READY, SANDBOX_STATE, SandboxRecord, pb, unpb
+from pycri.records import SB_CREATING, SB_NOTREADY, SB_READY, SANDBOX_STATE, SandboxRecord, matches, pb, unpb
 from pycri.reservations import Reservations
 from pycri.spec import DEFAULT_CGROUP_PARENT, PodPaths, sandbox_spec
 
@@ -286,13 +286,8 @@ class Sandboxes:
                 continue
             state = SANDBOX_STATE.get(rec.state, cri.SANDBOX_NOTREADY)
             config = rec.config
-            if flt is not None:
-                if flt.id and not rec.id.startswith(flt.id):
-                    continue
-                if flt.HasField("state") and flt.state.state != state:
-                    continue
-                if any(config.labels.get(k) != v for k, v in flt.label_selector.items()):
-                    continue
+            if not matches(flt, rec.id, config.labels, state=state):
+                continue
             out.append(cri.PodSandbox(id=rec.id, metadata=config.metadata, state=state, created_at=rec.created_at,
                                       labels=config.labels, annotations=config.annotations,
                                       runtime_handler=rec.runtime_handler))
@@ -341,14 +336,8 @@ class Sandboxes:
     def stats_targets(self, flt) -> list[SandboxRecord]:
         out = []
         for rec in self.ctx.records.sandboxes.values():
-            if rec.state != SB_READY:
-                continue
-            if flt is not None:
-                if flt.id and not rec.id.startswith(flt.id):
-                    continue
-                if any(rec.config.labels.get(k) != v for k, v in flt.label_selector.items()):
-                    continue
-            out.append(rec)
+            if rec.state == SB_READY and matches(flt, rec.id, rec.config.labels):
+                out.append(rec)
         return out
 
     # ---- Recovery ----

@@ -11,6 +11,7 @@ from pycri import CRI_API_VERSION, RUNTIME_NAME, __version__, log
 from pycri.api import api_pb2 as cri
 from pycri.errors import InvalidArgument, Unavailable
 from pycri.network.cniconf import load_network_config, network_status
+from pycri.records import C_RUNNING, matches
 from pycri.streaming.container_backend import ready_sandbox, running_container
 
 _log = log.get("runtime")
@@ -143,16 +144,8 @@ class RuntimeService:
         flt = request.filter if request.HasField("filter") else None
         wanted = []
         for rec in self.daemon.records.containers.values():
-            if rec.state != "running":
-                continue
-            if flt is not None:
-                if flt.id and not rec.id.startswith(flt.id):
-                    continue
-                if flt.pod_sandbox_id and not rec.sandbox_id.startswith(flt.pod_sandbox_id):
-                    continue
-                if any(rec.config.labels.get(k) != v for k, v in flt.label_selector.items()):
-                    continue
-            wanted.append(rec)
+            if rec.state == C_RUNNING and matches(flt, rec.id, rec.config.labels, sandbox_id=rec.sandbox_id):
+                wanted.append(rec)
         return list(await asyncio.gather(*(self.containers.stats(rec) for rec in wanted)))
 
     async def PodSandboxStats(self, request, context):
