@@ -16,7 +16,6 @@ from runtime import cgroups, linux, monitor
 from runtime.client import MonitorClient
 
 TOKEN = uuid.uuid4().hex[:12]
-os.environ[MARKER_ENV] = TOKEN
 CG_PREFIX = f"/pycri-rt-test-{TOKEN}"
 
 if os.geteuid() != 0:
@@ -80,7 +79,15 @@ def _cgroup_prefix():
 
 
 @pytest.fixture(autouse=True)
-def leakcheck(tmp_root, tmp_path):
+def _marker(monkeypatch):
+    """Mark the processes these tests start (monitors, containers) through the environment - only while a runtime
+    test runs: a global mark would also tag processes other tests started earlier (the session's registry), and
+    the leak check below kills marked processes."""
+    monkeypatch.setenv(MARKER_ENV, TOKEN)
+
+
+@pytest.fixture(autouse=True)
+def leakcheck(_marker, tmp_root, tmp_path):
     """After each test: no marked processes, no mounts under our dirs, no cgroups under our prefix."""
     yield
     watched = [tmp_root, str(tmp_path)]
