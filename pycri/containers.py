@@ -25,7 +25,8 @@ from pycri.spec import PodPaths, container_spec, resources as oci_resources
 from pycri.users import resolve as resolve_user
 
 _log = log.get("container")
-EXEC_OUTPUT_CAP = 16 * 1024 * 1024  # ExecSync output beyond this is cut (probes print little)
+EXEC_OUTPUT_CAP = 16 * 1024 * 1024
+FS_USAGE_TTL = 10.0  # ExecSync output beyond this is cut (probes print little)
 _SIGNAL_NAMES = {v: k for k, v in cri.Signal.items()}
 
 
@@ -41,6 +42,7 @@ class Containers:
         self._locks: dict[str, asyncio.Lock] = {}
         self._cpu_samples: dict[str, tuple[int, int]] = {}  # id -> (time ns, usage ns): for usage_nano_cores
         self._users: dict[tuple, object] = {}
+        self._fs_usage: tuple[float, tuple[str, int, int]] | None = None
 
     def _lock(self, cid: str) -> asyncio.Lock:
         return self._locks.setdefault(cid, asyncio.Lock())
@@ -403,6 +405,16 @@ class Containers:
             timestamp=now, fs_id=cri.FilesystemIdentifier(mountpoint=str(self.ctx.config.root_path)),
             used_bytes=cri.UInt64Value(value=used), inodes_used=cri.UInt64Value(value=inodes)))
         return out
+
+    async def fs_usage(self) -> tuple[str, int, int]:
+        """(dir, bytes, inodes) of all writable layers, for ImageFsInfo; the walk is cached for a few seconds
+        because the kubelet asks often."""
+        now = time.monotonic()
+        if self._fs_usage is None or now - self._fs_usage[0] > FS_USAGE_TTL:
+            layers = self.ctx.config.root_path / "containers"
+            used, inodes = await asyncio.to_thread(_usage, layers)
+            self._fs_usage = (now, (str(layers), used, inodes))
+        return self._fs_usage[1]
 
     # ---- Recovery ----
 

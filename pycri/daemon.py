@@ -172,7 +172,7 @@ async def serve(config: Config, spawner=None) -> None:
     ])
     server.add_generic_rpc_handlers((
         service_handler("RuntimeService", RuntimeService(daemon)),
-        service_handler("ImageService", ImageService(daemon.images)),
+        service_handler("ImageService", ImageService(daemon.images, daemon.containers.fs_usage)),
     ))
     old_umask = os.umask(0o117)  # the socket is born 0660: root (and the socket's group) only, no window
     try:

@@ -10,8 +10,10 @@ from pycri.images import ImageAuthError, ImageError, ImageNotFound
 
 
 class ImageService:
-    def __init__(self, manager) -> None:
+    def __init__(self, manager, container_fs_usage=None) -> None:
         self.manager = manager
+        # async () -> (mountpoint, used bytes, inodes) of the containers' writable layers, or None
+        self.container_fs_usage = container_fs_usage
 
     async def PullImage(self, request, context):
         ref = request.image.image
@@ -75,7 +77,13 @@ class ImageService:
         now = time.time_ns()
         usage = cri.FilesystemUsage(timestamp=now, fs_id=cri.FilesystemIdentifier(mountpoint=str(self.manager.root)),
                                     used_bytes=cri.UInt64Value(value=used), inodes_used=cri.UInt64Value(value=inodes))
-        return cri.ImageFsInfoResponse(image_filesystems=[usage])
+        response = cri.ImageFsInfoResponse(image_filesystems=[usage])
+        if self.container_fs_usage is not None:
+            mountpoint, used, inodes = await self.container_fs_usage()
+            response.container_filesystems.append(cri.FilesystemUsage(
+                timestamp=now, fs_id=cri.FilesystemIdentifier(mountpoint=mountpoint),
+                used_bytes=cri.UInt64Value(value=used), inodes_used=cri.UInt64Value(value=inodes)))
+        return response
 
 
 def _image(record) -> cri.Image:

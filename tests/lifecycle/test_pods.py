@@ -339,3 +339,44 @@ def test_update_pod_sandbox_resources_is_recorded(kubelet):
     with pytest.raises(grpc.RpcError) as err:
         kubelet.rt.UpdatePodSandboxResources(cri.UpdatePodSandboxResourcesRequest(pod_sandbox_id="0" * 64))
     assert err.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+def test_update_container_resources_applies_live(kubelet):
+    sid, pod = kubelet.run_pod("update")
+    res = cri.LinuxContainerResources(memory_limit_in_bytes=64 << 20, cpu_shares=256)
+    cid = kubelet.start(sid, pod, "c", command=["sleep", "3600"], linux=cri.LinuxContainerConfig(resources=res))
+    memory = f"/sys/fs/cgroup/memory/pycri/{cid}/memory.limit_in_bytes"
+    assert int(open(memory).read()) == 64 << 20
+    kubelet.rt.UpdateContainerResources(cri.UpdateContainerResourcesRequest(
+        container_id=cid, linux=cri.LinuxContainerResources(memory_limit_in_bytes=128 << 20, cpu_shares=512)))
+    assert int(open(memory).read()) == 128 << 20
+    assert int(open(f"/sys/fs/cgroup/cpu/pycri/{cid}/cpu.shares").read()) == 512
+    st = kubelet.status(cid)
+    assert st.resources.linux.memory_limit_in_bytes == 128 << 20
+
+
+def test_target_pid_namespace(kubelet):
+    sid, pod = kubelet.run_pod("target")
+    own = cri.NamespaceOption(pid=cri.NamespaceMode.CONTAINER)
+    app = kubelet.start(sid, pod, "app", command=["sleep", "3600"],
+                        linux=cri.LinuxContainerConfig(security_context=cri.LinuxContainerSecurityContext(
+                            namespace_options=own)))
+    assert "pause" not in kubelet.exec(app, "ps", "-o", "comm").stdout.decode()  # its own pid namespace
+    target = cri.NamespaceOption(pid=cri.NamespaceMode.TARGET, target_id=app)
+    debug = kubelet.start(sid, pod, "debug", command=["sleep", "3601"],
+                          linux=cri.LinuxContainerConfig(security_context=cri.LinuxContainerSecurityContext(
+                              namespace_options=target)))
+    ps = kubelet.exec(debug, "ps", "-o", "args").stdout.decode()
+    assert "sleep 3600" in ps and "sleep 3601" in ps  # the debug container sees the target's processes
+
+
+def test_image_fs_info_reports_images_and_writable_layers(kubelet):
+    sid, pod = kubelet.run_pod("fs")
+    cid = kubelet.start(sid, pod, "c", command=["sh", "-c", "dd if=/dev/zero of=/big bs=1M count=3; sleep 3600"])
+    kubelet.until(lambda: kubelet.exec(cid, "ls", "/big").exit_code == 0, what="file written")
+    time.sleep(0.5)
+    info = kubelet.img.ImageFsInfo(cri.ImageFsInfoRequest())
+    assert info.image_filesystems[0].used_bytes.value > 1 << 20
+    assert info.image_filesystems[0].fs_id.mountpoint == str(kubelet.d.root)
+    containers = info.container_filesystems[0]
+    assert containers.used_bytes.value >= 3 << 20 and containers.inodes_used.value > 0
