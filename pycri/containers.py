@@ -370,17 +370,21 @@ class Containers:
         rec.resources_pb = pb(res)
         self.ctx.records.save_container(rec)
 
+    async def cgroup_stats(self, rec: ContainerRecord) -> dict | None:
+        """The raw cgroup figures of a running container (runtime/cgroups.py stats()), None if unavailable."""
+        sandbox = self.ctx.records.sandboxes[rec.sandbox_id]
+        try:
+            return await self.ctx.monitors.call(sandbox.monitor_dir, "stats", rec.id)
+        except (MonitorError, MonitorUnavailable):
+            return None
+
     async def stats(self, rec: ContainerRecord) -> cri.ContainerStats:
         now = time.time_ns()
         attrs = cri.ContainerAttributes(id=rec.id, metadata=rec.config.metadata, labels=rec.config.labels,
                                         annotations=rec.config.annotations)
         out = cri.ContainerStats(attributes=attrs)
         if rec.state == C_RUNNING:
-            sandbox = self.ctx.records.sandboxes[rec.sandbox_id]
-            try:
-                st = await self.ctx.monitors.call(sandbox.monitor_dir, "stats", rec.id)
-            except (MonitorError, MonitorUnavailable):
-                st = None
+            st = await self.cgroup_stats(rec)
             if st:
                 usage = int(st.get("cpu_usage_ns", 0))
                 cpu = cri.CpuUsage(timestamp=now, usage_core_nano_seconds=cri.UInt64Value(value=usage))

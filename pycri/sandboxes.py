@@ -21,6 +21,7 @@ from runtime.client import MonitorError
 
 from pycri import log
 from pycri.api import api_pb2 as cri
+from pycri.cadvisor_metrics import read_net_dev
 from pycri.errors import FailedPrecondition, InvalidArgument, NotFound
 from pycri.network.cni import CNIError, PodNetworkArgs, pod_ips
 from pycri.network.cniconf import load_network_config
@@ -369,22 +370,11 @@ def _resources_json(text: str) -> dict | None:
 
 
 def _net_dev(pid: int) -> list:
-    """Interface counters of the netns a process is in (/proc/<pid>/net/dev), lo excluded."""
-    try:
-        lines = open(f"/proc/{pid}/net/dev").read().splitlines()[2:]
-    except OSError:
-        return []
-    out = []
-    for line in lines:
-        name, _, data = line.partition(":")
-        name = name.strip()
-        f = data.split()
-        if name == "lo" or len(f) < 16:
-            continue
-        out.append(cri.NetworkInterfaceUsage(
-            name=name, rx_bytes=cri.UInt64Value(value=int(f[0])), rx_errors=cri.UInt64Value(value=int(f[2])),
-            tx_bytes=cri.UInt64Value(value=int(f[8])), tx_errors=cri.UInt64Value(value=int(f[10]))))
-    return out
+    """Interface counters of the netns a process is in, lo excluded."""
+    return [cri.NetworkInterfaceUsage(
+        name=name, rx_bytes=cri.UInt64Value(value=c["rx_bytes"]), rx_errors=cri.UInt64Value(value=c["rx_errors"]),
+        tx_bytes=cri.UInt64Value(value=c["tx_bytes"]), tx_errors=cri.UInt64Value(value=c["tx_errors"]))
+        for name, c in read_net_dev(pid).items()]
 
 
 def _process_count(pids: list[int]) -> int:

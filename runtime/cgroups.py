@@ -323,6 +323,26 @@ class CgroupV1(Cgroup):
             "memory_limit": _read_int(f"{mem}/memory.limit_in_bytes") if mem else 0,
             "pids": _read_int(f"{pids}/pids.current") if pids else len(self.pids()),
             "oom_kills": self.oom_kills(),
+            **self._extra_stats(mem, ms, acct),
+        }
+
+    def _extra_stats(self, mem: str | None, ms: dict, acct: str | None) -> dict:
+        """The figures only the cAdvisor-style metrics need (ListPodSandboxMetrics)."""
+        ticks = _read_kv(f"{acct}/cpuacct.stat") if acct else {}
+        hz = os.sysconf("SC_CLK_TCK")
+        cpu = self.dir("cpu")
+        cs = _read_kv(f"{cpu}/cpu.stat") if cpu else {}
+        return {
+            "cpu_user_ns": ticks.get("user", 0) * 1_000_000_000 // hz,
+            "cpu_system_ns": ticks.get("system", 0) * 1_000_000_000 // hz,
+            "cpu_periods": cs.get("nr_periods", 0),
+            "cpu_throttled_periods": cs.get("nr_throttled", 0),
+            "cpu_throttled_ns": cs.get("throttled_time", 0),
+            "memory_swap": ms.get("total_swap", 0),
+            "memory_mapped_file": ms.get("total_mapped_file", 0),
+            "memory_max_usage": _read_int(f"{mem}/memory.max_usage_in_bytes") if mem else 0,
+            "memory_failcnt": _read_int(f"{mem}/memory.failcnt") if mem else 0,
+            "memory_kernel": _read_int(f"{mem}/memory.kmem.usage_in_bytes") if mem else 0,
         }
 
     def oom_kills(self) -> int:
@@ -472,6 +492,16 @@ class CgroupV2(Cgroup):
             "memory_limit": int(raw_max) if raw_max.isdigit() else 0,
             "pids": _read_int(os.path.join(self.dir, "pids.current"), len(self.pids())),
             "oom_kills": self.oom_kills(),
+            "cpu_user_ns": cpu.get("user_usec", 0) * 1000,
+            "cpu_system_ns": cpu.get("system_usec", 0) * 1000,
+            "cpu_periods": cpu.get("nr_periods", 0),
+            "cpu_throttled_periods": cpu.get("nr_throttled", 0),
+            "cpu_throttled_ns": cpu.get("throttled_usec", 0) * 1000,
+            "memory_swap": _read_int(os.path.join(self.dir, "memory.swap.current")),
+            "memory_mapped_file": ms.get("file_mapped", 0),
+            "memory_max_usage": _read_int(os.path.join(self.dir, "memory.peak")),
+            "memory_failcnt": _read_kv(os.path.join(self.dir, "memory.events")).get("max", 0),
+            "memory_kernel": ms.get("kernel", 0) or ms.get("kernel_stack", 0) + ms.get("slab", 0),
         }
 
     def oom_kills(self) -> int:

@@ -7,7 +7,7 @@ import ipaddress
 import json
 import os
 
-from pycri import CRI_API_VERSION, RUNTIME_NAME, __version__, log
+from pycri import CRI_API_VERSION, RUNTIME_NAME, __version__, cadvisor_metrics, log
 from pycri.api import api_pb2 as cri
 from pycri.errors import InvalidArgument, Unavailable
 from pycri.network.cniconf import load_network_config, network_status
@@ -162,6 +162,30 @@ class RuntimeService:
     async def _pod_stats(self, request) -> list:
         targets = self.sandboxes.stats_targets(request.filter if request.HasField("filter") else None)
         return list(await asyncio.gather(*(self.sandboxes.stats(rec) for rec in targets)))
+
+    # ---- cAdvisor-style metrics ----
+
+    async def ListMetricDescriptors(self, request, context):
+        return cri.ListMetricDescriptorsResponse(descriptors=[d.pb() for d in cadvisor_metrics.DESCRIPTORS])
+
+    async def ListPodSandboxMetrics(self, request, context):
+        pods = self.sandboxes.stats_targets(None)
+        return cri.ListPodSandboxMetricsResponse(
+            pod_metrics=list(await asyncio.gather(*(self._pod_metrics(rec) for rec in pods))))
+
+    async def _pod_metrics(self, rec) -> cri.PodSandboxMetrics:
+        running = [c for c in self.daemon.records.containers_of(rec.id) if c.state == C_RUNNING]
+        stats = await asyncio.gather(*(self.containers.cgroup_stats(c) for c in running))
+        out = cri.PodSandboxMetrics(pod_sandbox_id=rec.id)
+        for c, st in zip(running, stats):
+            if st:
+                out.container_metrics.append(cri.ContainerMetrics(
+                    container_id=c.id, metrics=cadvisor_metrics.container_metrics(
+                        c.id, c.config.metadata.name, c.config.image.image, st, c.resources)))
+        if rec.infra_pid and not rec.host_network:
+            interfaces = await asyncio.to_thread(cadvisor_metrics.read_net_dev, rec.infra_pid)
+            out.metrics.extend(cadvisor_metrics.network_metrics(rec.id, interfaces))
+        return out
 
     # ---- events ----
 

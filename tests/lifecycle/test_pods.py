@@ -298,6 +298,45 @@ def test_pod_sandbox_stats(kubelet):
     assert len(linux.containers) == 2
 
 
+def test_cadvisor_metrics(kubelet):
+    """ListMetricDescriptors names every metric ListPodSandboxMetrics returns; values follow the workload."""
+    descriptors = {d.name: list(d.label_keys)
+                   for d in kubelet.rt.ListMetricDescriptors(cri.ListMetricDescriptorsRequest()).descriptors}
+    assert descriptors["container_cpu_usage_seconds_total"] == ["id", "name", "image", "cpu"]
+    assert descriptors["container_network_receive_bytes_total"] == ["id", "name", "image", "interface"]
+    sid, pod = kubelet.run_pod("metrics")
+    ip = kubelet.pod_status(sid).network.ip
+    busy = kubelet.start(sid, pod, "busy", command=["sh", "-c", "while :; do :; done"],
+                         linux=cri.LinuxContainerConfig(resources=cri.LinuxContainerResources(
+                             cpu_period=100000, cpu_quota=150000, memory_limit_in_bytes=64 << 20)))
+    kubelet.start(sid, pod, "server", command=HTTPD)
+    kubelet.until(lambda: urllib.request.urlopen(f"http://{ip}:80/", timeout=2).read(), what="httpd up")
+    time.sleep(1.2)  # > 1 s of cpu for the busy loop: the seconds counters are whole seconds
+    pods = kubelet.rt.ListPodSandboxMetrics(cri.ListPodSandboxMetricsRequest()).pod_metrics
+    assert [p.pod_sandbox_id for p in pods] == [sid]
+    by_container = {c.container_id: {(m.name, tuple(m.label_values[3:])): m for m in c.metrics}
+                    for c in pods[0].container_metrics}
+    assert len(by_container) == 2
+    for metrics in by_container.values():
+        for (name, extra), m in metrics.items():
+            assert len(descriptors[name]) == 3 + len(extra), name
+    busy_m = by_container[busy]
+    assert busy_m[("container_cpu_usage_seconds_total", ("total",))].value.value >= 1
+    assert busy_m[("container_cpu_usage_seconds_total", ("total",))].metric_type == cri.MetricType.COUNTER
+    assert busy_m[("container_cpu_user_seconds_total", ())].value.value >= 1
+    assert busy_m[("container_memory_working_set_bytes", ())].value.value > 0
+    assert busy_m[("container_memory_working_set_bytes", ())].metric_type == cri.MetricType.GAUGE
+    assert busy_m[("container_spec_memory_limit_bytes", ())].value.value == 64 << 20
+    assert busy_m[("container_spec_cpu_quota", ())].value.value == 150000
+    assert busy_m[("container_processes", ())].value.value >= 1
+    label_values = busy_m[("container_memory_rss", ())].label_values
+    assert label_values[:2] == [busy, "busy"] and "/busybox" in label_values[2]
+    net = {(m.name, m.label_values[3]): m for m in pods[0].metrics}
+    assert all(m.label_values[:3] == [sid, "POD", ""] for m in pods[0].metrics)
+    assert net[("container_network_receive_bytes_total", "eth0")].value.value > 0
+    assert net[("container_network_transmit_packets_total", "eth0")].value.value > 0
+
+
 def test_container_events_are_streamed(kubelet):
     import threading
 
