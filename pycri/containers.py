@@ -43,6 +43,9 @@ class Containers:
         self._cpu_samples: dict[str, tuple[int, int]] = {}  # id -> (time ns, usage ns): for usage_nano_cores
         self._users: dict[tuple, object] = {}
         self._fs_usage: tuple[float, tuple[str, int, int]] | None = None
+        # Monitor-side creates (the clone of the container's process) begun by CreateContainer and awaited by
+        # whatever touches the process next (start, update, remove): see _begin_monitor_create.
+        self._monitor_creates: dict[str, asyncio.Task] = {}
 
     def _lock(self, cid: str) -> asyncio.Lock:
         return self._locks.setdefault(cid, asyncio.Lock())
@@ -124,20 +127,66 @@ class Containers:
         layer = Path(rec.layer_dir)
         for d in (bundle / "rootfs", layer / "upper", layer / "work"):
             d.mkdir(parents=True, exist_ok=True)
+        if rec.log_path:
+            os.makedirs(os.path.dirname(rec.log_path), exist_ok=True)
+        self._begin_monitor_create(rec, sandbox, image.lowerdirs, spec)
+        # config.json is for recovery (a create redone after a restart) and OCI runtimes; the monitor got the
+        # spec inline, so this is written while it works
         tmp = bundle / "config.json.tmp"
         tmp.write_text(json.dumps(spec))
         os.replace(tmp, bundle / "config.json")
-        if rec.log_path:
-            os.makedirs(os.path.dirname(rec.log_path), exist_ok=True)
-        overlay = {"lower": image.lowerdirs, "upper": str(layer / "upper"), "work": str(layer / "work")}
+
+    def _begin_monitor_create(self, rec: ContainerRecord, sandbox: SandboxRecord, lowerdirs: list[str],
+                              spec: dict | None) -> asyncio.Task:
+        """Have the pod's monitor clone the container's process (stopped before exec) without waiting for it.
+
+        CreateContainer answers once the container is fully described on disk (record, bundle, config.json),
+        as containerd does, whose CreateContainer makes no process at all; the ~10 ms clone overlaps the answer
+        and the kubelet's StartContainer, which waits for it. A failure here (say, a missing binary) is
+        reported by StartContainer, as with containerd, and the container becomes EXITED with StartError.
+        """
+        layer = Path(rec.layer_dir)
+        overlay = {"lower": lowerdirs, "upper": str(layer / "upper"), "work": str(layer / "work")}
+        config = rec.config
+
+        sent = self.ctx.monitors.call_now(sandbox.monitor_dir, "create", rec.id, rec.bundle, overlay=overlay,
+                                          stdin=config.stdin, log_path=rec.log_path or os.devnull, spec=spec)
+
+        async def create() -> None:
+            try:
+                created = await sent
+            except MonitorError as exc:
+                if "already exists" not in str(exc):  # created before a daemon restart lost the answer
+                    _log.info("container create failed", container_id=rec.id, error=str(exc))
+                    raise
+                created = await self.ctx.monitors.call(sandbox.monitor_dir, "state", rec.id)
+            rec.pid = created.get("pid", 0)
+            for warning in created.get("warnings", []):
+                _log.warning("container create", container_id=rec.id, warning=warning)
+
+        task = asyncio.get_running_loop().create_task(create())
+        task.add_done_callback(lambda t: t.cancelled() or t.exception())  # the error is read by whoever awaits
+        self._monitor_creates[rec.id] = task
+        return task
+
+    async def _monitor_created(self, rec: ContainerRecord) -> None:
+        """Wait for the monitor-side create of a CREATED container; redo it if a daemon restart lost it."""
+        task = self._monitor_creates.get(rec.id)
+        if task is None:
+            if rec.pid or rec.state != C_CREATED:
+                return
+            sandbox = self.ctx.records.sandboxes[rec.sandbox_id]
+            try:
+                lowerdirs = self.ctx.images.lowerdirs(rec.image_id)
+            except KeyError:
+                raise MonitorError(f"image {rec.image_id} of container {rec.id} was removed") from None
+            task = self._begin_monitor_create(rec, sandbox, lowerdirs, None)
         try:
-            created = await ctx.monitors.call(sandbox.monitor_dir, "create", rec.id, str(bundle), overlay=overlay,
-                                              stdin=config.stdin, log_path=rec.log_path or os.devnull, spec=spec)
-        except MonitorError as exc:
-            raise FailedPrecondition(f"failed to create container: {exc}") from None
-        rec.pid = created.get("pid", 0)
-        for warning in created.get("warnings", []):
-            _log.warning("container create", container_id=rec.id, warning=warning)
+            await asyncio.shield(task)
+        finally:
+            if task.done():
+                self._monitor_creates.pop(rec.id, None)
+
 
     def _user(self, config: cri.ContainerConfig, image) -> dict:
         sc = config.linux.security_context if config.linux.HasField("security_context") else None
@@ -191,6 +240,7 @@ class Containers:
                 raise FailedPrecondition(f"container {rec.id} is {rec.state}, not created")
             sandbox = self.ctx.records.sandboxes.get(rec.sandbox_id)
             try:
+                await self._monitor_created(rec)
                 started = await self.ctx.monitors.call(sandbox.monitor_dir, "start", rec.id)
             except (MonitorError, MonitorUnavailable) as exc:
                 rec.state, rec.finished_at, rec.exit_code = C_EXITED, time.time_ns(), 128
@@ -271,6 +321,8 @@ class Containers:
         _log.info("container removed", container_id=rec.id)
 
     async def _cleanup(self, rec: ContainerRecord) -> None:
+        if (task := self._monitor_creates.pop(rec.id, None)) is not None:
+            await asyncio.wait([task])  # its outcome does not matter: the container goes
         sandbox = self.ctx.records.sandboxes.get(rec.sandbox_id)
         if sandbox is not None and self.ctx.monitors.alive(sandbox.monitor_dir):
             try:
@@ -361,6 +413,7 @@ class Containers:
             raise FailedPrecondition(f"container {rec.id} is {rec.state}")
         sandbox = self.ctx.records.sandboxes[rec.sandbox_id]
         try:
+            await self._monitor_created(rec)
             warnings = await self.ctx.monitors.call(sandbox.monitor_dir, "update_resources", rec.id,
                                                     oci_resources(res))
         except MonitorError as exc:

@@ -8,9 +8,10 @@ of containers costs sockets, not threads.
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import os
-from typing import Any
+from typing import Any, Awaitable
 
 from runtime import state as rtstate
 from runtime.client import MonitorClient, MonitorError
@@ -52,6 +53,22 @@ class Monitors:
         client = self.client(monitor_dir, timeout=client_timeout)
         try:
             return await asyncio.to_thread(getattr(client, method), *args, **kwargs)
+        except MonitorError as exc:
+            if not self.alive(monitor_dir):
+                raise MonitorUnavailable(f"the pod's monitor is not running: {exc}") from None
+            raise
+
+    def call_now(self, monitor_dir: str, method: str, *args: Any, **kwargs: Any) -> Awaitable:
+        """call(), with the request on its way (in a worker thread) before this returns, not when the result is
+        first awaited: for a caller that goes on working meanwhile (see Containers._begin_monitor_create)."""
+        client = self.client(monitor_dir)
+        sent = asyncio.get_running_loop().run_in_executor(None, functools.partial(getattr(client, method), *args,
+                                                                                   **kwargs))
+        return self._answer(monitor_dir, sent)
+
+    async def _answer(self, monitor_dir: str, sent: asyncio.Future):
+        try:
+            return await sent
         except MonitorError as exc:
             if not self.alive(monitor_dir):
                 raise MonitorUnavailable(f"the pod's monitor is not running: {exc}") from None

@@ -9,6 +9,9 @@ import signal
 import subprocess
 import time
 
+import grpc
+import pytest
+
 from pycri.api import api_pb2 as cri
 
 
@@ -119,3 +122,35 @@ def _unquote(rule: str) -> list[str]:
     import shlex
 
     return shlex.split(rule)
+
+
+def test_a_container_created_before_a_kill_9_starts_after_it(kubelet):
+    """CreateContainer answers before the monitor has cloned the process; a daemon killed right after the answer
+    must not lose the container: StartContainer after the restart redoes or finds the monitor-side create."""
+    d = kubelet.d
+    sid, pod = kubelet.run_pod("created")
+    cids = [kubelet.create(sid, pod, f"c{i}", command=["sh", "-c", "echo up; sleep 3600"]) for i in range(3)]
+    d.kill()
+    d.start()
+    kubelet.rt = d.runtime
+    for cid in cids:
+        assert kubelet.status(cid).state == cri.CONTAINER_CREATED
+        kubelet.rt.StartContainer(cri.StartContainerRequest(container_id=cid))
+        assert kubelet.status(cid).state == cri.CONTAINER_RUNNING
+        assert kubelet.exec(cid, "echo", "ok").stdout == b"ok\n"
+
+
+def test_a_failed_process_creation_is_reported_by_start(kubelet):
+    """As with containerd, a container whose process cannot be made is created, then fails to start."""
+    sid, pod = kubelet.run_pod("nobin")
+    cid = kubelet.create(sid, pod, "c", command=["/no/such/binary"])
+    with pytest.raises(grpc.RpcError) as err:
+        kubelet.rt.StartContainer(cri.StartContainerRequest(container_id=cid))
+    assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION and "/no/such/binary" in err.value.details()
+    st = kubelet.status(cid)
+    assert (st.state, st.reason, st.exit_code) == (cri.CONTAINER_EXITED, "StartError", 128)
+    assert "/no/such/binary" in st.message
+    kubelet.rt.RemoveContainer(cri.RemoveContainerRequest(container_id=cid))
+    with pytest.raises(grpc.RpcError) as err:
+        kubelet.status(cid)
+    assert err.value.code() == grpc.StatusCode.NOT_FOUND
