@@ -22,6 +22,7 @@ from pycri.config import Config
 from pycri.containers import Containers
 from pycri.events import Events
 from pycri.images import ImageManager
+from pycri.memtrim import trim_when_quiet
 from pycri.monitors import Monitors
 from pycri.network.cni import CNI
 from pycri.network.cniconf import load_network_config
@@ -156,6 +157,7 @@ def prepare_socket(path: Path) -> None:
 async def serve(config: Config, spawner=None) -> None:
     daemon = Daemon(config, spawner)
     await daemon.recover()
+    daemon.background(trim_when_quiet())
     sock = Path(config.listen)
     prepare_socket(sock)
     streaming = streaming_server(daemon)
