@@ -4,7 +4,7 @@
     cg.create(); cg.apply(linux_resources); cg.attach(pid)
     cg.update(resources); cg.stats(); cg.oom_kills(); cg.remove()
 
-A systemd driver would be another `Cgroup` factory behind `open_cgroup(..., driver="systemd")`.
+The systemd driver (runtime/systemd_cgroup.py) is the same interface over a transient scope unit.
 """
 from __future__ import annotations
 
@@ -39,9 +39,15 @@ def validate_path(path: str) -> str:
     return "/" + "/".join(parts)
 
 
-def open_cgroup(path: str, driver: str = "cgroupfs", root: str = ROOT) -> "Cgroup":
+def open_cgroup(path: str, driver: str = "", root: str = ROOT) -> "Cgroup":
+    """driver "cgroupfs" or "systemd"; "" takes it from the path's form ("slice:prefix:name" is systemd's)."""
+    if not driver:
+        driver = "systemd" if isinstance(path, str) and path.count(":") == 2 and "/" not in path else "cgroupfs"
+    if driver == "systemd":
+        from runtime.systemd_cgroup import SystemdCgroup  # only where used: it brings the D-Bus client
+        return SystemdCgroup(path, root)
     if driver != "cgroupfs":
-        raise CgroupError(f"cgroup driver {driver!r} is not supported (only cgroupfs)")
+        raise CgroupError(f"unknown cgroup driver {driver!r} (cgroupfs or systemd)")
     path = validate_path(path)
     if detect_version(root) == 2:
         return CgroupV2(path, root)

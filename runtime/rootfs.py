@@ -212,8 +212,9 @@ def _mount_cgroup(dest: str, flags: int, cgroup_v2: bool, v1_hier: list[tuple[st
 
 
 def v1_hierarchies() -> list[tuple[str, str]]:
-    """(name, mount options) of each cgroup v1 hierarchy of this mount namespace."""
-    out = []
+    """(name, mount options) of each cgroup v1 hierarchy of this mount namespace, once each: a hierarchy mounted
+    again over the first (a nested systemd does so) must not be mounted twice on one mount point (EBUSY)."""
+    out: dict[str, str] = {}
     with open("/proc/self/mountinfo") as f:
         for line in f:
             pre, _, post = line.partition(" - ")
@@ -221,8 +222,8 @@ def v1_hierarchies() -> list[tuple[str, str]]:
             if fields and fields[0] == "cgroup":
                 name = os.path.basename(pre.split()[4])
                 opts = [o for o in fields[2].split(",") if o not in ("rw", "ro")]
-                out.append((name, ",".join(opts)))
-    return out
+                out[name] = ",".join(opts)
+    return list(out.items())
 
 
 def create_devices(rootfs: str, devices: list[dict], with_defaults: bool, bind: bool = False) -> None:

@@ -84,11 +84,18 @@ def test_v2_create_apply_on_fake_tree(tmp_path):
 
 
 def test_bad_paths_and_driver():
-    for bad in ("", "/", "/a/../b", "system.slice:pycri:x"):
+    for bad in ("", "/", "/a/../b"):
         with pytest.raises(CgroupError):
             cgroups.open_cgroup(bad)
-    with pytest.raises(CgroupError, match="driver"):
+    with pytest.raises(CgroupError, match="systemd slice path"):
+        cgroups.open_cgroup("system.slice:pycri:x", driver="cgroupfs")
+    with pytest.raises(CgroupError, match="slice:prefix:name"):
         cgroups.open_cgroup("/x", driver="systemd")
+    with pytest.raises(CgroupError, match="driver"):
+        cgroups.open_cgroup("/x", driver="lxc")
+    # the path's form picks the driver when none is given (the monitor gets only the spec's cgroupsPath)
+    assert type(cgroups.open_cgroup("system.slice:pycri:x")).__name__ == "SystemdCgroup"
+    assert type(cgroups.open_cgroup("/pycri/x")).__name__ in ("CgroupV1", "CgroupV2")
 
 
 @pytest.mark.skipif(cgroups.detect_version() != 1, reason="this host is not cgroup v1")
