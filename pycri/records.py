@@ -46,6 +46,7 @@ class SandboxRecord:
     created_at: int = 0
     ips: list[str] = field(default_factory=list)
     netns: str = ""  # pin path; "" with host network
+    userns: str = ""  # pin path of the pod's user namespace (userns mode POD); "" without one
     network_name: str = ""  # the CNI network it was attached to (for DEL)
     pod_dir: str = ""  # state dir: hostname/hosts/resolv.conf, shm, monitor state
     shm_dir: str = ""  # "" with host IPC

@@ -1,6 +1,7 @@
 """CRI configs + image config -> OCI runtime spec (config.json, runtime-spec 1.x), as containerd's CRI builds it.
 
-Pure functions: no I/O beyond stat() of host paths named by the request (devices, mount sources). The runtime
+Pure functions: no I/O beyond stat() of host paths named by the request (devices, mount sources), a Localhost
+seccomp profile's file and the host's LSM state (pycri/seccomp_profiles.py, pycri/lsm.py). The runtime
 layer receives only the resulting dict. Defaults (capabilities, masked/read-only paths, default mounts, device
 allow-list) follow containerd's so that images behave the same on both.
 """
@@ -11,6 +12,7 @@ import os
 import stat
 from dataclasses import dataclass, field
 
+from pycri import lsm, seccomp_profiles
 from pycri.api import api_pb2 as cri
 from pycri.errors import InvalidArgument
 
@@ -93,6 +95,7 @@ class PodPaths:
     ipc_ns: str | None = None
     uts_ns: str | None = None
     pid_ns: str | None = ""
+    user_ns: str | None = None  # the pod's pinned user namespace (POD userns mode), None: the host's
     extra_annotations: dict = field(default_factory=dict)
 
 
@@ -259,8 +262,45 @@ def cri_mounts(mounts, *, readonly_rootfs: bool = False) -> list[dict]:
         options = ["rbind", _PROPAGATION[m.propagation], "ro" if m.readonly else "rw"]
         if m.recursive_read_only:
             options.append("rro")
-        out.append({"destination": m.container_path, "type": "bind", "source": source, "options": options})
+        mount = {"destination": m.container_path, "type": "bind", "source": source, "options": options}
+        if m.uidMappings or m.gidMappings:  # as containerd: an idmapped volume when the kubelet asks for one
+            if not (m.uidMappings and m.gidMappings):
+                raise InvalidArgument(f"mount {m.container_path!r}: idmapping needs both uid and gid mappings")
+            mount["uidMappings"] = _oci_id_mappings(m.uidMappings)
+            mount["gidMappings"] = _oci_id_mappings(m.gidMappings)
+        out.append(mount)
     return out
+
+
+def _oci_id_mappings(mappings) -> list[dict]:
+    return [{"containerID": m.container_id, "hostID": m.host_id, "size": m.length} for m in mappings]
+
+
+def userns_mappings(opts: cri.NamespaceOption) -> tuple[list[dict], list[dict]] | None:
+    """The pod's user namespace from NamespaceOption.userns_options, validated as containerd and CRI-O do.
+
+    Absent or NODE: no user namespace (None; NODE with mappings is an error). POD: exactly one uid and one gid
+    mapping, each mapping container id 0 (root inside) to a host range; returned as OCI mappings. CONTAINER and
+    TARGET: not supported (the kubelet never asks for them)."""
+    if not opts.HasField("userns_options"):
+        return None
+    u = opts.userns_options
+    mode = cri.NamespaceMode.Name(u.mode) if u.mode in cri.NamespaceMode.values() else str(u.mode)
+    if u.mode == cri.NamespaceMode.NODE:
+        if u.uids or u.gids:
+            raise InvalidArgument("user namespace mode NODE takes no uid/gid mappings")
+        return None
+    if u.mode != cri.NamespaceMode.POD:
+        raise InvalidArgument(f"user namespace mode {mode} is not supported (only POD and NODE)")
+    for what, maps in (("uid", u.uids), ("gid", u.gids)):
+        if len(maps) != 1:
+            raise InvalidArgument(f"user namespace mode POD needs exactly one {what} mapping, got {len(maps)}")
+        if maps[0].container_id != 0:
+            raise InvalidArgument(f"the {what} mapping must start at container id 0 (root inside), "
+                                  f"not {maps[0].container_id}")
+        if maps[0].length == 0:
+            raise InvalidArgument(f"the {what} mapping has length 0")
+    return _oci_id_mappings(u.uids), _oci_id_mappings(u.gids)
 
 
 def devices(devs) -> tuple[list[dict], list[dict]]:
@@ -287,10 +327,39 @@ def devices(devs) -> tuple[list[dict], list[dict]]:
     return nodes, rules
 
 
+_HOST_DEV_SKIP_DIRS = {"pts", "shm", "fd", "mqueue", ".lxc", ".lxd-mounts", ".udev"}
+
+
+def host_devices(root: str = "/dev") -> list[dict]:
+    """Every device node of the host's /dev, for privileged containers (containerd's oci.HostDevices)."""
+    out = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = [d for d in dirnames if d not in _HOST_DEV_SKIP_DIRS]
+        for name in filenames:
+            path = os.path.join(dirpath, name)
+            if path in (os.path.join(root, "console"), os.path.join(root, "ptmx")):  # ptmx: the container's devpts
+                continue
+            try:
+                st = os.lstat(path)
+            except OSError:
+                continue
+            if stat.S_ISCHR(st.st_mode):
+                kind = "c"
+            elif stat.S_ISBLK(st.st_mode):
+                kind = "b"
+            else:
+                continue
+            out.append({"path": path, "type": kind, "major": os.major(st.st_rdev), "minor": os.minor(st.st_rdev),
+                        "fileMode": stat.S_IMODE(st.st_mode), "uid": st.st_uid, "gid": st.st_gid})
+    return out
+
+
 def _namespaces(paths: PodPaths, *, new_pid: bool) -> list[dict]:
     ns = [{"type": "mount"}]
-    if paths.net_ns is not None:
-        ns.append({"type": "network", "path": paths.net_ns})
+    if paths.user_ns is not None:
+        ns.append({"type": "user", "path": paths.user_ns} if paths.user_ns else {"type": "user"})
+    if paths.net_ns is not None:  # "": a new one (the infra of a pod with a user namespace makes it)
+        ns.append({"type": "network", "path": paths.net_ns} if paths.net_ns else {"type": "network"})
     if paths.ipc_ns is not None:
         ns.append({"type": "ipc", "path": paths.ipc_ns} if paths.ipc_ns else {"type": "ipc"})
     if paths.uts_ns is not None:
@@ -315,6 +384,13 @@ def sandbox_spec(config: cri.PodSandboxConfig, image_config: dict, sandbox_id: s
     spec_paths = PodPaths(**{**paths.__dict__})
     spec_paths.ipc_ns = None if opts.ipc == cri.NamespaceMode.NODE else ""
     spec_paths.uts_ns = None if opts.network == cri.NamespaceMode.NODE else ""
+    userns = userns_mappings(opts)
+    if userns is not None:
+        # the infra makes the pod's user namespace and, inside it, the pod's network namespace (so that it belongs
+        # to the user namespace: sysfs and net.* sysctls work there); the daemon pins both from the infra process
+        spec_paths.user_ns = ""
+        if spec_paths.net_ns is not None:
+            spec_paths.net_ns = ""
     spec = {
         "ociVersion": OCI_VERSION,
         "process": {
@@ -348,9 +424,12 @@ def sandbox_spec(config: cri.PodSandboxConfig, image_config: dict, sandbox_id: s
     }
     if opts.network != cri.NamespaceMode.NODE and config.hostname:
         spec["hostname"] = config.hostname
+    if userns is not None:
+        spec["linux"]["uidMappings"], spec["linux"]["gidMappings"] = userns
     if not sc.privileged:
         spec["linux"]["maskedPaths"] = list(DEFAULT_MASKED_PATHS)
         spec["linux"]["readonlyPaths"] = list(DEFAULT_READONLY_PATHS)
+    security_profiles(spec, sc, [], privileged=sc.privileged)
     return spec
 
 
@@ -367,6 +446,10 @@ def container_spec(config: cri.ContainerConfig, sandbox_config: cri.PodSandboxCo
     opts = sc.namespace_options if sc else cri.NamespaceOption()
     if opts.pid == cri.NamespaceMode.TARGET and not opts.target_id:
         raise InvalidArgument("pid namespace TARGET needs target_id")
+    pod_opts = sandbox_config.linux.security_context.namespace_options
+    userns = userns_mappings(pod_opts)
+    if opts.HasField("userns_options") and userns_mappings(opts) != userns:
+        raise InvalidArgument("the container's user namespace options differ from its pod sandbox's")
 
     env_pairs = [(kv.key, kv.value) for kv in config.envs]
     if sandbox_config.hostname:
@@ -389,6 +472,9 @@ def container_spec(config: cri.ContainerConfig, sandbox_config: cri.PodSandboxCo
     mounts = [m for m in mounts if m["destination"] not in taken] + sorted(
         user_mounts, key=lambda m: m["destination"].rstrip("/").count("/"))
     dev_nodes, dev_rules = devices(config.devices)
+    if privileged:  # all the host's devices, then the requested ones (which may rename or add)
+        asked = {d["path"] for d in dev_nodes}
+        dev_nodes = [d for d in host_devices() if d["path"] not in asked] + dev_nodes
     res = resources(linux.resources if linux.HasField("resources") else None)
     res["devices"] = ([{"allow": True, "access": "rwm"}] if privileged else list(DEFAULT_DEVICE_RULES) + dev_rules)
 
@@ -431,11 +517,33 @@ def container_spec(config: cri.ContainerConfig, sandbox_config: cri.PodSandboxCo
     }
     if linux.HasField("resources") and linux.resources.oom_score_adj:
         spec["process"]["oomScoreAdj"] = linux.resources.oom_score_adj
+    if userns is not None:  # join the pod's user namespace (pinned by the daemon)
+        if not paths.user_ns:
+            raise InvalidArgument("the pod sandbox has no user namespace to join")
+        spec["linux"]["uidMappings"], spec["linux"]["gidMappings"] = userns
+    # as containerd: a bidirectional volume needs the container's mounts to stay peers of the host's (rshared), a
+    # host-to-container one needs them slaves (rslave); otherwise the launcher makes everything private
+    props = {o for m in user_mounts for o in m["options"]}
+    if "rshared" in props:
+        spec["linux"]["rootfsPropagation"] = "rshared"
+    elif "rslave" in props:
+        spec["linux"]["rootfsPropagation"] = "rslave"
     if not privileged:
         spec["linux"]["maskedPaths"] = list(sc.masked_paths) if sc and sc.masked_paths else list(DEFAULT_MASKED_PATHS)
         spec["linux"]["readonlyPaths"] = (list(sc.readonly_paths) if sc and sc.readonly_paths
                                           else list(DEFAULT_READONLY_PATHS))
+    security_profiles(spec, sc, caps, privileged=privileged, pod_sc=sandbox_config.linux.security_context)
     return spec
+
+
+def security_profiles(spec: dict, sc, caps: list[str], *, privileged: bool, pod_sc=None) -> None:
+    """linux.seccomp (pycri/seccomp_profiles.py), process.apparmorProfile, process.selinuxLabel and
+    linux.mountLabel (pycri/lsm.py) as the security context asks; `caps` is the bounding set (the seccomp
+    profile's per-capability rules follow it)."""
+    profile = seccomp_profiles.linux_seccomp(sc, caps, privileged=privileged)
+    if profile is not None:
+        spec["linux"]["seccomp"] = profile
+    lsm.apply(spec, sc, privileged=privileged, pod_sc=pod_sc)
 
 
 def _caps_block(caps: list[str]) -> dict:

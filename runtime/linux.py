@@ -124,11 +124,19 @@ class _MountAttr(ctypes.Structure):
                 ("propagation", ctypes.c_uint64), ("userns_fd", ctypes.c_uint64)]
 
 
-def mount_setattr_recursive(path: str, attr_set: int) -> None:
-    """Set mount attributes on path and every mount below it (Linux >= 5.12)."""
-    attr = _MountAttr(attr_set, 0, 0, 0)
+def mount_setattr_recursive(path: str, attr_set: int, attr_clr: int = 0) -> None:
+    """Set (and clear) mount attributes on path and every mount below it (Linux >= 5.12)."""
+    attr = _MountAttr(attr_set, attr_clr, 0, 0)
     _check(libc.syscall(SYS["mount_setattr"], ctypes.c_int(_AT_FDCWD), _b(path), ctypes.c_uint(_AT_RECURSIVE),
                         ctypes.byref(attr), ctypes.c_size_t(ctypes.sizeof(attr))), f"mount_setattr {path!r}")
+
+
+def mount_setattr_supported() -> bool:
+    """Whether the kernel has mount_setattr(2): a call on a bad fd fails with EBADF there, ENOSYS elsewhere."""
+    attr = _MountAttr(0, 0, 0, 0)
+    ret = libc.syscall(SYS["mount_setattr"], ctypes.c_int(-1), b"", ctypes.c_uint(0), ctypes.byref(attr),
+                       ctypes.c_size_t(ctypes.sizeof(attr)))
+    return not (ret < 0 and ctypes.get_errno() == 38)  # ENOSYS
 
 
 def umount2(target: str, flags: int = 0) -> None:

@@ -60,6 +60,47 @@ def create_netns(pin_path: str) -> None:
         raise PodNSError(f"cannot create network namespace at {pin_path}: {error[0]}")
 
 
+def pin_from_pid(pid: int, kind: str, pin_path: str) -> None:
+    """Pin a namespace of a running process (/proc/<pid>/ns/<kind>: "net", "user") at pin_path (created here).
+
+    For a pod with a user namespace, the infra container makes the user namespace and the network namespace inside
+    it (so that it belongs to it); the daemon pins both from the infra process, as it pins a netns it made."""
+    os.makedirs(os.path.dirname(pin_path), mode=0o711, exist_ok=True)
+    fd = os.open(pin_path, os.O_RDONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o444)
+    os.close(fd)
+    try:
+        linux.mount(f"/proc/{pid}/ns/{kind}", pin_path, None, linux.MS_BIND)
+    except OSError as exc:
+        try:
+            os.unlink(pin_path)
+        except OSError:
+            pass
+        raise PodNSError(f"cannot pin the {kind} namespace of process {pid} at {pin_path}: {exc}") from None
+
+
+def loopback_up(netns_path: str) -> None:
+    """Bring lo up inside a pinned network namespace (a short-lived thread joins it and ends)."""
+    error: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            fd = os.open(netns_path, os.O_RDONLY | os.O_CLOEXEC)
+            try:
+                linux.setns(fd, linux.CLONE_NEWNET)
+            finally:
+                os.close(fd)
+            _loopback_up()
+        except BaseException as exc:  # noqa: BLE001 - reported to the caller below
+            error.append(exc)
+        # the thread ends here: its network namespace goes with it
+
+    t = threading.Thread(target=run, name="pycri-netns-lo")
+    t.start()
+    t.join()
+    if error:
+        raise PodNSError(f"cannot bring lo up in {netns_path}: {error[0]}")
+
+
 def remove_netns(pin_path: str) -> None:
     """Unpin (lazy unmount) and delete the pin file; a missing pin is fine."""
     try:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import stat
 
-from runtime import linux
+from runtime import linux, userns
 from runtime.linux import (MNT_DETACH, MS_BIND, MS_NODEV, MS_NOEXEC, MS_NOSUID, MS_PRIVATE, MS_RDONLY, MS_REC,
                            MS_REMOUNT, MS_SHARED, MS_SLAVE, MS_UNBINDABLE)
 
@@ -27,6 +27,14 @@ _PROPAGATION = {
     "slave": MS_SLAVE, "rslave": MS_SLAVE | MS_REC, "unbindable": MS_UNBINDABLE,
     "runbindable": MS_UNBINDABLE | MS_REC,
 }
+# Recursive mount attributes (runc's "rro", "rnosuid", ...): option -> (clear?, MOUNT_ATTR_*), applied with
+# mount_setattr(2) and AT_RECURSIVE to the mount and every mount below it.
+_RECURSIVE = {
+    "rro": (False, linux.MOUNT_ATTR_RDONLY), "rrw": (True, linux.MOUNT_ATTR_RDONLY),
+    "rnosuid": (False, linux.MOUNT_ATTR_NOSUID), "rsuid": (True, linux.MOUNT_ATTR_NOSUID),
+    "rnodev": (False, linux.MOUNT_ATTR_NODEV), "rdev": (True, linux.MOUNT_ATTR_NODEV),
+    "rnoexec": (False, linux.MOUNT_ATTR_NOEXEC), "rexec": (True, linux.MOUNT_ATTR_NOEXEC),
+}
 # statvfs f_flag bits that must be kept when remounting a bind mount read-only
 _ST_KEEP = MS_NOSUID | MS_NODEV | MS_NOEXEC | linux.MS_NOATIME | linux.MS_NODIRATIME
 _ST_RELATIME = 4096
@@ -39,7 +47,7 @@ _DEV_LINKS = [("/proc/self/fd", "fd"), ("/proc/self/fd/0", "stdin"), ("/proc/sel
 
 
 def parse_options(options: list[str]) -> tuple[int, list[int], str]:
-    """Mount options -> (flags, propagation flags, data string)."""
+    """Mount options -> (flags, propagation flags, data string); recursive attributes are left to parse_recursive."""
     flags, props, data = 0, [], []
     for opt in options or []:
         if opt in _FLAGS:
@@ -47,9 +55,22 @@ def parse_options(options: list[str]) -> tuple[int, list[int], str]:
             flags = flags & ~flag if clear else flags | flag
         elif opt in _PROPAGATION:
             props.append(_PROPAGATION[opt])
-        else:
+        elif opt not in _RECURSIVE:
             data.append(opt)
     return flags, props, ",".join(data)
+
+
+def parse_recursive(options: list[str]) -> tuple[int, int]:
+    """Mount options -> (MOUNT_ATTR_* to set, to clear) recursively ("rro" and friends)."""
+    attr_set = attr_clr = 0
+    for opt in options or []:
+        if opt in _RECURSIVE:
+            clear, attr = _RECURSIVE[opt]
+            if clear:
+                attr_clr, attr_set = attr_clr | attr, attr_set & ~attr
+            else:
+                attr_set, attr_clr = attr_set | attr, attr_clr & ~attr
+    return attr_set, attr_clr
 
 
 def secure_join(root: str, unsafe: str) -> str:
@@ -126,11 +147,21 @@ def check_overlay(overlay) -> dict | None:
     return {**overlay, "lower": lower}
 
 
-def mount_rootfs(rootfs: str, overlay: dict | None, propagation: str | None) -> None:
-    """Make / private (or the asked propagation) and turn rootfs into a mount point (bind or overlay)."""
-    linux.mount(None, "/", None, _PROPAGATION.get(propagation or "rprivate", MS_PRIVATE | MS_REC)
-                if propagation not in ("shared", "rshared") else MS_SLAVE | MS_REC)
-    if overlay:
+def mount_rootfs(rootfs: str, overlay: dict | None, propagation: str | None, overlay_fd: int = -1) -> None:
+    """Make / private (or the asked propagation) and turn rootfs into a mount point (bind or overlay).
+
+    shared/rshared (a bidirectional volume): the copies of the host's shared mounts stay peers of them, so that the
+    volume's bind joins the host's peer group; only the mount holding rootfs is made private (as runc does), so
+    that the rootfs and everything mounted below it do not propagate back to the host.
+    """
+    if propagation in ("shared", "rshared"):
+        linux.mount(None, mount_point_of(rootfs), None, MS_PRIVATE)
+    else:
+        linux.mount(None, "/", None, _PROPAGATION.get(propagation or "rprivate", MS_PRIVATE | MS_REC))
+    if overlay_fd >= 0:  # an overlay with idmapped layers, made by the parent (runtime/userns.py)
+        userns.move_mount(overlay_fd, rootfs)
+        os.close(overlay_fd)
+    elif overlay:
         lower = overlay.get("lower") or []
         if isinstance(lower, str):
             lower = [lower]
@@ -148,8 +179,26 @@ def mount_rootfs(rootfs: str, overlay: dict | None, propagation: str | None) -> 
         linux.mount(rootfs, rootfs, None, MS_BIND | MS_REC)
 
 
-def mount_one(rootfs: str, m: dict, cgroup_v2: bool, v1_hier: list[tuple[str, str]] | None = None) -> None:
-    """Mount one OCI mount entry under rootfs."""
+def mount_point_of(path: str) -> str:
+    """The mount point of the mount that holds path (in this mount namespace)."""
+    path = os.path.realpath(path)
+    best = "/"
+    with open("/proc/self/mountinfo") as f:
+        for line in f:
+            mp = line.split()[4].replace("\\040", " ").replace("\\011", "\t").replace("\\012", "\n")
+            mp = mp.replace("\\134", "\\")
+            if (path == mp or path.startswith(mp.rstrip("/") + "/")) and len(mp) > len(best):
+                best = mp
+    return best
+
+
+def mount_one(rootfs: str, m: dict, cgroup_v2: bool, v1_hier: list[tuple[str, str]] | None = None,
+              mount_fd: int = -1, in_userns: bool = False) -> None:
+    """Mount one OCI mount entry under rootfs.
+
+    mount_fd: a detached copy of the bind source made by the parent (runtime/userns.py; idmapped when the mount
+    has uidMappings), attached here in place of the bind. in_userns: what cannot be mounted from a user namespace
+    falls back as runc does (see _userns_fallback)."""
     dest_rel = m.get("destination")
     if not isinstance(dest_rel, str) or not dest_rel.startswith("/"):
         raise ValueError(f"mount destination must be an absolute path: {dest_rel!r}")
@@ -158,42 +207,76 @@ def mount_one(rootfs: str, m: dict, cgroup_v2: bool, v1_hier: list[tuple[str, st
     source = m.get("source") or mtype or "none"
     flags, props, data = parse_options(m.get("options") or [])
     if mtype == "bind" or flags & MS_BIND:
-        if not os.path.exists(source):
+        if mount_fd >= 0:  # opened by the parent: the source path may not be reachable from here
+            is_dir = stat.S_ISDIR(os.fstat(mount_fd).st_mode)
+        elif not os.path.exists(source):
             raise FileNotFoundError(2, f"bind mount source {source!r} does not exist")
-        if os.path.isdir(source):
+        else:
+            is_dir = os.path.isdir(source)
+        if is_dir:
             _mkdirs(dest)
         else:
             _touch(dest)
-        linux.mount(source, dest, None, flags & (MS_BIND | MS_REC))
+        if mount_fd >= 0:
+            userns.move_mount(mount_fd, dest)
+            os.close(mount_fd)
+        else:
+            linux.mount(source, dest, None, flags & (MS_BIND | MS_REC))
+        # as runc: "ro" (and nosuid...) applies to the bind mount itself only, so with "rbind" the submounts keep
+        # their own flags; "rro" (below) makes the whole tree read-only
         rest = flags & ~(MS_BIND | MS_REC)
-        if rest & MS_RDONLY and flags & MS_REC:
-            _recursive_ro(dest, rest)
-        elif rest & MS_RDONLY:
+        if rest & MS_RDONLY:
             remount_ro(dest, rest & ~MS_RDONLY & ~MS_REMOUNT)
         elif rest & ~MS_REMOUNT:
             linux.mount(None, dest, None, MS_BIND | MS_REMOUNT | (rest & ~MS_REMOUNT))
     elif mtype == "cgroup":
-        _mount_cgroup(dest, flags, cgroup_v2, v1_hier)
+        try:
+            _mount_cgroup(dest, flags, cgroup_v2, v1_hier)
+        except PermissionError:
+            if not in_userns:
+                raise
+            _userns_fallback(dest, "/sys/fs/cgroup", flags)
     else:
         _mkdirs(dest)
-        linux.mount(source, dest, mtype, flags, data or None)
+        try:
+            linux.mount(source, dest, mtype, flags, data or None)
+        except PermissionError:
+            if not (in_userns and mtype == "sysfs"):
+                raise
+            _userns_fallback(dest, "/sys", flags)
     for prop in props:
         linux.mount(None, dest, None, prop)
+    attr_set, attr_clr = parse_recursive(m.get("options") or [])
+    if attr_set or attr_clr:
+        _set_recursive(dest, attr_set, attr_clr)
 
 
-def _recursive_ro(dest: str, rest: int) -> None:
-    """rbind,ro: read-only all the way down (mount_setattr), else at least the top mount."""
-    attrs = linux.MOUNT_ATTR_RDONLY
-    for flag, attr in ((MS_NOSUID, linux.MOUNT_ATTR_NOSUID), (MS_NODEV, linux.MOUNT_ATTR_NODEV),
-                       (MS_NOEXEC, linux.MOUNT_ATTR_NOEXEC)):
-        if rest & flag:
+def _userns_fallback(dest: str, host_path: str, flags: int) -> None:
+    """A filesystem a user namespace may not mount: a recursive bind of the host's instead, as runc does for sysfs
+    (sysfs needs the network namespace to belong to the user namespace; with the host's network it does not) and
+    for cgroup (v1 hierarchies, and v2 without a cgroup namespace of its own). The options' nosuid/nodev/noexec
+    and read-only apply to the whole tree (mount_setattr AT_RECURSIVE)."""
+    if os.path.ismount(dest):  # the cgroup v1 tmpfs made before a hierarchy failed
+        linux.umount2(dest, MNT_DETACH)
+    linux.mount(host_path, dest, None, MS_BIND | MS_REC)
+    attrs = 0
+    for flag, attr in ((MS_RDONLY, linux.MOUNT_ATTR_RDONLY), (MS_NOSUID, linux.MOUNT_ATTR_NOSUID),
+                       (MS_NODEV, linux.MOUNT_ATTR_NODEV), (MS_NOEXEC, linux.MOUNT_ATTR_NOEXEC)):
+        if flags & flag:
             attrs |= attr
-    try:
+    if attrs:
         linux.mount_setattr_recursive(dest, attrs)
+
+
+def _set_recursive(dest: str, attr_set: int, attr_clr: int) -> None:
+    """rro and friends: mount_setattr(2) with AT_RECURSIVE; there is no safe fallback on kernels without it."""
+    try:
+        linux.mount_setattr_recursive(dest, attr_set, attr_clr)
     except OSError as exc:
-        if exc.errno not in (38, 22):  # ENOSYS, EINVAL: an older kernel
-            raise
-        remount_ro(dest, rest & ~MS_RDONLY & ~MS_REMOUNT)
+        if exc.errno == 38:  # ENOSYS
+            raise OSError(exc.errno, f"recursive mount options (rro) on {dest!r} need mount_setattr(2), "
+                                     "Linux 5.12 or later") from None
+        raise
 
 
 def _mount_cgroup(dest: str, flags: int, cgroup_v2: bool, v1_hier: list[tuple[str, str]] | None = None) -> None:
@@ -277,7 +360,9 @@ def pivot(rootfs: str) -> None:
         os.fchdir(new)
         linux.pivot_root(".", ".")
         os.fchdir(old)
-        # the old root is already rprivate (mount_rootfs), so detaching it cannot propagate to the host
+        # rslave first (as runc): with a shared rootfs propagation the old root still holds peers of host mounts,
+        # and detaching those must not propagate to the host
+        linux.mount(None, ".", None, MS_SLAVE | MS_REC)
         linux.umount2(".", MNT_DETACH)
     finally:
         os.close(old)

@@ -1,0 +1,1 @@
+"""Security context: users, capabilities, mounts, sysctls, seccomp... asserted inside real containers."""
