@@ -3,11 +3,12 @@ SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
-# Debian packages the daemon and its tests need (CNI plugins, a real registry, test image tools, reference runtimes).
+# Debian packages the daemon and its tests need (CNI plugins, a real registry, test image tools, reference runtimes,
+# systemd: the tests of the systemd cgroup driver boot one in namespaces of its own).
 APT_PACKAGES := python3-venv gcc libc6-dev iproute2 iptables containernetworking-plugins docker-registry \
-	busybox-static skopeo containerd runc crun sqlite3
+	busybox-static skopeo containerd runc crun sqlite3 systemd
 
-.PHONY: deps venv proto images run test clean
+.PHONY: deps venv proto images run test install clean
 
 deps:
 	@missing=""; for p in $(APT_PACKAGES); do dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q 'ok installed' || missing="$$missing $$p"; done; \
@@ -40,6 +41,13 @@ run: deps venv proto
 
 test: deps venv proto images
 	$(VENV)/bin/pytest -q $(PYTEST_ARGS)
+
+# Install on this machine (or under DESTDIR): $(PREFIX)/bin/pycri (runs this checkout's .venv), the systemd unit
+# when systemd runs, and /etc/pycri/config.toml, the default CNI network, /etc/crictl.yaml, /var/lib/pycri when
+# absent: existing files are never overwritten. `make install INSTALL_ARGS=--dry-run` shows what it would do.
+PREFIX ?= /usr/local
+install: deps venv proto
+	$(PY) hack/install.py --destdir "$(DESTDIR)" --prefix "$(PREFIX)" $(INSTALL_ARGS)
 
 clean:
 	rm -rf $(VENV) .cache build *.egg-info

@@ -30,6 +30,9 @@ def _parser() -> argparse.ArgumentParser:
     imp = images_sub.add_parser("import", help="import an OCI layout tarball or a `docker save` tarball")
     imp.add_argument("file")
     imp.add_argument("--name", help="also tag the (first) imported image with this reference")
+    pulls = images_sub.add_parser("pulls", help="list pulls in flight with per-layer progress (live on a terminal)")
+    pulls.add_argument("--interval", type=float, default=1.0, metavar="SECONDS", help="refresh period (default 1)")
+    pulls.add_argument("--json", action="store_true", help="print the daemon's answer as JSON, once")
     return p
 
 
@@ -49,6 +52,8 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         print(f"{args.file}: ok")
         return 0
+    if args.command == "images" and args.images_command == "pulls":
+        return _images_pulls(args.config, args.interval, args.json)
     if args.command == "images":
         return _images_import(args.config, args.file, args.name)
     return _serve(args.config)
@@ -88,6 +93,27 @@ def _images_import(config_path: str | None, path: str, name: str | None) -> int:
     for image_id in ids:
         print(image_id)
     return 0
+
+
+def _images_pulls(config_path: str | None, interval: float, as_json: bool) -> int:
+    """Pulls in flight, from the daemon's status socket (see pycri/status.py)."""
+    try:
+        cfg = configmod.load(config_path)
+    except configmod.ConfigError as exc:
+        print(f"pycri: config error: {exc}", file=sys.stderr)
+        return 2
+    from pycri import pullsview
+
+    if as_json:
+        import json
+
+        try:
+            print(json.dumps(pullsview.fetch(cfg.status_socket), indent=2))
+        except pullsview.StatusUnavailable as exc:
+            print(f"pycri: {exc}", file=sys.stderr)
+            return 1
+        return 0
+    return pullsview.run(cfg.status_socket, max(0.1, interval))
 
 
 def _progress_bar(label: str):
@@ -136,7 +162,7 @@ def _serve(config_path: str | None) -> int:
     from pycri.daemon import DaemonError, serve  # imports grpc
 
     try:
-        asyncio.run(serve(cfg, spawner))
+        asyncio.run(serve(cfg, spawner, config_path))
     except DaemonError as exc:
         log.get("daemon").error("cannot start", error=str(exc))
         print(f"pycri: {exc}", file=sys.stderr)

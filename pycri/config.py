@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import ipaddress
+import math
 import os
 import tomllib
 from dataclasses import dataclass, field
@@ -76,13 +77,26 @@ class RuntimeHandlerConfig:
 
     type: str = "builtin"
     path: str = ""
+    # Who makes the containers' cgroups for an 'oci' runtime: "runtime" (it does, from cgroupsPath), or "pycri"
+    # (the monitor does and runs the runtime inside them with --cgroup-manager=disabled: crun, which refuses
+    # cgroup v1 hybrid hosts whose cgroup2 mount holds controllers).
+    cgroup_manager: str = "runtime"
 
     def validate(self, where: str) -> None:
         _require_choice(self.type, RUNTIME_TYPES, f"{where}.type")
+        _require_choice(self.cgroup_manager, ("runtime", "pycri"), f"{where}.cgroup_manager")
         if self.type == "oci":
             _require_abs(self.path, f"{where}.path")
         elif self.path:
             raise ConfigError(f"{where}.path: only an 'oci' runtime takes a path")
+        elif self.cgroup_manager != "runtime":
+            raise ConfigError(f"{where}.cgroup_manager: only an 'oci' runtime takes a cgroup_manager")
+
+    def monitor_request(self) -> dict | None:
+        """What the pod's monitor is told at create: None for the built-in launcher."""
+        if self.type != "oci":
+            return None
+        return {"type": "oci", "path": self.path, "cgroup_manager": self.cgroup_manager}
 
 
 @dataclass
@@ -100,6 +114,46 @@ class StreamingConfig:
 
 
 @dataclass
+class MetricsConfig:
+    """Prometheus metrics over HTTP (`GET /metrics`), as containerd's `[metrics] address`."""
+
+    address: str = ""  # "host:port" (e.g. "127.0.0.1:9090", "[::1]:9090"); empty: no metrics server
+
+    def validate(self, where: str) -> None:
+        if self.address:
+            try:
+                parse_host_port(self.address)
+            except ValueError as exc:
+                raise ConfigError(f"{where}.address: {exc}") from None
+
+
+def parse_host_port(text: str) -> tuple[str, int]:
+    """("127.0.0.1", 9090) from "127.0.0.1:9090" or "[::1]:9090"; the host must be an IP address."""
+    host, sep, port = text.rpartition(":")
+    if not sep or not port.isdigit():
+        raise ValueError(f"{text!r} is not host:port")
+    host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        raise ValueError(f"{text!r}: {host!r} is not an IP address") from None
+    if not 0 <= int(port) <= 65535:
+        raise ValueError(f"{text!r}: port out of range 0-65535")
+    return host, int(port)
+
+
+@dataclass
+class CDIConfig:
+    """Where CDI spec files (JSON or YAML) are read; a later directory overrides an earlier one per device."""
+
+    spec_dirs: list[str] = field(default_factory=lambda: ["/etc/cdi", "/var/run/cdi"])
+
+    def validate(self, where: str) -> None:
+        for i, d in enumerate(self.spec_dirs):
+            _require_abs(d, f"{where}.spec_dirs[{i}]")
+
+
+@dataclass
 class Config:
     root: str = "/var/lib/pycri"
     state: str = "/run/pycri"
@@ -114,6 +168,8 @@ class Config:
     cni: CNIConfig = field(default_factory=CNIConfig)
     cgroup: CgroupConfig = field(default_factory=CgroupConfig)
     streaming: StreamingConfig = field(default_factory=StreamingConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    cdi: CDIConfig = field(default_factory=CDIConfig)
     registries: dict[str, RegistryConfig] = field(default_factory=dict)
     runtimes: dict[str, RuntimeHandlerConfig] = field(
         default_factory=lambda: {DEFAULT_RUNTIME: RuntimeHandlerConfig()}
@@ -125,11 +181,13 @@ class Config:
         if not self.sandbox_image.strip():
             raise ConfigError("sandbox_image: must not be empty")
         _require_choice(self.log_level, LOG_LEVELS, "log_level")
-        if self.image_pull_progress_timeout <= 0:
+        if not 0 < self.image_pull_progress_timeout < math.inf:  # also refuses nan (found by tests/fuzz)
             raise ConfigError("image_pull_progress_timeout: must be a positive number of seconds")
         self.cni.validate("cni")
         self.cgroup.validate("cgroup")
         self.streaming.validate("streaming")
+        self.cdi.validate("cdi")
+        self.metrics.validate("metrics")
         for host, reg in self.registries.items():
             if not host or "/" in host:
                 raise ConfigError(f"registries.{_toml_key(host)}: a registry key is a host[:port], e.g. \"docker.io\"")
@@ -141,6 +199,10 @@ class Config:
         if self.default_runtime not in self.runtimes:
             raise ConfigError(f"default_runtime: {self.default_runtime!r} is not one of [runtimes] "
                               f"({', '.join(sorted(self.runtimes)) or 'none'})")
+
+    def runtime_for(self, handler: str) -> RuntimeHandlerConfig | None:
+        """The [runtimes] entry a RunPodSandbox runtime_handler names ("" is default_runtime); None if unknown."""
+        return self.runtimes.get(handler or self.default_runtime)
 
     # Derived paths, so every module agrees where things live.
     @property
@@ -155,6 +217,13 @@ class Config:
     def db_path(self) -> Path:
         return Path(self.root) / "metadata.db"
 
+    @property
+    def status_socket(self) -> Path:
+        """The daemon's read-only status socket (pulls in flight), next to the CRI socket: pycri.sock ->
+        pycri-status.sock."""
+        listen = Path(self.listen)
+        return listen.with_name(listen.stem + "-status.sock")
+
 
 def load(path: str | os.PathLike | None = None) -> Config:
     """Load the config from `path`, else $PYCRI_CONFIG, else /etc/pycri/config.toml if present, else defaults."""
@@ -168,7 +237,7 @@ def load(path: str | os.PathLike | None = None) -> Config:
                 data = tomllib.load(f)
         except OSError as exc:
             raise ConfigError(f"{path}: {exc.strerror}") from None
-        except tomllib.TOMLDecodeError as exc:
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
             raise ConfigError(f"{path}: not valid TOML: {exc}") from None
         cfg = from_dict(data)
     cfg.validate()
@@ -202,6 +271,8 @@ _TABLE_TYPES = {
     "CNIConfig": CNIConfig,
     "CgroupConfig": CgroupConfig,
     "StreamingConfig": StreamingConfig,
+    "CDIConfig": CDIConfig,
+    "MetricsConfig": MetricsConfig,
 }
 _MAP_TYPES = {
     "dict[str, RegistryConfig]": RegistryConfig,

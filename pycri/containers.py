@@ -12,16 +12,18 @@ import time
 from pathlib import Path
 
 from runtime.client import MonitorError
+from runtime.linux import MNT_DETACH, mount_setattr_supported, umount2
 
-from pycri import log
+from pycri import cdi, log
 from pycri.api import api_pb2 as cri
 from pycri.errors import DeadlineExceeded, FailedPrecondition, InvalidArgument, NotFound
+from pycri.hostmounts import SharedMounts
 from pycri.monitors import MonitorUnavailable
 from pycri.records import (C_CREATED, C_CREATING, C_EXITED, C_RUNNING, CONTAINER_STATE, SB_READY, ContainerRecord,
                            SandboxRecord, matches, pb)
 from pycri.reservations import Reservations
 from pycri.sandboxes import remove_cgroup
-from pycri.spec import PodPaths, container_spec, resources as oci_resources
+from pycri.spec import PodPaths, container_spec, resources as oci_resources, userns_mappings
 from pycri.users import resolve as resolve_user
 
 _log = log.get("container")
@@ -43,6 +45,7 @@ class Containers:
         self._cpu_samples: dict[str, tuple[int, int]] = {}  # id -> (time ns, usage ns): for usage_nano_cores
         self._users: dict[tuple, object] = {}
         self._fs_usage: tuple[float, tuple[str, int, int]] | None = None
+        self.shared_mounts = SharedMounts(ctx.config.state_path / "shared-mounts.json")
         # Monitor-side creates (the clone of the container's process) begun by CreateContainer and awaited by
         # whatever touches the process next (start, update, remove): see _begin_monitor_create.
         self._monitor_creates: dict[str, asyncio.Task] = {}
@@ -106,7 +109,8 @@ class Containers:
             net_ns=sandbox.netns or None,
             ipc_ns=None if opts.ipc == cri.NamespaceMode.NODE else f"{infra}/ipc",
             uts_ns=None if host_net else f"{infra}/uts",
-            pid_ns=None if opts.pid == cri.NamespaceMode.NODE else f"{infra}/pid")
+            pid_ns=None if opts.pid == cri.NamespaceMode.NODE else f"{infra}/pid",
+            user_ns=sandbox.userns or None)
         sc = config.linux.security_context if config.linux.HasField("security_context") else None
         if sc is not None and sc.namespace_options.pid == cri.NamespaceMode.TARGET:
             target = ctx.records.find_container(sc.namespace_options.target_id)
@@ -115,8 +119,20 @@ class Containers:
             paths.extra_annotations["target_pid_ns"] = f"/proc/{target.pid}/ns/pid"
         spec = container_spec(config, sandbox_config, image.config, rec.id, sandbox.id, paths,
                               ctx.config.cgroup.driver, rec.log_path)
+        for m in spec["mounts"]:  # volumes with propagation need their host source on a shared mount
+            if "rro" in m.get("options", ()) and not mount_setattr_supported():
+                raise InvalidArgument(f"mount {m['destination']!r}: recursive read-only mounts need "
+                                      "mount_setattr(2), which this kernel does not have")
+            prop = next((o for o in m.get("options", ()) if o in ("rshared", "rslave")), None)
+            if prop and m.get("type") == "bind":
+                try:
+                    self.shared_mounts.ensure(rec.id, m["source"], prop, rec.bundle)
+                except OSError as exc:
+                    raise FailedPrecondition(f"mount {m['destination']!r}: cannot make host path "
+                                             f"{m['source']!r} a shared mount for {prop}: {exc}") from None
         user = self._user(config, image)
         spec["process"]["user"] = user
+        cdi.inject(spec, config, ctx.config.cdi.spec_dirs, container_id=rec.id)  # after the user: may add groups
         rec.user = user
         rec.cgroup_path = spec["linux"]["cgroupsPath"]
         rec.chain_ids = list(image.chain_ids)
@@ -129,12 +145,17 @@ class Containers:
             d.mkdir(parents=True, exist_ok=True)
         if rec.log_path:
             os.makedirs(os.path.dirname(rec.log_path), exist_ok=True)
-        self._begin_monitor_create(rec, sandbox, image.lowerdirs, spec)
         # config.json is for recovery (a create redone after a restart) and OCI runtimes; the monitor got the
-        # spec inline, so this is written while it works
+        # spec inline, so this is written while it works - or before, for an OCI runtime, whose monitor rewrites
+        # it (the runtime reads it) and must not be overwritten afterwards
+        oci = self.ctx.sandboxes.runtime_request(sandbox) is not None
+        if not oci:
+            self._begin_monitor_create(rec, sandbox, image.lowerdirs, spec)
         tmp = bundle / "config.json.tmp"
         tmp.write_text(json.dumps(spec))
         os.replace(tmp, bundle / "config.json")
+        if oci:
+            self._begin_monitor_create(rec, sandbox, image.lowerdirs, spec)
 
     def _begin_monitor_create(self, rec: ContainerRecord, sandbox: SandboxRecord, lowerdirs: list[str],
                               spec: dict | None) -> asyncio.Task:
@@ -147,10 +168,14 @@ class Containers:
         """
         layer = Path(rec.layer_dir)
         overlay = {"lower": lowerdirs, "upper": str(layer / "upper"), "work": str(layer / "work")}
+        userns = userns_mappings(sandbox.config.linux.security_context.namespace_options)
+        if userns is not None:  # the image's layers idmapped into the pod's user namespace (runtime/userns.py)
+            overlay["uidMappings"], overlay["gidMappings"] = userns
         config = rec.config
 
         sent = self.ctx.monitors.call_now(sandbox.monitor_dir, "create", rec.id, rec.bundle, overlay=overlay,
-                                          stdin=config.stdin, log_path=rec.log_path or os.devnull, spec=spec)
+                                          stdin=config.stdin, log_path=rec.log_path or os.devnull, spec=spec,
+                                          runtime=self.ctx.sandboxes.runtime_request(sandbox))
 
         async def create() -> None:
             try:
@@ -187,7 +212,6 @@ class Containers:
             if task.done():
                 self._monitor_creates.pop(rec.id, None)
 
-
     def _user(self, config: cri.ContainerConfig, image) -> dict:
         sc = config.linux.security_context if config.linux.HasField("security_context") else None
         read = image_file_reader(image.lowerdirs or self.ctx.images.lowerdirs(image.id))
@@ -196,19 +220,19 @@ class Containers:
         supplemental = []
         merge = True
         if sc is not None:
-            if sc.HasField("run_as_user"):
-                uid = sc.run_as_user.value
-            elif sc.run_as_username:
+            # as containerd: run_as_username wins over run_as_user, and either replaces the image's whole User
+            # (its group too); run_as_group alone is an error
+            if sc.run_as_username:
                 image_user = sc.run_as_username
+            elif sc.HasField("run_as_user"):
+                uid = sc.run_as_user.value
+                image_user = ""
             if sc.HasField("run_as_group"):
                 if not (sc.HasField("run_as_user") or sc.run_as_username):
                     raise InvalidArgument("run_as_group needs run_as_user or run_as_username")
                 gid = sc.run_as_group.value
             supplemental = list(sc.supplemental_groups)
             merge = sc.supplemental_groups_policy != cri.SupplementalGroupsPolicy.Strict
-        if uid is not None:
-            image_user = image_user.split(":", 1)[1] if ":" in image_user and gid is None else ""
-            image_user = f":{image_user}" if image_user else ""
         key = (image.id, image_user, uid, gid, tuple(supplemental), merge)
         user = self._users.get(key)
         if user is None:  # an image's passwd/group never change: resolve once per image and user
@@ -216,10 +240,10 @@ class Containers:
             if len(self._users) > 4096:
                 self._users.clear()
             self._users[key] = user
-        out = {"uid": user.uid, "gid": user.gid}
-        if user.additional_gids:
-            out["additionalGids"] = user.additional_gids
-        return out
+        # the primary gid leads the groups list, as containerd's spec has it (the kernel's groups then match what
+        # ContainerStatus.user reports)
+        return {"uid": user.uid, "gid": user.gid,
+                "additionalGids": [user.gid] + [g for g in user.additional_gids if g != user.gid]}
 
     @staticmethod
     def _stop_signal(config: cri.ContainerConfig, image) -> str:
@@ -248,7 +272,8 @@ class Containers:
                 self.ctx.records.save_container(rec)
                 raise FailedPrecondition(f"failed to start container {rec.id}: {exc}") from None
             rec.state = C_RUNNING
-            rec.started_at = time.time_ns()
+            # the monitor's time, from before the exec: a process that exits at once must not end before it began
+            rec.started_at = int(started.get("started_at") or time.time_ns())
             rec.pid = started.get("pid", rec.pid)
             self.ctx.records.save_container(rec)
         self._watch(rec)
@@ -332,6 +357,7 @@ class Containers:
                     _log.warning("monitor delete", container_id=rec.id, error=str(exc))
         elif rec.cgroup_path:
             await asyncio.to_thread(remove_cgroup, rec.cgroup_path, self.ctx.config.cgroup.driver)
+        self.shared_mounts.release(rec.id)
         self.ctx.records.delete_container(rec.id)
         self._cpu_samples.pop(rec.id, None)
         # The directories go after the answer (a writable layer can be large); a crash before that is swept at start.
@@ -350,7 +376,8 @@ class Containers:
         config = rec.config
         user = cri.ContainerUser(linux=cri.LinuxContainerUser(
             uid=rec.user.get("uid", 0), gid=rec.user.get("gid", 0),
-            supplemental_groups=[rec.user.get("gid", 0)] + list(rec.user.get("additionalGids", []))))
+            supplemental_groups=[rec.user.get("gid", 0)] + [g for g in rec.user.get("additionalGids", [])
+                                                             if g != rec.user.get("gid", 0)]))
         status = cri.ContainerStatus(
             id=rec.id, metadata=config.metadata, state=CONTAINER_STATE.get(rec.state, cri.CONTAINER_UNKNOWN),
             created_at=rec.created_at, started_at=rec.started_at, finished_at=rec.finished_at,
@@ -395,7 +422,9 @@ class Containers:
         rec, sandbox = self._running(container_id)
         try:
             result = await self.ctx.monitors.call(sandbox.monitor_dir, "exec", rec.id, {"args": list(cmd)},
-                                                  timeout=timeout if timeout > 0 else None,
+                                                  # (clamped: an int64 timeout overflows the event loop's clock;
+                                                  # found by tests/fuzz)
+                                                  timeout=min(timeout, 10 * 365 * 86400) if timeout > 0 else None,
                                                   output_cap=EXEC_OUTPUT_CAP, client_timeout=None)
         except MonitorError as exc:
             raise FailedPrecondition(f"exec in container {rec.id} failed: {exc}") from None
@@ -489,6 +518,9 @@ class Containers:
             if rec.state == C_CREATING or sandbox is None:
                 await self._cleanup(rec)
                 continue
+            if rec.state == C_CREATED and self.ctx.monitors.alive(sandbox.monitor_dir):
+                self._adopt_start(rec, sandbox)
+                continue
             if rec.state != C_RUNNING:
                 continue
             if self.ctx.monitors.alive(sandbox.monitor_dir):
@@ -496,10 +528,29 @@ class Containers:
             else:
                 self._record_exit(rec.id, self.ctx.monitors.status_from_disk(sandbox.monitor_dir, rec.id))
 
+    def _adopt_start(self, rec: ContainerRecord, sandbox: SandboxRecord) -> None:
+        """A CREATED container its monitor has started: the daemon died between the monitor's answer to
+        StartContainer and saving RUNNING. Take the monitor's word (found by hack/chaos.py): left CREATED, its
+        process ran unseen, and a retried start turned it into a StartError while the process went on."""
+        st = self.ctx.monitors.status_from_disk(sandbox.monitor_dir, rec.id)
+        if st.get("status") not in ("running", "stopped") or not st.get("started_at"):
+            return  # not started (the monitor-side create is awaited or redone by StartContainer)
+        rec.state, rec.started_at, rec.pid = C_RUNNING, int(st["started_at"]), int(st.get("pid") or rec.pid)
+        self.ctx.records.save_container(rec)
+        _log.info("container started before a restart; recorded running", container_id=rec.id, pid=rec.pid)
+        self._watch(rec)  # reports the exit at once if it has ended meanwhile
+
 
 def _remove_dirs(*dirs: str) -> None:
     for d in dirs:
         if d:
+            rootfs = os.path.join(d, "rootfs")
+            if os.path.ismount(rootfs):  # an OCI runtime's rootfs, left by a monitor that died (docs/runtime.md)
+                try:
+                    umount2(rootfs, MNT_DETACH)
+                except OSError as exc:
+                    _log.warning("rootfs unmount failed", path=rootfs, error=exc.strerror)
+                    continue
             shutil.rmtree(d, ignore_errors=True)
 
 

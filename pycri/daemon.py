@@ -17,7 +17,8 @@ from pathlib import Path
 
 import grpc
 
-from pycri import __version__, log
+from pycri import __version__, log, status
+from pycri import reload as reloadmod
 from pycri.config import Config
 from pycri.containers import Containers
 from pycri.events import Events
@@ -154,7 +155,9 @@ def prepare_socket(path: Path) -> None:
     raise DaemonError(f"another process is serving on {path}")
 
 
-async def serve(config: Config, spawner=None) -> None:
+async def serve(config: Config, spawner=None, config_path: str | None = None) -> None:
+    """Serve until SIGTERM/SIGINT; SIGHUP re-reads the config file `config_path` (see pycri/reload.py)."""
+    reload_path = reloadmod.config_path(config_path)
     daemon = Daemon(config, spawner)
     await daemon.recover()
     daemon.background(trim_when_quiet())
@@ -168,6 +171,13 @@ async def serve(config: Config, spawner=None) -> None:
         raise DaemonError(f"cannot serve streaming on {config.streaming.address}:{config.streaming.port}: "
                           f"{exc.strerror or exc}") from None
     daemon.streaming = streaming
+    try:
+        info_servers = await status.start(daemon)
+    except status.StatusError as exc:
+        await streaming.stop()
+        await daemon.aclose()
+        raise DaemonError(f"cannot serve the status socket or metrics ([metrics] address "
+                          f"{config.metrics.address!r}): {exc}") from None
     server = grpc.aio.server(options=[
         ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
         ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
@@ -189,10 +199,12 @@ async def serve(config: Config, spawner=None) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stopping.set)
+    loop.add_signal_handler(signal.SIGHUP, reloadmod.reload, daemon, reload_path)
     await stopping.wait()
     _log.info("shutting down", grace_seconds=SHUTDOWN_GRACE_SECONDS)
     await server.stop(SHUTDOWN_GRACE_SECONDS)
     sock.unlink(missing_ok=True)
     await streaming.stop()
+    await status.stop(info_servers)
     await daemon.aclose()
     _log.info("stopped")

@@ -11,13 +11,14 @@ import asyncio
 import functools
 import json
 import os
+import time
 from typing import Any, Awaitable
 
 from runtime import state as rtstate
 from runtime.client import MonitorClient, MonitorError
 from runtime.monitor import SOCKET_NAME
 
-from pycri import log
+from pycri import log, metrics
 from pycri.errors import CRIError
 
 _log = log.get("monitors")
@@ -37,7 +38,9 @@ class Monitors:
 
     async def spawn(self, pod_id: str, monitor_dir: str) -> MonitorClient:
         os.makedirs(monitor_dir, mode=0o700, exist_ok=True)
+        started = time.perf_counter()
         sock = await asyncio.to_thread(self.spawner.spawn_monitor, pod_id, monitor_dir)
+        metrics.monitor_spawn(time.perf_counter() - started)
         return MonitorClient(sock)
 
     def client(self, monitor_dir: str, timeout: float | None = 30.0) -> MonitorClient:

@@ -95,6 +95,7 @@ def cmd_run(a) -> int:
         if cg:
             cg.apply((spec.get("linux") or {}).get("resources"))
         plan = launch.plan_from_spec(spec, bundle, stdio=(0, 1, 2))
+        plan.hook_state = {"id": a.id, "bundle": bundle}  # createContainer/startContainer hooks (runtime/hooks.py)
         proc = launch.Process(plan)
         if cg:
             cg.attach(proc.pid)

@@ -58,18 +58,22 @@ class MonitorClient:
         return self.call("ping")
 
     def create(self, id: str, bundle: str, *, overlay: dict | None = None, stdin: bool = False,
-               log_path: str | None = None, log_max_line: int | None = None, spec: dict | None = None) -> dict:
+               log_path: str | None = None, log_max_line: int | None = None, spec: dict | None = None,
+               runtime: dict | None = None) -> dict:
         """Create (not start) a container from an OCI bundle; returns {"pid", "warnings"}.
 
         overlay: {"lower": [dirs, top first], "upper": dir, "work": dir} mounts root.path as overlayfs
         inside the container's mount namespace. log_path overrides the io.pycri.log-path annotation.
         spec: the OCI spec inline, instead of <bundle>/config.json (which then need not exist).
+        runtime: {"type": "oci", "path": "/usr/bin/runc"} runs it with that OCI runtime (else the built-in one).
         """
         args = {"id": id, "bundle": bundle, "overlay": overlay, "stdin": stdin, "log_path": log_path}
         if log_max_line:
             args["log_max_line"] = log_max_line
         if spec is not None:
             args["spec"] = spec
+        if runtime is not None:
+            args["runtime"] = runtime
         return self.call("create", **args)
 
     def start(self, id: str) -> dict:

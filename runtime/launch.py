@@ -26,7 +26,7 @@ import signal
 import termios
 from dataclasses import dataclass, field
 
-from runtime import caps, linux, rootfs as rootfs_mod, seccomp
+from runtime import caps, hooks, linux, rootfs as rootfs_mod, seccomp, userns as userns_mod
 
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
@@ -54,8 +54,17 @@ class Plan:
     last_cap: int = 40
     seccomp: seccomp.Filter | None = None  # compiled in the parent: the child cannot load libraries
     warnings: list[str] = field(default_factory=list)
-    uid_map: str | None = None             # for a new user namespace, written by the parent before "go"
+    uid_map: str | None = None             # for a new user namespace, made by the parent before the clone
     gid_map: str | None = None
+    userns_path: str | None = None         # a user namespace to join (a pinned pod userns)
+    # With a user namespace (new or joined) the child joins it first, then unshares every other new namespace
+    # (so they belong to it; a new pid namespace then needs a fork); the parent prepares the idmapped mounts.
+    userns_fd: int = -1                    # set by Process (parent) and inherited by the child
+    pid_fork: bool = False                 # new pid namespace unshared in the child: the grandchild is the container
+    userns_maps: tuple[str, str] | None = None  # (uid, gid) map text of that namespace, where known
+    idmap_mounts: dict = field(default_factory=dict)   # spec mount index -> (uid map text, gid map text)
+    mount_fds: dict = field(default_factory=dict)      # spec mount index -> detached idmapped mount fd (parent)
+    overlay_fd: int = -1                   # detached overlay with idmapped lowers (parent)
     cgroup_tasks: list[bytes] | None = None  # files the child writes b"0" to, joining its cgroup (see cgroups)
     # When the child waits for the parent's "go": "early" (before anything: uid/gid maps, attach(pid)),
     # "late" (after its mounts, just before pivot_root: the parent makes the cgroup meanwhile, the child then
@@ -65,6 +74,11 @@ class Plan:
     cgroup_v1: list[tuple[str, str]] | None = None  # (name, options) of the host's v1 hierarchies
     cap_drop: list[tuple] | None = None    # prctl arguments (linux.prctl_args) dropping bounding-set bits
     cap_ambient: list[tuple] | None = None  # prctl arguments raising ambient bits
+    # {"id", "bundle"} of a container's init process (set by the monitor): the child runs the spec's
+    # createContainer/startContainer hooks only then (never for an exec, whose spec is the container's)
+    hook_state: dict | None = None
+    # LSM labels for the execve: ((paths to try, first that exists wins), bytes to write), see _plan_lsm
+    lsm_exec: list[tuple[tuple[str, ...], bytes]] = field(default_factory=list)
 
 
 def plan_from_spec(spec: dict, bundle: str | None, *, overlay: dict | None = None,
@@ -116,11 +130,7 @@ def plan_from_spec(spec: dict, bundle: str | None, *, overlay: dict | None = Non
             plan.clone_flags |= linux.NS_FLAGS[kind]
     if "mount" not in seen:
         raise LaunchError("a mount namespace is required")
-    if plan.clone_flags & linux.CLONE_NEWUSER:
-        if plan.join:
-            raise LaunchError("a new user namespace cannot be combined with joining other namespaces")
-        plan.uid_map = _id_map(linux_cfg.get("uidMappings"), "uidMappings")
-        plan.gid_map = _id_map(linux_cfg.get("gidMappings"), "gidMappings")
+    _plan_userns(plan, spec, linux_cfg, overlay)
     if any(kind == "mount" for kind, _ in plan.join):
         plan.rootfs = None
     if console_fd is not None:
@@ -129,9 +139,12 @@ def plan_from_spec(spec: dict, bundle: str | None, *, overlay: dict | None = Non
     if not plan.cgroup_v2 and any(isinstance(m, dict) and m.get("type") == "cgroup" for m in spec.get("mounts") or []):
         plan.cgroup_v1 = _host()["cgroup_v1"]  # read here: /proc/self/mountinfo is slow to parse in the child
     _plan_caps(plan, proc)
-    for key, what in (("hooks", spec.get("hooks")), ("process.apparmorProfile", proc.get("apparmorProfile")),
-                      ("process.selinuxLabel", proc.get("selinuxLabel")),
-                      ("linux.mountLabel", linux_cfg.get("mountLabel")), ("linux.intelRdt", linux_cfg.get("intelRdt"))):
+    try:
+        hooks.validate(spec)
+    except hooks.HookError as exc:
+        raise LaunchError(str(exc)) from None
+    _plan_mount_label(plan, linux_cfg.get("mountLabel"))
+    for key, what in (("linux.intelRdt", linux_cfg.get("intelRdt")),):
         if what:
             plan.warnings.append(f"{key} is not supported by this runtime: ignored")
     return plan
@@ -140,20 +153,111 @@ def plan_from_spec(spec: dict, bundle: str | None, *, overlay: dict | None = Non
 _HOST_CACHE: dict = {}
 
 
+def _plan_userns(plan: Plan, spec: dict, linux_cfg: dict, overlay: dict | None) -> None:
+    """User namespace (new: maps from linux.uid/gidMappings; joined: a path) and idmapped mounts."""
+    joined = [path for kind, path in plan.join if kind == "user"]
+    if plan.clone_flags & linux.CLONE_NEWUSER:
+        plan.uid_map = _id_map(linux_cfg.get("uidMappings"), "uidMappings")
+        plan.gid_map = _id_map(linux_cfg.get("gidMappings"), "gidMappings")
+        plan.userns_maps = (plan.uid_map, plan.gid_map)
+    elif joined:
+        plan.userns_path = joined[0]
+        plan.join = [(kind, path) for kind, path in plan.join if kind != "user"]
+        if linux_cfg.get("uidMappings") and linux_cfg.get("gidMappings"):  # what the spec says the joined one has
+            plan.userns_maps = (_id_map(linux_cfg["uidMappings"], "uidMappings"),
+                                _id_map(linux_cfg["gidMappings"], "gidMappings"))
+    if plan.uid_map is not None or plan.userns_path is not None:
+        # every new namespace is made after joining the user namespace, so that it belongs to it
+        plan.unshare_flags |= plan.clone_flags & ~(linux.CLONE_NEWUSER | linux.CLONE_NEWPID)
+        plan.pid_fork = bool(plan.clone_flags & linux.CLONE_NEWPID)
+        if plan.pid_fork:
+            plan.unshare_flags |= linux.CLONE_NEWPID
+        plan.clone_flags = 0
+    for i, m in enumerate(spec.get("mounts") or []):
+        if isinstance(m, dict) and (m.get("uidMappings") or m.get("gidMappings")):
+            opts = m.get("options") or []
+            if m.get("type") != "bind" and not any(o in ("bind", "rbind") for o in opts):
+                raise LaunchError(f"mount {m.get('destination')!r}: uidMappings/gidMappings need a bind mount")
+            plan.idmap_mounts[i] = (_id_map(m.get("uidMappings"), f"mounts[{i}].uidMappings"),
+                                    _id_map(m.get("gidMappings"), f"mounts[{i}].gidMappings"))
+    if overlay and (overlay.get("uidMappings") or overlay.get("gidMappings")):
+        plan.idmap_mounts["rootfs"] = (_id_map(overlay.get("uidMappings"), "overlay.uidMappings"),
+                                       _id_map(overlay.get("gidMappings"), "overlay.gidMappings"))
+
+
+def _prepare_userns(plan: Plan) -> None:
+    """Parent side, before the clone: the user namespace fd and the idmapped mounts (see runtime/userns.py).
+    On failure everything opened so far is closed and LaunchError raised."""
+    try:
+        if plan.uid_map is not None:
+            with _Stage("creating the user namespace"):
+                plan.userns_fd = userns_mod.create(plan.uid_map, plan.gid_map)
+        elif plan.userns_path is not None:
+            with _Stage("opening the user namespace"):
+                plan.userns_fd = os.open(plan.userns_path, os.O_RDONLY | os.O_CLOEXEC)
+        own = {plan.userns_maps: plan.userns_fd} if plan.userns_maps is not None else {}
+        made: list[int] = []
+
+        def ns_for(maps) -> int:
+            ns_fd = own.get(maps)
+            if ns_fd is None:  # mappings of their own (or of a joined namespace whose maps we do not know)
+                ns_fd = own[maps] = userns_mod.create(*maps)
+                made.append(ns_fd)
+            return ns_fd
+
+        try:
+            if "rootfs" in plan.idmap_mounts:
+                with _Stage("idmapping the rootfs layers"):
+                    ns_fd = ns_for(plan.idmap_mounts["rootfs"])
+                    userns_mod.chown_upper(plan.overlay, plan.overlay.get("uidMappings") or [],
+                                           plan.overlay.get("gidMappings") or [])
+                    plan.overlay_fd = userns_mod.idmapped_overlay(plan.overlay, ns_fd)
+            # bind sources: idmapped ones, and in a user namespace all of them (as runc: opened here, as host root,
+            # the source need not be reachable by the container's root, e.g. below a 0700 state dir)
+            in_userns = plan.userns_fd >= 0
+            for i, m in enumerate(plan.spec.get("mounts") or []):
+                opts = (m.get("options") or []) if isinstance(m, dict) else []
+                is_bind = isinstance(m, dict) and (m.get("type") == "bind" or "bind" in opts or "rbind" in opts)
+                if not is_bind or not (in_userns or i in plan.idmap_mounts):
+                    continue
+                with _Stage(f"opening the source of {m.get('destination')}"):
+                    if i in plan.idmap_mounts:
+                        plan.mount_fds[i] = userns_mod.idmapped_tree(
+                            m.get("source") or "", ns_for(plan.idmap_mounts[i]), recursive_tree="rbind" in opts,
+                            recursive_idmap="ridmap" in opts)
+                    else:
+                        plan.mount_fds[i] = userns_mod.open_tree_clone(m.get("source") or "", "rbind" in opts)
+        finally:
+            for fd in made:
+                os.close(fd)
+    except BaseException as exc:
+        _close_prepared(plan)
+        if isinstance(exc, LaunchError):
+            raise
+        raise LaunchError(_describe(exc)) from None
+
+
+def _close_prepared(plan: Plan) -> None:
+    """Parent side, after the clone (the child has its copies) or on failure."""
+    for fd in [plan.userns_fd, plan.overlay_fd, *plan.mount_fds.values()]:
+        if fd >= 0:
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+    plan.userns_fd = plan.overlay_fd = -1
+    plan.mount_fds = {}
+
+
 def _id_map(mappings, name: str) -> str:
     """OCI uid/gid mappings -> the text written to /proc/<pid>/{uid,gid}_map."""
     if not isinstance(mappings, list) or not mappings:
-        raise LaunchError(f"a new user namespace needs linux.{name}")
-    lines = []
-    for m in mappings:
-        try:
-            c, h, n = int(m["containerID"]), int(m["hostID"]), int(m["size"])
-        except (KeyError, TypeError, ValueError):
-            raise LaunchError(f"bad linux.{name} entry {m!r}") from None
-        if c < 0 or h < 0 or n <= 0:
-            raise LaunchError(f"bad linux.{name} entry {m!r}")
-        lines.append(f"{c} {h} {n}")
-    return "\n".join(lines) + "\n"
+        where = name if "." in name else f"linux.{name}"
+        raise LaunchError(f"a new user namespace needs {where}")
+    try:
+        return userns_mod.map_text(mappings, name if "." in name else f"linux.{name}")
+    except ValueError as exc:
+        raise LaunchError(str(exc)) from None
 
 
 def _host() -> dict:
@@ -163,6 +267,61 @@ def _host() -> dict:
         _HOST_CACHE.update(cgroup_v2=cgroups.detect_version() == 2, last_cap=linux.cap_last_cap(),
                            permitted=caps.current_permitted(), cgroup_v1=rootfs_mod.v1_hierarchies())
     return _HOST_CACHE
+
+
+# Where a process asks for the label of its next execve: AppArmor's own file (kernels with LSM stacking) or the
+# shared one; SELinux's.
+_APPARMOR_EXEC = ("/proc/thread-self/attr/apparmor/exec", "/proc/thread-self/attr/exec")
+_SELINUX_EXEC = ("/proc/thread-self/attr/exec",)
+# mounts that take a context= option for linux.mountLabel (as runc labels them); binds keep their files' labels,
+# proc/sysfs/cgroup theirs (runc also relabels the mqueue mount point: not done)
+_LABELED_MOUNTS = ("tmpfs", "devpts")
+
+
+def _plan_lsm(plan: Plan, proc: dict) -> None:
+    """process.apparmorProfile / process.selinuxLabel -> what the child writes before execve (only when asked)."""
+    profile, label = proc.get("apparmorProfile"), proc.get("selinuxLabel")
+    for key, value in (("process.apparmorProfile", profile), ("process.selinuxLabel", label)):
+        if value is not None and (not isinstance(value, str) or "\n" in value or "\0" in value):
+            raise LaunchError(f"{key} must be a one-line string")
+    if profile:
+        plan.lsm_exec.append((_APPARMOR_EXEC, f"exec {profile}".encode()))
+    if label:
+        plan.lsm_exec.append((_SELINUX_EXEC, label.encode()))
+
+
+def _plan_mount_label(plan: Plan, label) -> None:
+    """linux.mountLabel: a context= option on the spec's tmpfs and devpts mounts (in a copy of the spec)."""
+    if not label:
+        return
+    if not isinstance(label, str) or any(c in label for c in '"\n\0'):
+        raise LaunchError("linux.mountLabel must be a one-line string without quotes")
+    mounts = []
+    for m in plan.spec.get("mounts") or []:
+        if isinstance(m, dict) and m.get("type") in _LABELED_MOUNTS and \
+                not any(str(o).startswith("context=") for o in m.get("options") or []):
+            m = dict(m, options=list(m.get("options") or []) + [f'context="{label}"'])
+        mounts.append(m)
+    plan.spec = dict(plan.spec, mounts=mounts)
+
+
+def _write_lsm_exec(entries: list[tuple[tuple[str, ...], bytes]]) -> None:
+    """Child side: ask for the LSM label of the coming execve (as runc's apparmor.ApplyProfile/SetExecLabel)."""
+    for paths, data in entries:
+        for i, path in enumerate(paths):
+            try:
+                fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
+            except FileNotFoundError:
+                if i + 1 < len(paths):
+                    continue
+                raise
+            try:
+                os.write(fd, data)
+            except OSError as exc:  # e.g. EINVAL/ENOENT: no such profile loaded
+                raise OSError(exc.errno, f"{exc.strerror} (writing {data.decode(errors='replace')!r})", path) from None
+            finally:
+                os.close(fd)
+            break
 
 
 def _plan_caps(plan: Plan, proc: dict) -> None:
@@ -179,6 +338,7 @@ def _plan_caps(plan: Plan, proc: dict) -> None:
         plan.cap_ambient = [(*linux.prctl_args(linux.PR_CAP_AMBIENT, raise_)[:2], ctypes.c_ulong(c),
                              ctypes.c_ulong(0), ctypes.c_ulong(0))
                             for c in range(plan.last_cap + 1) if plan.capsets["ambient"] & (1 << c)]
+    _plan_lsm(plan, proc)
     profile = (plan.spec.get("linux") or {}).get("seccomp")
     if profile:
         try:
@@ -240,7 +400,13 @@ class Process:
         c2p_r, c2p_w = os.pipe2(os.O_CLOEXEC)
         p2c_r, p2c_w = os.pipe2(os.O_CLOEXEC)
         own_ns = target_ns = -1
-        if plan.join_pid is not None and plan.uid_map is None:
+        try:
+            _prepare_userns(plan)
+        except LaunchError:
+            for fd in (c2p_r, c2p_w, p2c_r, p2c_w):
+                os.close(fd)
+            raise
+        if plan.join_pid is not None:  # (the child's own clone flags have no user namespace: it joins it later)
             try:
                 own_ns = os.open("/proc/self/ns/pid", os.O_RDONLY | os.O_CLOEXEC)
                 target_ns = os.open(plan.join_pid, os.O_RDONLY | os.O_CLOEXEC)
@@ -250,6 +416,7 @@ class Process:
                 for fd in (own_ns, target_ns, c2p_r, c2p_w, p2c_r, p2c_w):
                     if fd >= 0:
                         os.close(fd)
+                _close_prepared(plan)
                 raise LaunchError(f"joining namespaces: {exc.filename or plan.join_pid}: {exc.strerror}") from None
         try:
             pid = linux.clone(plan.clone_flags)
@@ -264,6 +431,8 @@ class Process:
                     linux.setns(own_ns, linux.CLONE_NEWPID)
                 os.close(own_ns)
                 os.close(target_ns)
+            if pid != 0:  # the child has its copies of the user namespace and mount fds
+                _close_prepared(plan)
         if pid == 0:  # the child: never returns
             code = 1
             try:
@@ -292,19 +461,12 @@ class Process:
         A no-op for a plan whose child does not wait (go_stage None)."""
         if self.plan.go_stage is None:
             return
-        if self.plan.uid_map is not None:
-            try:
-                for name, text in (("uid_map", self.plan.uid_map), ("gid_map", self.plan.gid_map)):
-                    with open(f"/proc/{self.pid}/{name}", "w") as f:
-                        f.write(text)
-            except OSError as exc:
-                self._fail(f"writing user namespace mappings: {exc.strerror}")
         self._send("G")
 
     def wait_ready(self) -> None:
         """Wait for the child's "ready" (raises LaunchError when its set-up failed)."""
         # after joining a pid namespace the grandchild's "R" may overtake the intermediate's "P"
-        need_pid = self.plan.join_pid is not None and not self.plan.pid_joined_by_parent
+        need_pid = (self.plan.join_pid is not None and not self.plan.pid_joined_by_parent) or self.plan.pid_fork
         ready = False
         while need_pid or not ready:
             msg = self._chan.read()
@@ -436,7 +598,9 @@ def _child(plan: Plan, p2c: int, c2p: int) -> None:
     for sig in (signal.SIGPIPE, signal.SIGXFSZ, signal.SIGINT, signal.SIGTERM, signal.SIGCHLD, signal.SIGHUP):
         signal.signal(sig, signal.SIG_DFL)
     signal.pthread_sigmask(signal.SIG_SETMASK, [])
-    late = plan.go_stage == "late" and plan.rootfs is not None
+    # "late" (cgroup joined just before pivot_root) is not for a user namespace: the child could no longer
+    # write the host's cgroup files once in it
+    late = plan.go_stage == "late" and plan.rootfs is not None and plan.userns_fd < 0
     if plan.go_stage is not None and not late:
         _wait_byte(p2c, b"G")
     if plan.cgroup_tasks and not late:
@@ -454,8 +618,12 @@ def _child(plan: Plan, p2c: int, c2p: int) -> None:
         for kind, fd in sorted(fds, key=lambda kf: order.get(kf[0], 1)):
             linux.setns(fd, linux.NS_FLAGS[kind])
             os.close(fd)
-        if plan.uid_map is not None:
-            # become root of the new user namespace: host root is unmapped there, so file creation
+        if plan.userns_fd >= 0:  # after the others (joined as host root), before the new ones (then its own)
+            linux.setns(plan.userns_fd, linux.CLONE_NEWUSER)
+            os.close(plan.userns_fd)
+            plan.userns_fd = -2  # joined (still "in a user namespace" for what follows)
+        if plan.userns_fd != -1:
+            # become root of the user namespace: host root is unmapped there, so file creation
             # (mkdir, mknod) would fail with EOVERFLOW
             try:
                 os.setresgid(0, 0, 0)
@@ -466,9 +634,10 @@ def _child(plan: Plan, p2c: int, c2p: int) -> None:
                     raise
         if plan.unshare_flags:
             linux.unshare(plan.unshare_flags)
-        if pid_fd >= 0:
-            linux.setns(pid_fd, linux.CLONE_NEWPID)
-            os.close(pid_fd)
+        if pid_fd >= 0 or plan.pid_fork:  # pid_fork: a new pid namespace unshared above
+            if pid_fd >= 0:
+                linux.setns(pid_fd, linux.CLONE_NEWPID)
+                os.close(pid_fd)
             pid = os.fork()
             if pid:
                 _send(c2p, "P", str(pid))
@@ -478,9 +647,10 @@ def _child(plan: Plan, p2c: int, c2p: int) -> None:
         _setup_rootfs(plan, spec, lin, p2c if late else -1)
 
     with _Stage("setting hostname"):
-        if spec.get("hostname") and plan.clone_flags & linux.CLONE_NEWUTS:
+        new_uts = (plan.clone_flags | plan.unshare_flags) & linux.CLONE_NEWUTS
+        if spec.get("hostname") and new_uts:
             linux.sethostname(spec["hostname"])
-        if spec.get("domainname") and plan.clone_flags & linux.CLONE_NEWUTS:
+        if spec.get("domainname") and new_uts:
             linux.setdomainname(spec["domainname"])
     with _Stage("setting rlimits"):
         for rl in proc.get("rlimits") or []:
@@ -514,6 +684,12 @@ def _child(plan: Plan, p2c: int, c2p: int) -> None:
         _send(c2p, "R")
         _wait_byte(p2c, b"S")
 
+    if plan.hook_state is not None and hooks.of(spec, "startContainer"):  # a container's init, not an exec
+        with _Stage("startContainer hooks"):
+            hooks.run("startContainer", spec, _hook_state(plan, "created"))
+    if plan.lsm_exec:  # before seccomp, which may not allow the write
+        with _Stage("setting the LSM exec label"):
+            _write_lsm_exec(plan.lsm_exec)
     nnp = bool(proc.get("noNewPrivileges"))
     if filt is not None and not nnp:
         with _Stage("loading seccomp"):
@@ -531,6 +707,11 @@ def _child(plan: Plan, p2c: int, c2p: int) -> None:
         os.execve(path, proc["args"], env_map)
 
 
+def _hook_state(plan: Plan, status: str) -> dict:
+    hs = plan.hook_state or {}
+    return hooks.state(plan.spec, hs.get("id", ""), hs.get("bundle", ""), status, os.getpid())
+
+
 def _join_cgroup(tasks: list[bytes]) -> None:
     with _Stage("joining the cgroup"):
         for path in tasks:
@@ -544,22 +725,26 @@ def _join_cgroup(tasks: list[bytes]) -> None:
 def _setup_rootfs(plan: Plan, spec: dict, lin: dict, go_fd: int = -1) -> None:
     rootfs = plan.rootfs
     with _Stage("mounting rootfs"):
-        rootfs_mod.mount_rootfs(rootfs, plan.overlay, lin.get("rootfsPropagation"))
+        rootfs_mod.mount_rootfs(rootfs, plan.overlay, lin.get("rootfsPropagation"), overlay_fd=plan.overlay_fd)
     dev_is_ours = False
-    for m in spec.get("mounts") or []:
+    in_userns = plan.userns_fd != -1
+    for i, m in enumerate(spec.get("mounts") or []):
         with _Stage(f"mounting {m.get('destination')}"):
-            rootfs_mod.mount_one(rootfs, m, plan.cgroup_v2, plan.cgroup_v1)
+            rootfs_mod.mount_one(rootfs, m, plan.cgroup_v2, plan.cgroup_v1, mount_fd=plan.mount_fds.get(i, -1),
+                                 in_userns=in_userns)
             if m.get("destination") == "/dev" and m.get("type") != "bind":
                 dev_is_ours = True
     with _Stage("creating devices"):
-        rootfs_mod.create_devices(rootfs, lin.get("devices") or [], dev_is_ours,
-                                  bind=bool(plan.clone_flags & linux.CLONE_NEWUSER))
+        rootfs_mod.create_devices(rootfs, lin.get("devices") or [], dev_is_ours, bind=in_userns)
         if plan.console_path:
             rootfs_mod.bind_console(rootfs, plan.console_path)
     if go_fd >= 0:  # go_stage "late": the parent has made the cgroup meanwhile; join it (host paths: before pivot)
         _wait_byte(go_fd, b"G")
         if plan.cgroup_tasks:
             _join_cgroup(plan.cgroup_tasks)
+    if plan.hook_state is not None and hooks.of(spec, "createContainer"):  # container namespaces, host paths
+        with _Stage("createContainer hooks"):
+            hooks.run("createContainer", spec, _hook_state(plan, "creating"))
     with _Stage("pivot_root"):
         rootfs_mod.pivot(rootfs)
     with _Stage("writing sysctls"):  # before /proc/sys becomes read-only

@@ -20,7 +20,7 @@ import struct
 import termios
 import time
 
-from runtime import cgroups, frames, jsonlog, launch, linux, state
+from runtime import cgroups, frames, hooks, jsonlog, launch, linux, state
 from runtime.frames import CH_CLOSE_STDIN, CH_EXIT, CH_RESIZE, CH_STDERR, CH_STDIN, CH_STDOUT, frame
 from runtime.logfile import DEFAULT_MAX_LINE, LogFile
 
@@ -98,6 +98,7 @@ class Container:
         self.start_time: int | None = None
         self.status = "creating"
         self.proc: launch.Process | None = None
+        self.oci: ociruntime.OciRuntime | None = None  # set: an external OCI runtime runs it, not launch
         self.cgroup: cgroups.Cgroup | None = None
         self.oom_base = 0
         self.log: LogFile | None = None
@@ -189,8 +190,9 @@ class Monitor:
         while self.running:
             timeout = None
             deadlines = [e.deadline for e in self.execs.values() if e.deadline and not e.timed_out]
-            if deadlines:
-                timeout = max(0.0, min(deadlines) - time.monotonic())
+            if deadlines:  # at most a day per wait: epoll's millisecond int overflows past ~24 days, which killed
+                # the monitor on an ExecSync timeout of 2^63-1 s (found by tests/fuzz)
+                timeout = min(86400.0, max(0.0, min(deadlines) - time.monotonic()))
             if self._pending_stdin():
                 timeout = 0.01 if timeout is None else min(timeout, 0.01)
             for key, mask in self.sel.select(timeout):
@@ -420,30 +422,40 @@ class Monitor:
         if os.path.exists(sdir):
             raise RequestError(f"container {cid} has state left in {sdir}; delete it first")
         c = Container(cid, bundle, spec, sdir)
+        if req.get("runtime") is not None:
+            from runtime import ociruntime  # only pods of an OCI handler pay for it
+            rt = ociruntime.check_request(req["runtime"])
+            c.oci = ociruntime.OciRuntime(rt["path"], cid, sdir, bundle, spec, rt["cgroup_manager"] == "pycri")
         try:
             self._create(c, req)
         except BaseException:
             self._teardown(c)
             raise
-        return {"pid": c.pid, "warnings": c.proc.warnings if c.proc else []}
+        return {"pid": c.pid, "warnings": c.proc.warnings if c.proc else c.oci.warnings if c.oci else []}
 
     def _create(self, c: Container, req: dict) -> None:
         spec = c.spec
         proc = spec.get("process") or {}
         log_path = req.get("log_path") or (spec.get("annotations") or {}).get(LOG_PATH_ANNOTATION)
         max_line = int(req.get("log_max_line") or DEFAULT_MAX_LINE)
-        stdio, console = self._make_stdio(c, bool(proc.get("terminal")), bool(req.get("stdin")))
+        oci_tty = c.oci is not None and bool(proc.get("terminal"))  # the runtime makes the pty
+        stdio, console = (None, None) if oci_tty else self._make_stdio(c, bool(proc.get("terminal")),
+                                                                       bool(req.get("stdin")))
         try:
-            t0, t1, t2 = self._launch(c, req, log_path, max_line, stdio, console)
+            if c.oci is not None:
+                t0, t1, t2 = self._launch_oci(c, req, log_path, max_line, stdio)
+            else:
+                t0, t1, t2 = self._launch(c, req, log_path, max_line, stdio, console)
         finally:  # the child's ends: it has its own copies by now (or it failed)
             for fd in stdio or ():
                 os.close(fd)
             if console is not None:
                 os.close(console)
+        self._hooks(c, ("prestart", "createRuntime"), "creating", fatal=True)
         c.status = "created"
         self.containers[c.id] = c
         t3 = time.perf_counter()
-        for w in c.proc.warnings:
+        for w in (c.proc.warnings if c.proc else c.oci.warnings):
             self._later(self.log.warning, "container.warning", container_id=c.id, warning=w)
         self._later(self.log.info, "container.created", container_id=c.id, pid=c.pid,
                     plan_ms=round((t1 - t0) * 1e3, 2), clone_ms=round((t2 - t1) * 1e3, 2),
@@ -461,6 +473,7 @@ class Monitor:
         t0 = time.perf_counter()
         plan = launch.plan_from_spec(spec, c.bundle, overlay=req.get("overlay"), stdio=stdio,
                                      console_fd=console)
+        plan.hook_state = {"id": c.id, "bundle": c.bundle}
         userns = bool(plan.clone_flags & linux.CLONE_NEWUSER)
         if cg is not None and not userns:
             plan.cgroup_tasks = cg.self_attach_paths()  # None: attach(pid) below
@@ -492,7 +505,8 @@ class Monitor:
         if log_path:
             c.log_path = log_path
             c.log = LogFile(log_path, max_line)
-        pid_known = plan.join_pid is None  # else the pid is the grandchild's, known once it is ready
+        # else the pid is the grandchild's (a pid namespace joined, or made after a user namespace), known once ready
+        pid_known = plan.join_pid is None and not plan.pid_fork
         if pid_known:
             c.start_time = linux.proc_start_time(c.pid)
             state.write_json(os.path.join(c.dir, "state.json"), {**c.record(), "status": "created"})
@@ -501,6 +515,44 @@ class Monitor:
             c.pid = c.proc.pid
             c.start_time = linux.proc_start_time(c.pid)
             state.write_json(os.path.join(c.dir, "state.json"), {**c.record(), "status": "created"})
+        return t0, t1, t2
+
+    def _launch_oci(self, c: Container, req: dict, log_path, max_line, stdio):
+        """_launch through an external OCI runtime (runtime/ociruntime.py): rootfs, `create`, then our view of
+        the container (pty master, cgroup for stats and OOM, log file, state.json) as _launch leaves it."""
+        t0 = time.perf_counter()
+        os.mkdir(c.dir, 0o700)
+        c.oci.fit_spec()
+        c.oci.write_config()
+        c.oci.mount_rootfs(req.get("overlay"))
+        if log_path:
+            c.log_path = log_path
+            c.log = LogFile(log_path, max_line)
+        cg_path = (c.spec.get("linux") or {}).get("cgroupsPath")
+        if cg_path and c.oci.own_cgroups:  # as _launch does; the runtime joins it before it execs
+            cg = cgroups.open_cgroup(cg_path)
+            if cg.exists() and cg.pids():
+                raise RequestError(f"cgroup {cg_path} is in use by other processes")
+            c.cgroup = cg
+            cg.create()
+            for w in cg.apply((c.spec.get("linux") or {}).get("resources")):
+                self._later(self.log.warning, "cgroup.warning", container_id=c.id, warning=w)
+            c.oci.cgroup_tasks = cg.self_attach_paths()
+            if not c.oci.cgroup_tasks:
+                raise RequestError("cgroup_manager \"pycri\" needs a cgroup the runtime can join by itself")
+        t1 = time.perf_counter()
+        c.pid, master = c.oci.create(stdio, bool((c.spec.get("process") or {}).get("terminal")))
+        t2 = time.perf_counter()
+        if master is not None:
+            _nonblock(master)
+            c.master = master
+            self._watch(master, c, "stdout")
+        if cg_path and c.cgroup is None:
+            c.cgroup = cgroups.open_cgroup(cg_path)  # the runtime's: for stats and OOM kills
+        if c.cgroup is not None:
+            c.oom_base = c.cgroup.oom_kills()
+        c.start_time = linux.proc_start_time(c.pid)
+        state.write_json(os.path.join(c.dir, "state.json"), {**c.record(), "status": "created"})
         return t0, t1, t2
 
     def _make_stdio(self, c: Container, terminal: bool, stdin: bool):
@@ -538,27 +590,47 @@ class Monitor:
         c = self._get(req)
         if c.status != "created":
             raise RequestError(f"container {c.id} is {c.status}, not created")
-        c.proc.begin_start()
+        started_at = time.time_ns()
+        if c.oci is not None:
+            c.oci.start()  # a failure leaves it created (OciError -> the request's error)
+        else:
+            c.proc.begin_start()
         # while the child drops privileges and execs: record "running" (before the answer, as always;
         # a failed exec below turns it into an exit file)
         c.status = "running"
-        c.started_at = time.time_ns()
+        c.started_at = started_at
         state.write_json(os.path.join(c.dir, "state.json"), c.record())
         try:
-            c.proc.wait_started()
+            if c.proc is not None:
+                c.proc.wait_started()
         except launch.LaunchError:
             c.status = "stopped"
             c.exit = {"exit_code": 127, "signal": 0, "finished_at": time.time_ns(), "oom_killed": False}
             self._finish(c)
             raise
         self._later(self.log.info, "container.started", container_id=c.id, pid=c.pid)
-        return {"pid": c.pid}
+        self._later(self._hooks, c, ("poststart",), "running", fatal=False)
+        return {"pid": c.pid, "started_at": c.started_at}
 
     def op_kill(self, conn, req):
         c = self._get(req)
         sig = _signum(req.get("signal", signal.SIGTERM))
         if c.status not in ("created", "running"):
             raise RequestError(f"container {c.id} is not running")
+        if c.oci is not None:
+            if req.get("all") and c.oci.own_cgroups and c.cgroup:  # our cgroup: we signal its processes
+                for pid in c.cgroup.pids():
+                    try:
+                        os.kill(pid, sig)
+                    except ProcessLookupError:
+                        pass
+            from runtime import ociruntime
+            try:
+                c.oci.kill(sig, bool(req.get("all")) and not c.oci.own_cgroups)
+            except ociruntime.OciError:
+                if linux.is_alive(c.pid, c.start_time):
+                    raise
+            return {}
         if req.get("all") and c.cgroup:
             for pid in c.cgroup.pids():
                 try:
@@ -601,6 +673,9 @@ class Monitor:
         res = req.get("resources")
         if not isinstance(res, dict):
             raise RequestError("resources must be an object")
+        if c.oci is not None and not c.oci.own_cgroups:
+            c.oci.update(res)
+            return {"warnings": []}
         return {"warnings": c.cgroup.update(res)}
 
     def op_reopen_log(self, conn, req):
@@ -648,7 +723,22 @@ class Monitor:
         self._teardown(c)
         self.containers.pop(c.id, None)
         self._later(self.log.info, "container.deleted", container_id=c.id)
+        self._later(self._hooks, c, ("poststop",), "stopped", fatal=False)
         return {}
+
+    def _hooks(self, c: Container, kinds: tuple[str, ...], status: str, *, fatal: bool) -> None:
+        """Run the spec's OCI hooks of these kinds (runtime/hooks.py); a fatal failure fails the request."""
+        if c.oci is not None:
+            return  # an external runtime runs the spec's hooks itself
+        for kind in kinds:
+            if not hooks.of(c.spec, kind):
+                continue
+            try:
+                hooks.run(kind, c.spec, hooks.state(c.spec, c.id, c.bundle, status, c.pid))
+            except hooks.HookError as exc:
+                self.log.warning("container.hook_failed", container_id=c.id, hook=kind, error=str(exc))
+                if fatal:
+                    raise launch.LaunchError(str(exc)) from None
 
     def op_shutdown(self, conn, req):
         live = [c.id for c in self.containers.values() if c.status in ("created", "running")]
@@ -678,7 +768,9 @@ class Monitor:
         ex = Exec(conn, c, int(req.get("output_cap") or DEFAULT_OUTPUT_CAP), deadline)
         streaming = bool(req.get("stream"))
         console = None
-        if process["terminal"]:
+        if process["terminal"] and c.oci is not None:
+            stdio = None  # the runtime makes the pty in the container and hands back the master
+        elif process["terminal"]:
             master, console = _container_pty(c.pid)
             _nonblock(master)
             self._watch(master, ex, "stdout")
@@ -698,22 +790,15 @@ class Monitor:
                 _nonblock(fd)
                 self._watch(fd, ex, stream)
         try:
-            plan = launch.plan_for_exec(c.pid, process, c.spec, stdio=stdio, console_fd=console)
-            if c.cgroup:
-                plan.cgroup_tasks = c.cgroup.self_attach_paths()  # joined by the child before any setns
-            if plan.cgroup_tasks or not c.cgroup:
-                plan.go_stage = None  # nothing for the parent to do first: the child need not wait
-            plan.auto_start = True  # set up and exec in one go: no ready/start round trip
-            proc = launch.Process(plan)
-            try:
-                if c.cgroup and not plan.cgroup_tasks:
-                    c.cgroup.attach(proc.pid)
-                proc.run()
-            except launch.LaunchError:
-                raise
-            except BaseException:
-                proc.abort()
-                raise
+            if c.oci is not None:
+                pid, master = c.oci.exec(process, stdio, process["terminal"])
+                if master is not None:
+                    _nonblock(master)
+                    self._watch(master, ex, "stdout")
+                    if streaming:
+                        ex.master = master
+            else:
+                pid = self._exec_builtin(c, process, stdio, console)
         except BaseException:
             for fd in list(ex.fds):
                 self._unwatch(fd, ex)
@@ -725,14 +810,34 @@ class Monitor:
                 os.close(fd)
             if console is not None:
                 os.close(console)
-        ex.pid = proc.pid
-        self.execs[proc.pid] = ex
-        self._later(self.log.info, "exec.started", container_id=c.id, pid=proc.pid, stream=streaming)
+        ex.pid = pid
+        self.execs[pid] = ex
+        self._later(self.log.info, "exec.started", container_id=c.id, pid=pid, stream=streaming)
         if streaming:
-            self._reply(conn, {"ok": True, "pid": proc.pid, "tty": process["terminal"]})
+            self._reply(conn, {"ok": True, "pid": pid, "tty": process["terminal"]})
             conn.stream = ex
             ex.stream = conn
         return None
+
+    def _exec_builtin(self, c: Container, process: dict, stdio, console) -> int:
+        """Clone, join the container's namespaces and cgroup, exec process; returns its pid."""
+        plan = launch.plan_for_exec(c.pid, process, c.spec, stdio=stdio, console_fd=console)
+        if c.cgroup:
+            plan.cgroup_tasks = c.cgroup.self_attach_paths()  # joined by the child before any setns
+        if plan.cgroup_tasks or not c.cgroup:
+            plan.go_stage = None  # nothing for the parent to do first: the child need not wait
+        plan.auto_start = True  # set up and exec in one go: no ready/start round trip
+        proc = launch.Process(plan)
+        try:
+            if c.cgroup and not plan.cgroup_tasks:
+                c.cgroup.attach(proc.pid)
+            proc.run()
+        except launch.LaunchError:
+            raise
+        except BaseException:
+            proc.abort()
+            raise
+        return proc.pid
 
     # ---------------------------------------------------------------- process events
     def _output(self, fd: int, owner, stream: str) -> bool:
@@ -917,6 +1022,9 @@ class Monitor:
         c.stdin_w = c.master = None
         if c.log:
             c.log.close()
+        if c.oci is not None:  # the runtime's state and cgroup, then the rootfs mount
+            for problem in c.oci.delete():
+                self.log.warning("container.runtime_delete_failed", container_id=c.id, error=problem)
         if c.cgroup:
             c.cgroup.remove()
         _rmtree(c.dir)

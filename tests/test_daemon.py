@@ -76,7 +76,7 @@ def test_status_handlers_and_verbose_info(daemon_factory):
     assert names == ["", "pycri", "runc"]
     config = json.loads(resp.info["config"])
     assert config["root"] == str(d.root)
-    assert config["runtimes"]["runc"] == {"type": "oci", "path": "/usr/sbin/runc"}
+    assert config["runtimes"]["runc"] == {"type": "oci", "path": "/usr/sbin/runc", "cgroup_manager": "runtime"}
     assert json.loads(resp.info["cgroupVersion"]) in ("v1", "v2")
     assert not d.runtime.Status(cri.StatusRequest()).info  # not verbose: no info
 

@@ -8,6 +8,7 @@
     snapshots.py  one extracted dir per chain id, short numeric names
     archive.py    import of OCI layout / docker save tarballs
     manager.py    ImageManager: pull, status, list, remove, GC, fs usage, import
+    progress.py   pulls in flight and per-layer progress (`pycri images pulls`, pull metrics)
 
 Decisions (and where they differ from containerd):
 - A layer whose `..` climbs above its root, or that writes below a symlink, or hardlinks outside itself, is

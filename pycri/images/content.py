@@ -10,9 +10,11 @@ Concurrent fetches of one digest share one download; it is cancelled only when e
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import hashlib
 import os
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, AsyncContextManager, AsyncIterator, Callable
@@ -44,6 +46,39 @@ class _Download:
     extra: dict = field(default_factory=dict)
 
 
+class Transfer:
+    """How far one blob download has got: bytes present (a resumed partial counts), when data last arrived, and
+    the rate over the last few seconds (for `pycri images pulls` and the pull metrics)."""
+
+    WINDOW = 5.0  # seconds of samples behind the rate
+    SAMPLE = 0.25
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self.done = 0
+        self.started = self.last_data = time.monotonic()
+        self._samples: collections.deque[tuple[float, int]] = collections.deque([(self.started, 0)])
+
+    def restart(self, offset: int) -> None:
+        """The stream (re)starts at `offset` (a resumed partial, or 0 when the source ignored the Range)."""
+        self.done = offset
+        self._samples = collections.deque([(time.monotonic(), offset)])
+
+    def add(self, n: int) -> None:
+        self.done += n
+        now = self.last_data = time.monotonic()
+        if now - self._samples[-1][0] >= self.SAMPLE:
+            self._samples.append((now, self.done))
+            while len(self._samples) > 2 and now - self._samples[1][0] >= self.WINDOW:
+                self._samples.popleft()
+
+    def rate(self, now: float | None = None) -> float:
+        """Bytes per second since the oldest sample in the window (falls towards 0 while the download stalls)."""
+        now = time.monotonic() if now is None else now
+        t0, d0 = self._samples[0]
+        return (self.done - d0) / (now - t0) if now - t0 > 0.05 else 0.0
+
+
 def _fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
@@ -60,6 +95,7 @@ class ContentStore:
         self.blob_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         self.ingest_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         self._inflight: dict[str, _Download] = {}
+        self.transfers: dict[str, Transfer] = {}  # digest -> progress of its download in flight
         self.downloads = 0  # completed network downloads (for metrics and tests)
         self.bytes_fetched = 0  # bytes received from registries, including downloads that later failed
 
@@ -153,6 +189,7 @@ class ContentStore:
     def _forget(self, digest: str, download: _Download) -> None:
         if self._inflight.get(digest) is download:
             del self._inflight[digest]
+            self.transfers.pop(digest, None)
         if not download.task.cancelled():
             download.task.exception()  # retrieved here so an error nobody waits for is not reported as lost
 
@@ -181,6 +218,8 @@ class ContentStore:
         async with opener(offset) as (start, chunks):
             if start != offset:  # the source ignored our Range: start over
                 hasher, offset = hashlib.sha256(), 0
+            transfer = self.transfers.setdefault(digest, Transfer(size))
+            transfer.restart(offset)
             fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
             with os.fdopen(fd, "wb") as f:
                 f.truncate(offset)
@@ -189,6 +228,7 @@ class ContentStore:
                 async for chunk in chunks:
                     total += len(chunk)
                     self.bytes_fetched += len(chunk)
+                    transfer.add(len(chunk))
                     if total > size:
                         f.close()
                         partial.unlink()

@@ -20,12 +20,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
+from .. import metrics
 from ..log import get as get_logger
 from ..store import Store, dumps, loads
 from . import reference
 from .archive import ArchiveError, plan_archive
 from .content import ContentError, ContentStore
 from .manifests import ManifestError
+from .progress import DONE, DOWNLOADING, UNPACKING, PullProgress, PullTracker
 from .registry import AuthError, Credentials, NotFoundError, RegistryClient, RegistryError, Resolved
 from .snapshots import Snapshots, chain_ids
 from .unpack import LayerError, UnpackOptions
@@ -104,6 +106,7 @@ class ImageManager:
                                                                               "image_pull_progress_timeout", 300)))
         self.allow_devices = os.geteuid() == 0
         self.usage_provider: Callable[[], Iterable[str]] | None = None  # chain ids used by containers
+        self.pulls = PullTracker(self.content)  # pulls in flight, for `pycri images pulls` and metrics
         self._leases: collections.Counter[str] = collections.Counter()
         self._configs: dict[str, dict] = {}
         self._ensuring: dict[str, asyncio.Future] = {}
@@ -123,11 +126,14 @@ class ImageManager:
         loop = asyncio.get_running_loop()
         started = loop.time()
         bound.info("pull started")
+        progress = self.pulls.start(str(parsed))
+        result = "error"
         try:
             resolved = await self.client.resolve(parsed, creds)
             manifest = resolved.manifest
             config_desc = manifest["config"]
             layers = manifest["layers"]
+            progress.set_layers(layers)
             digests = list(resolved.raw) + [config_desc["digest"]] + [d["digest"] for d in layers]
             self._lease(digests)
             try:
@@ -140,7 +146,7 @@ class ImageManager:
                 chains = chain_ids(config["rootfs"]["diff_ids"])
                 self._lease(chains)
                 try:
-                    await self._fetch_and_unpack(resolved, creds, layers, config, chains, str(parsed))
+                    await self._fetch_and_unpack(resolved, creds, layers, config, chains, str(parsed), progress)
                     size = sum(len(b) for b in resolved.raw.values()) + config_desc["size"] + sum(
                         d["size"] for d in layers)
                     names = [parsed.name + "@" + resolved.digest]
@@ -160,7 +166,16 @@ class ImageManager:
             bound.warning("pull failed", error=str(exc))
             kind = (ImageNotFound if isinstance(exc, NotFoundError) else
                     ImageAuthError if isinstance(exc, AuthError) else ImageError)
+            result = "not_found" if kind is ImageNotFound else "auth_error" if kind is ImageAuthError else "error"
             raise kind(str(exc)) from exc
+        except asyncio.CancelledError:
+            result = "cancelled"
+            raise
+        else:
+            result = "ok"
+        finally:
+            self.pulls.end(progress)
+            metrics.image_pull(result, loop.time() - started)
         bound.info("pull done", image_id=config_desc["digest"], bytes=size, seconds=round(loop.time() - started, 3))
         return config_desc["digest"]
 
@@ -184,14 +199,16 @@ class ImageManager:
         return record
 
     async def _fetch_and_unpack(self, resolved: Resolved, creds: Credentials | None, layers: list[dict],
-                                config: dict, chains: list[str], image: str) -> None:
+                                config: dict, chains: list[str], image: str, progress: PullProgress) -> None:
         """Download layers in parallel (at most PARALLEL_DOWNLOADS per pull, as containerd) and unpack each as
         it arrives (extractions run in parallel too, see Snapshots.ensure)."""
         slots = asyncio.Semaphore(PARALLEL_DOWNLOADS)
         async def download(i: int, desc: dict) -> Path:
             if self.snapshots.exists(chains[i]):
+                progress.layer(i, DONE)
                 return self.content.path(desc["digest"])  # already unpacked; the blob may be GC'd later
             async with slots:
+                progress.layer(i, DOWNLOADING)
                 opener = self.client.blob_opener(resolved, desc["digest"], creds, f"layer {i}")
                 started = asyncio.get_running_loop().time()
                 path = await self.content.fetch(desc["digest"], desc["size"], opener, label=f"layer {i}")
@@ -201,9 +218,12 @@ class ImageManager:
 
         async def unpack(i: int, desc: dict) -> None:
             blob = await downloads[i]
+            if progress.layers[i].phase != DONE:
+                progress.layer(i, UNPACKING)
             await self.snapshots.ensure(chains[i], chains[:i][::-1], blob, media_type=desc.get("mediaType", ""),
                                         diff_id=config["rootfs"]["diff_ids"][i],
                                         options=UnpackOptions(allow_devices=self.allow_devices), image=image)
+            progress.layer(i, DONE)
 
         downloads = [asyncio.ensure_future(download(i, d)) for i, d in enumerate(layers)]
         unpacks = [asyncio.ensure_future(unpack(i, d)) for i, d in enumerate(layers)]

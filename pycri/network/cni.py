@@ -11,10 +11,12 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pycri import metrics
 from pycri.network.cniconf import NetworkConfig, find_plugin
 
 PLUGIN_TIMEOUT_SECONDS = 60
@@ -127,6 +129,18 @@ class CNI:
 
     async def _run(self, command: str, net: NetworkConfig, plugin: dict, pod: PodNetworkArgs,
                    prev_result: dict | None) -> dict:
+        """One plugin invocation, timed for the metrics by plugin type, command and result."""
+        started = time.perf_counter()
+        result = "error"
+        try:
+            answer = await self._run_plugin(command, net, plugin, pod, prev_result)
+            result = "ok"
+            return answer
+        finally:
+            metrics.cni_call(str(plugin.get("type", "")), command, result, time.perf_counter() - started)
+
+    async def _run_plugin(self, command: str, net: NetworkConfig, plugin: dict, pod: PodNetworkArgs,
+                          prev_result: dict | None) -> dict:
         binary = find_plugin(plugin["type"], self.bin_dirs)
         if binary is None:
             raise CNIError(f"CNI plugin {plugin['type']!r} not found in {':'.join(self.bin_dirs)}")
@@ -139,16 +153,24 @@ class CNI:
             "CNI_PATH": ":".join(self.bin_dirs),
             "PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin"),
         }
-        proc = await asyncio.create_subprocess_exec(
-            str(binary), stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE, env=env)
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                str(binary), stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.PIPE, env=env)
+        except (OSError, ValueError) as exc:  # not runnable here (wrong architecture, truncated, a missing
+            # interpreter), or an argument it cannot be given (ValueError: a NUL in CNI_ARGS)
+            raise CNIError(f"cannot run CNI plugin {plugin['type']!r} ({binary}): "
+                           f"{getattr(exc, 'strerror', None) or exc}") from None
         try:
             out, err = await asyncio.wait_for(
                 proc.communicate(self._stdin(command, net, plugin, pod, prev_result)), PLUGIN_TIMEOUT_SECONDS)
-        except BaseException:
+        except BaseException as exc:
             if proc.returncode is None:
                 proc.kill()
                 await proc.wait()
+            if isinstance(exc, asyncio.TimeoutError):
+                raise CNIError(f"CNI {command} of plugin {plugin['type']} timed out after "
+                               f"{PLUGIN_TIMEOUT_SECONDS}s") from None
             raise
         if proc.returncode != 0:
             raise CNIError(f"CNI {command} of plugin {plugin['type']} failed: {_plugin_error(out, err)}")

@@ -27,6 +27,7 @@ class Seen:
 class Proxy:
     upstream: str  # e.g. http://127.0.0.1:5000
     stall_blobs: bool | str = False  # send headers and 10 bytes of every blob (or of this digest), then nothing
+    throttle_blobs: int = 0  # send blob bodies at about this many bytes per second (0: at full speed)
     corrupt_blobs: bool = False  # flip the last byte of every blob
     corrupt_manifests: bool = False  # add a space to every manifest body
     redirect_blobs: bool = False  # answer blob GETs with a 307 to /storage/..., served from the upstream
@@ -97,6 +98,17 @@ class Proxy:
         writer.write(("\r\n".join(out) + "\r\n\r\n").encode("latin-1") + body)
         await writer.drain()
 
+    async def _send_slowly(self, writer, status: int, headers: dict[str, str], body: bytes) -> None:
+        """Send a body at about `throttle_blobs` bytes per second, in 16 KiB pieces."""
+        out = [f"HTTP/1.1 {status} X"] + [f"{k}: {v}" for k, v in headers.items()]
+        out.append(f"Content-Length: {len(body)}")
+        writer.write(("\r\n".join(out) + "\r\n\r\n").encode("latin-1"))
+        piece = 16384
+        for i in range(0, len(body), piece):
+            writer.write(body[i:i + piece])
+            await writer.drain()
+            await asyncio.sleep(piece / self.throttle_blobs)
+
     async def _answer(self, writer, method, target, headers, body) -> bool:
         path = urlsplit(target).path
         if path == "/token":
@@ -143,6 +155,9 @@ class Proxy:
                 return False
             if self.corrupt_blobs and data:
                 data = data[:-1] + bytes([data[-1] ^ 0xFF])
+            if self.throttle_blobs:
+                await self._send_slowly(writer, response.status_code, out_headers, data)
+                return True
         await self._send(writer, response.status_code, out_headers, data)
         return True
 

@@ -1,0 +1,119 @@
+"""runtime/hooks.py: a hook gets the state JSON on stdin, its args and env only; failures and timeouts are named."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+
+import pytest
+
+from runtime import hooks
+from runtime.client import MonitorError
+
+
+def _script(tmp_path, name, body):
+    p = tmp_path / name
+    p.write_text("#!/bin/sh\n" + body)
+    p.chmod(0o755)
+    return str(p)
+
+
+def test_hook_reads_state_args_env(tmp_path):
+    out = tmp_path / "out"
+    path = _script(tmp_path, "h", f'cat > {out}.json; echo "$1 $FOO ${{PYTEST_CURRENT_TEST:-clean}}" > {out}\n')
+    spec = {"ociVersion": "1.1.0", "annotations": {"a": "b"},
+            "hooks": {"poststart": [{"path": path, "args": ["h", "arg1"], "env": ["FOO=bar"]}]}}
+    hooks.validate(spec)
+    hooks.run("poststart", spec, hooks.state(spec, "cid", "/b", "running", 42))
+    assert out.read_text() == "arg1 bar clean\n"
+    assert json.loads((tmp_path / "out.json").read_text()) == {
+        "ociVersion": "1.1.0", "id": "cid", "status": "running", "pid": 42, "bundle": "/b", "annotations": {"a": "b"}}
+
+
+def test_hook_failure_names_hook_and_output(tmp_path):
+    path = _script(tmp_path, "bad", 'echo "went wrong" >&2\nexit 4\n')
+    with pytest.raises(hooks.HookError, match=r"createRuntime hook #0 .*status 4: went wrong"):
+        hooks.run("createRuntime", {"hooks": {"createRuntime": [{"path": path}]}}, {})
+
+
+def test_hook_timeout(tmp_path):
+    path = _script(tmp_path, "slow", "sleep 30\n")
+    t0 = time.monotonic()
+    with pytest.raises(hooks.HookError, match="timed out after 1s"):
+        hooks.run("prestart", {"hooks": {"prestart": [{"path": path, "timeout": 1}]}}, {})
+    assert time.monotonic() - t0 < 5
+
+
+def test_missing_hook_binary(tmp_path):
+    with pytest.raises(hooks.HookError, match="does not exist"):
+        hooks.run("poststop", {"hooks": {"poststop": [{"path": str(tmp_path / "nope")}]}}, {})
+
+
+@pytest.mark.parametrize("bad", [{"hooks": {"preStart": []}}, {"hooks": {"poststop": [{"path": "rel"}]}},
+                                 {"hooks": {"poststop": [{"path": "/x", "timeout": 0}]}},
+                                 {"hooks": {"poststop": [{"path": "/x", "args": "a"}]}}])
+def test_validate_rejects(bad):
+    with pytest.raises(hooks.HookError):
+        hooks.validate(bad)
+
+
+def test_monitor_runs_every_hook_kind(mon, bundle, tmp_path, rootfs):
+    """Each kind runs once, at its point, with the state JSON: the runtime-namespace kinds and createContainer see
+    host paths; startContainer runs after pivot_root, so its path and output are inside the container."""
+    log = tmp_path / "hooks.log"
+    rec = _script(tmp_path, "rec", f'read -r state; echo "$1 $state" >> {log}\n')
+    inside = f"startstate-{tmp_path.name}"
+    spec_hooks = {kind: [{"path": rec, "args": ["rec", kind]}]
+                  for kind in ("prestart", "createRuntime", "createContainer", "poststart", "poststop")}
+    spec_hooks["startContainer"] = [{"path": "/bin/sh", "args": ["sh", "-c", f"cat > /tmp/{inside}"]}]
+    b = bundle(["sleep", "30"], name="hk", mutate=lambda s: s.update(hooks=spec_hooks))
+
+    def seen():
+        out = {}
+        for line in log.read_text().splitlines() if log.exists() else []:
+            kind, state = line.split(" ", 1)
+            out.setdefault(kind, []).append(json.loads(state))
+        return out
+
+    created = mon.client.create("hk", b)
+    assert created["warnings"] == []
+    got = seen()
+    assert sorted(got) == ["createContainer", "createRuntime", "prestart"]
+    assert got["createContainer"][0]["status"] == "creating" and got["createContainer"][0]["id"] == "hk"
+    assert got["createRuntime"][0]["pid"] == created["pid"] and got["createRuntime"][0]["bundle"] == b
+    mon.client.start("hk")
+    deadline = time.monotonic() + 10
+    while "poststart" not in seen() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert seen()["poststart"][0]["status"] == "running"
+    start_state = os.path.join(rootfs, "tmp", inside)
+    try:
+        assert json.loads(open(start_state).read())["id"] == "hk"
+    finally:
+        os.unlink(start_state)
+    # an exec is not a start: no hook runs for it
+    assert mon.client.exec("hk", {"args": ["true"]}, timeout=10).exit_code == 0
+    assert not os.path.exists(start_state) and sorted(seen()) == sorted(spec_hooks.keys() - {"startContainer",
+                                                                                              "poststop"})
+    mon.client.kill("hk", 9)
+    mon.client.wait("hk", timeout=10)
+    mon.client.delete("hk")
+    deadline = time.monotonic() + 10
+    while "poststop" not in seen() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert [len(v) for v in seen().values()] == [1] * 5
+
+
+@pytest.mark.parametrize("kind", ["createRuntime", "createContainer", "startContainer"])
+def test_failing_hook_fails_the_container(mon, bundle, tmp_path, kind):
+    path = "/bin/false" if kind == "startContainer" else _script(tmp_path, "bad", "echo nope >&2; exit 2\n")
+    b = bundle(["sleep", "30"], name="hf", mutate=lambda s: s.update(hooks={kind: [{"path": path}]}))
+    if kind == "startContainer":
+        mon.client.create("hf", b)
+        with pytest.raises(MonitorError, match=f"{kind} hook #0 .* exited with status 1"):
+            mon.client.start("hf")
+        mon.client.delete("hf", force=True)
+    else:
+        with pytest.raises(MonitorError, match=f"{kind} hook #0 .* exited with status 2: nope"):
+            mon.client.create("hf", b)
