@@ -9,12 +9,14 @@ status code, duration and the pod/container/image it concerns.
 from __future__ import annotations
 
 import asyncio
+import errno
+import sqlite3
 import time
 from typing import Any, Callable
 
 import grpc
 
-from pycri import log
+from pycri import log, metrics
 from pycri.api import api_pb2
 from pycri.errors import CRIError
 
@@ -81,6 +83,7 @@ def _streaming(name: str, impl: Callable | None) -> Callable:
 
 async def _abort_unimplemented(name, request, context, started) -> None:
     _log.info("rpc", method=name, code="UNIMPLEMENTED", duration_ms=_ms(started), **_ids(request))
+    metrics.rpc(name, "UNIMPLEMENTED", time.perf_counter() - started)
     await context.abort(grpc.StatusCode.UNIMPLEMENTED, f"{name} is not implemented by pycri yet")
 
 
@@ -89,22 +92,56 @@ async def _fail(name, request, context, started, exc: BaseException) -> None:
     ids = _ids(request)
     if isinstance(exc, grpc.aio.AbortError):  # the servicer aborted with its own status
         _log.warning("rpc", method=name, code=str(context.code()), duration_ms=_ms(started), **ids)
+        metrics.rpc(name, getattr(context.code(), "name", "UNKNOWN"), time.perf_counter() - started)
         return
     if isinstance(exc, asyncio.CancelledError):  # the client went away or its deadline passed
         _log.info("rpc", method=name, code="CANCELLED", duration_ms=_ms(started), **ids)
+        metrics.rpc(name, "CANCELLED", time.perf_counter() - started)
         return
     if isinstance(exc, CRIError):
         _log.warning("rpc", method=name, code=exc.code.name, error=str(exc), duration_ms=_ms(started), **ids)
+        metrics.rpc(name, exc.code.name, time.perf_counter() - started)
         await context.abort(exc.code, str(exc))
+    disk = _disk_trouble(exc)
+    if disk is not None:  # a full disk or a read-only state dir: a status to act on, not an internal error
+        code, why = disk
+        _log.warning("rpc", method=name, code=code.name, error=f"{why}: {exc}", duration_ms=_ms(started), **ids)
+        metrics.rpc(name, code.name, time.perf_counter() - started)
+        await context.abort(code, f"{name} failed: {why}: {exc}")
     if isinstance(exc, Exception):
         _log.error("rpc", method=name, code="INTERNAL", error=f"{type(exc).__name__}: {exc}",
                    duration_ms=_ms(started), exc_info=exc, **ids)
+        metrics.rpc(name, "INTERNAL", time.perf_counter() - started)
         await context.abort(grpc.StatusCode.INTERNAL, f"internal error in {name}: {type(exc).__name__}: {exc}")
+
+
+_DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
+
+
+def _disk_trouble(exc: BaseException) -> tuple[grpc.StatusCode, str] | None:
+    """(status, cause) when `exc`, or an error it was raised from, is a full disk (RESOURCE_EXHAUSTED) or a
+    read-only file system (UNAVAILABLE): the OSError itself, or SQLite's SQLITE_FULL / SQLITE_READONLY."""
+    seen = 0
+    while exc is not None and seen < 10:
+        if isinstance(exc, OSError) and exc.errno in _DISK_FULL:
+            return grpc.StatusCode.RESOURCE_EXHAUSTED, "no space left on the device"
+        if isinstance(exc, OSError) and exc.errno == errno.EROFS:
+            return grpc.StatusCode.UNAVAILABLE, "read-only file system"
+        if isinstance(exc, sqlite3.Error):
+            text = str(exc).lower()
+            if "disk is full" in text or "disk full" in text:
+                return grpc.StatusCode.RESOURCE_EXHAUSTED, "no space left for the metadata store"
+            if "readonly" in text or "read-only" in text:
+                return grpc.StatusCode.UNAVAILABLE, "the metadata store is read-only"
+        exc = exc.__cause__ or exc.__context__
+        seen += 1
+    return None
 
 
 def _log_ok(name: str, request, started: float) -> None:
     emit = _log.debug if name in _POLLS else _log.info
     emit("rpc", method=name, code="OK", duration_ms=_ms(started), **_ids(request))
+    metrics.rpc(name, "OK", time.perf_counter() - started)
 
 
 def _ids(request) -> dict[str, str]:

@@ -67,8 +67,10 @@ def select_platform(ref: Reference, index: dict) -> dict:
         if not isinstance(entry, dict):
             continue
         plat = entry.get("platform") or {}
-        seen.append("/".join(x for x in (plat.get("os", "?"), plat.get("architecture", "?"),
-                                          plat.get("variant", "")) if x))
+        if not isinstance(plat, dict):  # untrusted: a platform that is not an object matches nothing
+            plat = {}
+        seen.append("/".join(str(x) for x in (plat.get("os", "?"), plat.get("architecture", "?"),
+                                               plat.get("variant", "")) if x))
         if plat.get("os") != os_name or plat.get("architecture") != arch:
             continue
         got = plat.get("variant", "")

@@ -26,7 +26,10 @@ DEFAULT_TAG = "latest"
 NAME_TOTAL_LENGTH_MAX = 255
 
 _ALNUM = r"[a-z0-9]+"
-_SEPARATOR = r"(?:[._]|__|[-]*)"
+# distribution's separator is `[._]|__|[-]*`; an empty one only joins two alnum runs, which [a-z0-9]+ does by itself,
+# so `-+` accepts the same names without the exponential backtracking Python's re (unlike Go's RE2) does on
+# `aaaa...a!` with a possibly-empty separator between `+` runs.
+_SEPARATOR = r"(?:[._]|__|-+)"
 _PATH_COMPONENT = rf"{_ALNUM}(?:{_SEPARATOR}{_ALNUM})*"
 _DOMAIN_COMPONENT = r"(?:[a-zA-Z0-9]|[a-zA-Z0-9][a-zA-Z0-9-]*[a-zA-Z0-9])"
 _IPV6 = r"\[(?:[a-fA-F0-9:]+)\]"

@@ -439,9 +439,11 @@ def unpack_layer(blob: Path, target: Path, *, media_type: str = "", diff_id: str
             raise
         except (tarfile.TarError, EOFError, zlib.error, zstandard.ZstdError, gzip.BadGzipFile) as exc:
             raise LayerError(f"corrupt layer archive: {exc}") from exc
-        except OSError as exc:
+        except (OSError, OverflowError, ValueError) as exc:
+            # OverflowError/ValueError: metadata the OS cannot take (a PAX uid out of range, an mtime of "nan" or
+            # 1e30, a NUL in a name): the layer is rejected like any other unextractable entry.
             where = member.name if member is not None else "?"
-            raise LayerError(f"cannot extract {where!r}: {exc.strerror or exc}") from exc
+            raise LayerError(f"cannot extract {where!r}: {getattr(exc, 'strerror', None) or exc}") from exc
         finally:
             extractor.close()
     actual = "sha256:" + reader.hasher.hexdigest()
