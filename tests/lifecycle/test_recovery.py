@@ -154,3 +154,44 @@ def test_a_failed_process_creation_is_reported_by_start(kubelet):
     with pytest.raises(grpc.RpcError) as err:
         kubelet.status(cid)
     assert err.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+# ---- an undo or teardown whose network step fails must still unpin the netns, unmount /dev/shm, stop the monitor ----
+
+def test_a_cni_plugin_that_cannot_run_fails_the_pod_and_leaves_nothing(daemon_factory, registry, tmp_path):
+    """A plugin binary the kernel cannot execute (another architecture, truncated, a missing interpreter):
+    RunPodSandbox fails with FAILED_PRECONDITION naming it, and the undo finishes. Before, the OSError escaped
+    the CNI layer and stopped the undo at its CNI DEL: the pod's netns pin and /dev/shm mounts, its monitor
+    process, veth and IP were left, behind a CREATING record no List shows (the daemon fixture's leak check)."""
+    from tests.lifecycle.conftest import pod_config
+
+    bins = tmp_path / "cni-bin"
+    bins.mkdir()
+    broken = bins / "pycri-broken"
+    broken.write_bytes(b"\x7fELF, but not really\n")
+    broken.chmod(0o755)
+    d = daemon_factory({"sandbox_image": registry.ref("pause"), f'registries."{registry.host}"': {"insecure": True},
+                        "cni": {"bin_dirs": [str(bins), "/opt/cni/bin", "/usr/lib/cni"]}}, start=False, network=True)
+    conflist = d.cni_conf_dir / "10-test.conflist"
+    conf = json.loads(conflist.read_text())
+    conf["plugins"].append({"type": "pycri-broken"})
+    conflist.write_text(json.dumps(conf))
+    d.start()
+    with pytest.raises(grpc.RpcError) as err:
+        d.runtime.RunPodSandbox(cri.RunPodSandboxRequest(config=pod_config("brokencni")), timeout=120)
+    assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION, err.value.details()
+    assert "pycri-broken" in err.value.details()
+    assert not d.runtime.ListPodSandbox(cri.ListPodSandboxRequest()).items
+    for sub in ("p", "ns"):
+        assert not list((d.state / sub).glob("*")), sub
+
+
+def test_an_overflowing_bandwidth_annotation_is_ignored(kubelet):
+    """kubernetes.io/*-bandwidth values too large for a float ("1e999M", "infM") are ignored like other unparsable
+    ones. They raised OverflowError in RunPodSandbox's network step and again in its undo's CNI DEL, which left
+    the pod's netns pin, /dev/shm and monitor behind (the daemon fixture's leak check)."""
+    sid, _ = kubelet.run_pod("bw", annotations={"kubernetes.io/ingress-bandwidth": "1e999M",
+                                                 "kubernetes.io/egress-bandwidth": "infM"})
+    assert kubelet.pod_status(sid).state == cri.SANDBOX_READY
+    kubelet.rt.StopPodSandbox(cri.StopPodSandboxRequest(pod_sandbox_id=sid))
+    kubelet.rt.RemovePodSandbox(cri.RemovePodSandboxRequest(pod_sandbox_id=sid))
