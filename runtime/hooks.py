@@ -11,12 +11,13 @@ Where each kind runs here:
 A failing prestart/createRuntime/createContainer/startContainer hook fails the container's start (HookError names
 the hook, its exit status and the tail of its output); poststart and poststop failures are only logged.
 
-Only os, time and json are used: the launcher's child runs this after it can no longer import anything.
+Only os, signal, time and json are used: the launcher's child runs this after it can no longer import anything.
 """
 from __future__ import annotations
 
 import json
 import os
+import signal
 import time
 
 FATAL_KINDS = ("prestart", "createRuntime", "createContainer", "startContainer")
@@ -98,8 +99,11 @@ def run_one(hook: dict, stdin: bytes, what: str) -> None:
             os.dup2(out_w, 2)
             os.closerange(3, 65536)
             os.execve(path, args, env)
-        except BaseException:  # noqa: BLE001 - nothing to report to but the exit status
-            os._exit(127)
+        except BaseException as exc:  # noqa: BLE001 - the output pipe carries why, the status that it failed
+            try:
+                os.write(1, f"exec {path}: {getattr(exc, 'strerror', None) or exc}".encode())
+            finally:
+                os._exit(127)
     os.close(in_r)
     os.close(out_w)
     os.set_blocking(in_w, False)
@@ -108,6 +112,12 @@ def run_one(hook: dict, stdin: bytes, what: str) -> None:
     output = b""
     deadline = time.monotonic() + timeout
     status = None
+    # a hook may exit without reading its stdin: that must be EPIPE here, not SIGPIPE, which would kill a
+    # container's set-up process (it runs createContainer hooks with default signal dispositions)
+    try:
+        old_pipe = signal.signal(signal.SIGPIPE, signal.SIG_IGN)
+    except ValueError:  # not the main thread: leave the disposition alone
+        old_pipe = None
     try:
         while True:
             if pending and in_w >= 0:
@@ -131,6 +141,8 @@ def run_one(hook: dict, stdin: bytes, what: str) -> None:
                 raise HookError(f"{what} timed out after {timeout:g}s{_tail(output)}")
             time.sleep(0.005)
     finally:
+        if old_pipe is not None:
+            signal.signal(signal.SIGPIPE, old_pipe)
         if in_w >= 0:
             os.close(in_w)
         os.close(out_r)

@@ -136,6 +136,11 @@ class MonitorHandle:
         self.client = MonitorClient(os.path.join(state_dir, "monitor.sock"), timeout=30)
 
     def stop(self) -> None:
+        try:  # shown with a failing test's output: what the monitor saw
+            with open(os.path.join(self.state_dir, "monitor.log")) as f:
+                print(f"--- monitor.log of {self.state_dir}:\n{f.read()[-8000:]}")
+        except OSError:
+            pass
         try:
             self.client.shutdown(force=True)
         except Exception:  # noqa: BLE001 - the test may have killed it

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import time
 
 import pytest
@@ -48,6 +49,31 @@ def test_hook_timeout(tmp_path):
 def test_missing_hook_binary(tmp_path):
     with pytest.raises(hooks.HookError, match="does not exist"):
         hooks.run("poststop", {"hooks": {"poststop": [{"path": str(tmp_path / "nope")}]}}, {})
+
+
+def test_hook_not_reading_stdin_does_not_kill_the_caller(tmp_path):
+    """A container's set-up process runs createContainer hooks with SIGPIPE at its default: a hook that exits
+    without reading a state bigger than the pipe must end in EPIPE for the writer, not SIGPIPE."""
+    spec = {"annotations": {"big": "x" * 300_000}, "hooks": {"createContainer": [{"path": "/bin/true"}]}}
+    pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            signal.signal(signal.SIGPIPE, signal.SIG_DFL)
+            hooks.run("createContainer", spec, hooks.state(spec, "cid", "/b", "creating", 1))
+            code = 0 if signal.getsignal(signal.SIGPIPE) == signal.SIG_DFL else 3
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+
+
+def test_hook_exec_failure_is_named(tmp_path):
+    path = tmp_path / "notexec"
+    path.write_text("#!/bin/sh\n")
+    path.chmod(0o644)
+    with pytest.raises(hooks.HookError, match=r"status 127: exec .*notexec: Permission denied"):
+        hooks.run("prestart", {"hooks": {"prestart": [{"path": str(path)}]}}, {})
 
 
 @pytest.mark.parametrize("bad", [{"hooks": {"preStart": []}}, {"hooks": {"poststop": [{"path": "rel"}]}},
