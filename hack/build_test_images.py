@@ -293,7 +293,8 @@ def build_pause(workdir: Path) -> bytes:
     """Compile hack/pause.c statically (in a fixed dir, for reproducible output)."""
     src = workdir / "pause.c"
     shutil.copyfile(PAUSE_SRC, src)
-    subprocess.run(["gcc", "-static", "-Os", "-s", "-o", "pause", "pause.c"],
+    subprocess.run(["gcc", "-static", "-nostdlib", "-Os", "-s", "-fno-stack-protector",
+                    "-fno-asynchronous-unwind-tables", "-o", "pause", "pause.c"],
                    cwd=workdir, check=True)
     return (workdir / "pause").read_bytes()
 
