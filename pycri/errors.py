@@ -9,6 +9,10 @@ class CRIError(Exception):
     code = grpc.StatusCode.INTERNAL
 
 
+class TeardownError(CRIError):
+    """Some step of undoing a sandbox failed (all were tried); the record stays so that a retry finishes it."""
+
+
 class InvalidArgument(CRIError):
     code = grpc.StatusCode.INVALID_ARGUMENT
 

@@ -23,7 +23,7 @@ from runtime.client import MonitorError
 from pycri import log
 from pycri.api import api_pb2 as cri
 from pycri.cadvisor_metrics import read_net_dev
-from pycri.errors import FailedPrecondition, InvalidArgument, NotFound
+from pycri.errors import FailedPrecondition, InvalidArgument, NotFound, TeardownError
 from pycri.network.cni import CNIError, PodNetworkArgs, pod_ips
 from pycri.network.cniconf import load_network_config
 from pycri.podfiles import write_pod_files
@@ -89,7 +89,10 @@ class Sandboxes:
             await self._setup(rec, config, image)
         except BaseException as exc:
             log_.warning("sandbox creation failed, undoing", error=str(exc) or type(exc).__name__)
-            await asyncio.shield(self._teardown(rec, remove=True))
+            try:
+                await asyncio.shield(self._teardown(rec, remove=True))
+            except TeardownError as undo_exc:  # the CREATING record stays: the next start undoes the rest
+                log_.error("undoing the sandbox creation failed", error=str(undo_exc))
             raise
         rec.state = SB_READY
         ctx.records.save_sandbox(rec)
@@ -208,10 +211,12 @@ class Sandboxes:
         async with self._lock(rec.id):
             for c in self.ctx.records.containers_of(rec.id):
                 await self.ctx.containers.stop(c.id, timeout=0)
-            await self._teardown(rec, remove=False)
-            if rec.state != SB_NOTREADY:
-                rec.state = SB_NOTREADY
-                self.ctx.records.save_sandbox(rec)
+            try:
+                await self._teardown(rec, remove=False)
+            finally:  # the infra is gone (or going) even when some other step failed
+                if rec.state != SB_NOTREADY:
+                    rec.state = SB_NOTREADY
+                    self.ctx.records.save_sandbox(rec)
         _log.info("sandbox stopped", pod_sandbox_id=rec.id)
 
     async def remove(self, sandbox_id: str) -> None:
@@ -234,16 +239,29 @@ class Sandboxes:
         netns is deleted (faster, see docs/design.md) leaks those iptables chains whenever ipMasq is on.
         """
         ctx = self.ctx
+        errors: list[str] = []  # every step runs even when one fails: a step skipped is a leak
+
+        async def step(what: str, fn, *args) -> None:
+            try:
+                await asyncio.to_thread(fn, *args)
+            except Exception as exc:  # noqa: BLE001 - collected, raised once the other steps have run
+                errors.append(f"{what}: {exc}")
+                _log.warning("sandbox teardown step failed", pod_sandbox_id=rec.id, step=what, error=str(exc))
+
         monitor_up = os.path.exists(ctx.monitors.socket_path(rec.monitor_dir)) and ctx.monitors.alive(rec.monitor_dir)
-        await asyncio.gather(self._kill_infra(rec) if monitor_up else asyncio.sleep(0), self._network_down(rec))
+        await asyncio.gather(self._kill_infra(rec) if monitor_up else asyncio.sleep(0),
+                             self._network_down(rec, errors))
         if rec.netns:
-            await asyncio.to_thread(podns.remove_netns, rec.netns)
+            await step("unpinning the network namespace", podns.remove_netns, rec.netns)
         if rec.userns:
-            await asyncio.to_thread(podns.remove_netns, rec.userns)  # unpins any namespace file
+            await step("unpinning the user namespace", podns.remove_netns, rec.userns)  # unpins any namespace file
         if rec.shm_dir:
-            await asyncio.to_thread(podns.unmount_shm, rec.shm_dir)
+            await step("unmounting /dev/shm", podns.unmount_shm, rec.shm_dir)
         if not monitor_up and rec.cgroup_path:
-            await asyncio.to_thread(remove_cgroup, rec.cgroup_path, ctx.config.cgroup.driver)
+            await step("removing the cgroup", remove_cgroup, rec.cgroup_path, ctx.config.cgroup.driver)
+        if errors:
+            # the record stays (and with it the pod dir), so a retried Stop/Remove finds what is left to undo
+            raise TeardownError(f"pod sandbox {rec.id} teardown incomplete: " + "; ".join(errors))
         if not remove:
             return
         if monitor_up:
@@ -269,8 +287,10 @@ class Sandboxes:
         except Exception as exc:  # noqa: BLE001 - the infra may never have been created, or be gone already
             _log.debug("infra kill", pod_sandbox_id=rec.id, error=str(exc))
 
-    async def _network_down(self, rec: SandboxRecord) -> None:
-        """CNI DEL once (network_name is cleared when it succeeded, so repeated StopPodSandbox calls are cheap)."""
+    async def _network_down(self, rec: SandboxRecord, errors: list[str]) -> None:
+        """CNI DEL once (network_name is cleared when it succeeded, so repeated StopPodSandbox calls are cheap).
+        A failed DEL is logged, not raised (a later Stop retries it); a failure to record its success goes to
+        `errors`, for the caller to raise after the rest of the teardown."""
         if not rec.network_name:
             return
         net = load_network_config(self.ctx.config.cni.conf_dir)
@@ -287,7 +307,10 @@ class Sandboxes:
             return
         rec.network_name = ""
         if rec.id in self.ctx.records.sandboxes:
-            self.ctx.records.save_sandbox(rec)
+            try:
+                self.ctx.records.save_sandbox(rec)
+            except Exception as exc:  # noqa: BLE001 - e.g. a full or read-only disk; the DEL is done either way
+                errors.append(f"recording the CNI DEL: {exc}")
 
     # ---- Status / List ----
 
@@ -390,7 +413,11 @@ class Sandboxes:
         for rec in list(self.ctx.records.sandboxes.values()):
             if rec.state == SB_CREATING:
                 _log.info("undoing a sandbox creation interrupted by a restart", pod_sandbox_id=rec.id)
-                await self._teardown(rec, remove=True)
+                try:
+                    await self._teardown(rec, remove=True)
+                except TeardownError as exc:  # kept, tried again at the next start; the daemon still starts
+                    _log.error("undoing an interrupted sandbox creation failed", pod_sandbox_id=rec.id,
+                               error=str(exc))
                 continue
             if rec.state == SB_READY:
                 if self.ctx.monitors.alive(rec.monitor_dir) and \

@@ -202,3 +202,36 @@ def test_a_read_only_state_dir_fails_clearly_and_recovers(disk_daemon, registry,
     d.stop()
     assert _integrity(d.root / "metadata.db") == "ok"
     assert not any((d.state / "p").iterdir())
+
+
+def _mounts_under(*paths: Path) -> list[str]:
+    with open("/proc/self/mountinfo") as f:
+        points = [line.split()[4] for line in f]
+    return [mp for mp in points for p in paths if mp == str(p) or mp.startswith(f"{p}/")]
+
+
+def test_a_failed_teardown_step_does_not_skip_the_others(disk_daemon, registry, tmp_path):
+    """StopPodSandbox with the state dir turned read-only: deleting the netns pin file fails (EROFS). The other
+    steps still run (here: the /dev/shm unmount), the call fails clearly, the record stays, and the Stop and
+    Remove retried once the disk is writable again finish the job and leave nothing behind."""
+    d = disk_daemon(one_disk=False)
+    rt = d.runtime
+    sid = rt.RunPodSandbox(cri.RunPodSandboxRequest(config=pod_config("rostop", log_dir=str(tmp_path / "l"))),
+                           timeout=120).pod_sandbox_id
+    netns, shm = d.state / "ns" / sid[:16], d.state / "p" / sid[:16] / "shm"
+    assert len(_mounts_under(shm)) == 1 and len(_mounts_under(netns)) == 1
+    _make_read_only(d.state)  # a read-only copy of the state tree, its mounts included, on top
+    try:
+        assert len(_mounts_under(shm)) == 2
+        with pytest.raises(grpc.RpcError) as err:
+            rt.StopPodSandbox(cri.StopPodSandboxRequest(pod_sandbox_id=sid), timeout=120)
+        assert len(_mounts_under(shm)) == 1, "the failed netns step stopped the teardown before /dev/shm"
+        _clear(err.value, "read-only")
+        assert "network namespace" in err.value.details()
+        assert [s.id for s in rt.ListPodSandbox(cri.ListPodSandboxRequest()).items] == [sid]
+    finally:
+        _undo_read_only(d.state)
+    rt.StopPodSandbox(cri.StopPodSandboxRequest(pod_sandbox_id=sid), timeout=120)
+    rt.RemovePodSandbox(cri.RemovePodSandboxRequest(pod_sandbox_id=sid), timeout=120)
+    assert not rt.ListPodSandbox(cri.ListPodSandboxRequest()).items
+    assert not _mounts_under(d.state / "ns", d.state / "p") and not netns.exists() and not shm.parent.exists()
