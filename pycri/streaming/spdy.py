@@ -148,8 +148,8 @@ def _control(ftype: int, flags: int, payload: bytes) -> bytes:
 def _pack_headers(headers: Headers) -> bytes:
     out = [struct.pack(">I", len(headers))]
     for name, values in headers.items():
-        n = name.lower().encode()
-        v = b"\x00".join(x.encode() for x in values)
+        n = name.lower().encode("utf-8", "surrogateescape")
+        v = b"\x00".join(x.encode("utf-8", "surrogateescape") for x in values)
         out.append(struct.pack(">I", len(n)) + n + struct.pack(">I", len(v)) + v)
     return b"".join(out)
 
@@ -312,10 +312,12 @@ def parse_header_block(raw: bytes) -> Headers:
             pos += 4 + lv
             if len(name) != ln or len(value) != lv or ln == 0:
                 raise ProtocolError("truncated or empty name in header block")
-            key = name.decode("latin-1")
+            # Go's SPDY peers send header strings as their bytes (UTF-8 in practice): decoded as UTF-8, any
+            # other byte kept as a surrogate, so a value comes back out of _pack_headers byte for byte
+            key = name.decode("utf-8", "surrogateescape")
             if key != key.lower() or key in headers:
                 raise ProtocolError(f"header name {key!r} not lowercase or repeated")
-            headers[key] = value.decode("latin-1").split("\x00")
+            headers[key] = value.decode("utf-8", "surrogateescape").split("\x00")
     except struct.error:
         raise ProtocolError("truncated header block") from None
     if pos != len(raw):

@@ -37,6 +37,15 @@ def test_roundtrip_every_frame_type(frame):
     assert roundtrip(frame) == frame
 
 
+def test_header_values_keep_their_bytes():
+    """UTF-8 text reads as text, and bytes that are not UTF-8 survive a decode and re-encode unchanged."""
+    frame = spdy.SynStream(1, {"x-name": ["caf\u00e9 \u2713"], "x-raw": [b"\xff\xfe".decode("utf-8", "surrogateescape")]})
+    got = roundtrip(frame)
+    assert got == frame and got.headers["x-name"] == ["caf\u00e9 \u2713"]
+    raw = struct.pack(">II", 1, 6) + b"x-name" + struct.pack(">I", 5) + b"caf\xc3\xa9"  # as a Go peer sends it
+    assert spdy.parse_header_block(raw) == {"x-name": ["caf\u00e9"]}
+
+
 def test_dictionary_is_the_spdy3_one():
     # length from the draft; adler32 is what a zlib stream with this preset dictionary carries as DICTID
     assert len(spdy.DICTIONARY) == 1423
