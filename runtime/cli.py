@@ -11,7 +11,7 @@ import os
 import signal
 import sys
 
-from runtime import cgroups, launch, state
+from runtime import cgroups, hooks, launch, state
 from runtime.client import MonitorClient, MonitorError
 
 DEFAULT_ROOT = "/run/pycri-runtime"
@@ -96,20 +96,38 @@ def cmd_run(a) -> int:
             cg.apply((spec.get("linux") or {}).get("resources"))
         plan = launch.plan_from_spec(spec, bundle, stdio=(0, 1, 2))
         plan.hook_state = {"id": a.id, "bundle": bundle}  # createContainer/startContainer hooks (runtime/hooks.py)
+        plan.runtime_hooks = bool(hooks.of(spec, "prestart") or hooks.of(spec, "createRuntime"))
         proc = launch.Process(plan)
         if cg:
             cg.attach(proc.pid)
-        proc.setup()
+        proc.go()
+        if plan.runtime_hooks:
+            proc.wait_hooks_point()
+            for kind in ("prestart", "createRuntime"):
+                hooks.run(kind, spec, hooks.state(spec, a.id, bundle, "creating", proc.pid))
+            proc.resume()
+        proc.wait_ready()
         for w in proc.warnings:
             print(f"warning: {w}", file=sys.stderr)
         for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
             signal.signal(s, lambda sig, _f, pid=proc.pid: os.kill(pid, sig))
         proc.start()
+        try:
+            hooks.run("poststart", spec, hooks.state(spec, a.id, bundle, "running", proc.pid))
+        except hooks.HookError as exc:  # as runc: logged, the container keeps running
+            print(f"warning: {exc}", file=sys.stderr)
         while True:
             pid, status = os.waitpid(-1, 0)
             if pid == proc.pid:
                 code = os.waitstatus_to_exitcode(status)
-                return 128 - code if code < 0 else code
+                break
+        try:
+            hooks.run("poststop", spec, hooks.state(spec, a.id, bundle, "stopped", 0))
+        except hooks.HookError as exc:
+            print(f"warning: {exc}", file=sys.stderr)
+        return 128 - code if code < 0 else code
+    except hooks.HookError as exc:
+        raise launch.LaunchError(str(exc)) from None
     finally:
         if cg:
             cg.remove()

@@ -77,6 +77,9 @@ class Plan:
     # {"id", "bundle"} of a container's init process (set by the monitor): the child runs the spec's
     # createContainer/startContainer hooks only then (never for an exec, whose spec is the container's)
     hook_state: dict | None = None
+    # the parent runs prestart/createRuntime hooks: the child stops for them after its mounts, before the
+    # createContainer hooks and pivot_root (sends "H", waits for "C"), as runc's init does
+    runtime_hooks: bool = False
     # LSM labels for the execve: ((paths to try, first that exists wins), bytes to write), see _plan_lsm
     lsm_exec: list[tuple[tuple[str, ...], bytes]] = field(default_factory=list)
 
@@ -465,10 +468,23 @@ class Process:
 
     def wait_ready(self) -> None:
         """Wait for the child's "ready" (raises LaunchError when its set-up failed)."""
-        # after joining a pid namespace the grandchild's "R" may overtake the intermediate's "P"
-        need_pid = (self.plan.join_pid is not None and not self.plan.pid_joined_by_parent) or self.plan.pid_fork
-        ready = False
-        while need_pid or not ready:
+        self._wait_for("R")
+
+    def wait_hooks_point(self) -> None:
+        """With plan.runtime_hooks: wait until the child stops for the prestart/createRuntime hooks (self.pid is
+        then the container's); run them, then resume()."""
+        self._wait_for("H")
+
+    def resume(self) -> None:
+        """Let the child go on after the runtime hooks."""
+        self._send("C")
+
+    def _wait_for(self, want: str) -> None:
+        # after joining a pid namespace the grandchild's message may overtake the intermediate's "P"
+        need_pid = ((self.plan.join_pid is not None and not self.plan.pid_joined_by_parent)
+                    or self.plan.pid_fork) and self.pid == self._clone_pid
+        seen = False
+        while need_pid or not seen:
             msg = self._chan.read()
             if msg is None:
                 self._fail("container process exited during set-up")
@@ -479,8 +495,8 @@ class Process:
                 _reap(self._clone_pid)
             elif kind == "W":
                 self.warnings.append(payload)
-            elif kind == "R":
-                ready = True
+            elif kind == want:
+                seen = True
             elif kind == "E":
                 self._fail(payload)
 
@@ -644,7 +660,9 @@ def _child(plan: Plan, p2c: int, c2p: int) -> None:
                 os._exit(0)
 
     if plan.rootfs is not None:
-        _setup_rootfs(plan, spec, lin, p2c if late else -1)
+        _setup_rootfs(plan, spec, lin, p2c if late else -1, c2p, p2c)
+    elif plan.runtime_hooks:
+        _runtime_hooks_pause(c2p, p2c)
 
     with _Stage("setting hostname"):
         new_uts = (plan.clone_flags | plan.unshare_flags) & linux.CLONE_NEWUTS
@@ -722,7 +740,13 @@ def _join_cgroup(tasks: list[bytes]) -> None:
                 os.close(fd)
 
 
-def _setup_rootfs(plan: Plan, spec: dict, lin: dict, go_fd: int = -1) -> None:
+def _runtime_hooks_pause(c2p: int, p2c: int) -> None:
+    """Let the parent run the prestart/createRuntime hooks now: namespaces made, mounts done, not yet pivoted."""
+    _send(c2p, "H")
+    _wait_byte(p2c, b"C")
+
+
+def _setup_rootfs(plan: Plan, spec: dict, lin: dict, go_fd: int, c2p: int, p2c: int) -> None:
     rootfs = plan.rootfs
     with _Stage("mounting rootfs"):
         rootfs_mod.mount_rootfs(rootfs, plan.overlay, lin.get("rootfsPropagation"), overlay_fd=plan.overlay_fd)
@@ -742,6 +766,8 @@ def _setup_rootfs(plan: Plan, spec: dict, lin: dict, go_fd: int = -1) -> None:
         _wait_byte(go_fd, b"G")
         if plan.cgroup_tasks:
             _join_cgroup(plan.cgroup_tasks)
+    if plan.runtime_hooks:
+        _runtime_hooks_pause(c2p, p2c)
     if plan.hook_state is not None and hooks.of(spec, "createContainer"):  # container namespaces, host paths
         with _Stage("createContainer hooks"):
             hooks.run("createContainer", spec, _hook_state(plan, "creating"))

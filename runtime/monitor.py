@@ -451,7 +451,6 @@ class Monitor:
                 os.close(fd)
             if console is not None:
                 os.close(console)
-        self._hooks(c, ("prestart", "createRuntime"), "creating", fatal=True)
         c.status = "created"
         self.containers[c.id] = c
         t3 = time.perf_counter()
@@ -474,6 +473,7 @@ class Monitor:
         plan = launch.plan_from_spec(spec, c.bundle, overlay=req.get("overlay"), stdio=stdio,
                                      console_fd=console)
         plan.hook_state = {"id": c.id, "bundle": c.bundle}
+        plan.runtime_hooks = bool(hooks.of(spec, "prestart") or hooks.of(spec, "createRuntime"))
         userns = bool(plan.clone_flags & linux.CLONE_NEWUSER)
         if cg is not None and not userns:
             plan.cgroup_tasks = cg.self_attach_paths()  # None: attach(pid) below
@@ -510,6 +510,11 @@ class Monitor:
         if pid_known:
             c.start_time = linux.proc_start_time(c.pid)
             state.write_json(os.path.join(c.dir, "state.json"), {**c.record(), "status": "created"})
+        if plan.runtime_hooks:  # the child stops after its mounts, before pivot_root, for these (as runc)
+            c.proc.wait_hooks_point()
+            c.pid = c.proc.pid
+            self._hooks(c, ("prestart", "createRuntime"), "creating", fatal=True)
+            c.proc.resume()
         c.proc.wait_ready()
         if not pid_known:
             c.pid = c.proc.pid

@@ -42,3 +42,20 @@ def test_missing_binary_message(bundle, tmp_root):
     r = cli("run", "z", "--bundle", bundle(["/bin/nope"]), root=tmp_root + "/cli3")
     assert r.returncode == 1
     assert 'exec: "/bin/nope": no such file or directory' in r.stderr
+
+
+def test_run_runs_the_hooks_in_order(bundle, tmp_root, tmp_path):
+    """`run` as runc: prestart and createRuntime while the child waits after its mounts, createContainer in it,
+    poststart after the start, poststop after the exit; a failing prestart hook fails the run."""
+    log = tmp_path / "hooks.log"
+    rec = tmp_path / "rec"
+    rec.write_text(f'#!/bin/sh\nread -r state; echo "$1" >> {log}\n')
+    rec.chmod(0o755)
+    kinds = ["prestart", "createRuntime", "createContainer", "poststart", "poststop"]
+    b = bundle(["true"], mutate=lambda s: s.update(hooks={k: [{"path": str(rec), "args": ["rec", k]}] for k in kinds}))
+    r = cli("run", "h", "--bundle", b, root=tmp_root + "/cli3")
+    assert r.returncode == 0, r.stderr
+    assert log.read_text().split() == kinds
+    bad = bundle(["true"], name="bad", mutate=lambda s: s.update(hooks={"prestart": [{"path": "/bin/false"}]}))
+    r = cli("run", "h2", "--bundle", bad, root=tmp_root + "/cli3")
+    assert r.returncode == 1 and "prestart hook #0" in r.stderr
