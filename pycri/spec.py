@@ -556,11 +556,19 @@ _IPC_SYSCTLS = ("kernel.shmall", "kernel.shmmax", "kernel.shmmni", "kernel.shm_r
 _UTS_SYSCTLS = ("kernel.hostname", "kernel.domainname")
 
 
+def sysctl_dot_form(name: str) -> str:
+    """A sysctl name in the kubelet's dot form: a slash-separated name has its dots and slashes swapped
+    (`net/ipv4/conf/eth0.100/forwarding` -> `net.ipv4.conf.eth0/100.forwarding`); runtime/rootfs.sysctl_path
+    turns either form into the same /proc/sys path."""
+    first = min((i for i in (name.find("."), name.find("/")) if i >= 0), default=-1)
+    return name.translate(str.maketrans("./", "/.")) if first >= 0 and name[first] == "/" else name
+
+
 def validate_sysctls(sysctls: dict[str, str], opts: cri.NamespaceOption) -> dict[str, str]:
     """Only namespaced sysctls, and only when the pod has its own namespace for them."""
     out = {}
     for name, value in sysctls.items():
-        key = name.replace("/", ".")
+        key = sysctl_dot_form(name)
         if key in _IPC_SYSCTLS or key.startswith("fs.mqueue."):
             if opts.ipc == cri.NamespaceMode.NODE:
                 raise InvalidArgument(f"sysctl {name!r} is not allowed with host IPC")

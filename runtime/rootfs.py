@@ -393,11 +393,22 @@ def readonly_paths(paths: list[str]) -> None:
         remount_ro(p)
 
 
+_SWAP_SEPARATORS = str.maketrans("./", "/.")
+
+
+def sysctl_path(key: str) -> str:
+    """/proc/sys path of a sysctl name, by sysctl.d's rule (the kubelet's too): when the first separator is a
+    slash the name is a path already (`net/ipv4/conf/eth0.100/forwarding`); otherwise dots separate and a slash
+    stands for a dot in a component (`net.ipv4.conf.eth0/100.forwarding`, the same sysctl)."""
+    first = min((i for i in (key.find("."), key.find("/")) if i >= 0), default=-1)
+    parts = (key if first >= 0 and key[first] == "/" else key.translate(_SWAP_SEPARATORS)).split("/")
+    if not key or any(p in ("", ".", "..") for p in parts):
+        raise ValueError(f"bad sysctl name {key!r}")
+    return "/proc/sys/" + "/".join(parts)
+
+
 def write_sysctls(sysctl: dict[str, str]) -> None:
     for key, value in (sysctl or {}).items():
-        parts = key.replace(".", "/").split("/")
-        if not key or any(p in ("", "..") for p in parts):
-            raise ValueError(f"bad sysctl name {key!r}")
-        path = "/proc/sys/" + "/".join(parts)
+        path = sysctl_path(key)
         with open(path, "w") as f:
             f.write(str(value))

@@ -168,3 +168,25 @@ def test_user_resolution():
     assert resolve("", read, uid=1000, supplemental=[7]).additional_gids == [50000, 7]
     with pytest.raises(InvalidArgument, match="not found"):
         resolve("nobody-here", read)
+
+
+@pytest.mark.parametrize("name, dot_form, path", [
+    ("net.ipv4.ip_forward", "net.ipv4.ip_forward", "/proc/sys/net/ipv4/ip_forward"),
+    ("net/ipv4/ip_forward", "net.ipv4.ip_forward", "/proc/sys/net/ipv4/ip_forward"),
+    # an interface name with a dot: the slash form keeps it, the dot form writes it as a slash (kubelet, sysctl.d)
+    ("net/ipv4/conf/eth0.100/forwarding", "net.ipv4.conf.eth0/100.forwarding",
+     "/proc/sys/net/ipv4/conf/eth0.100/forwarding"),
+    ("net.ipv4.conf.eth0/100.forwarding", "net.ipv4.conf.eth0/100.forwarding",
+     "/proc/sys/net/ipv4/conf/eth0.100/forwarding"),
+])
+def test_sysctl_names_in_either_form(name, dot_form, path):
+    from runtime.rootfs import sysctl_path
+    assert s.sysctl_dot_form(name) == dot_form
+    assert sysctl_path(name) == sysctl_path(dot_form) == path
+
+
+@pytest.mark.parametrize("bad", ["", "net..ipv4", "net/../../etc", "net.ipv4.", "/net/ipv4"])
+def test_bad_sysctl_paths_are_refused(bad):
+    from runtime.rootfs import sysctl_path
+    with pytest.raises(ValueError):
+        sysctl_path(bad)

@@ -53,3 +53,12 @@ def test_refused_sysctls(kubelet, sysctls, ns, needle):
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert needle in err.value.details() and next(iter(sysctls)) in err.value.details()
     assert not kubelet.rt.ListPodSandbox(cri.ListPodSandboxRequest()).items
+
+
+def test_slash_separated_names(kubelet):
+    """`net/ipv4/...` (sysctl.d's path form, which kubectl accepts) names the same sysctl as the dot form."""
+    sid, pod = kubelet.run_pod("sysctlslash", linux=_linux({"net/ipv4/ip_unprivileged_port_start": "1002",
+                                                             "net/core/somaxconn": "1235"}))
+    status, out = run_to_exit(kubelet, sid, pod, "read", "cat /proc/sys/net/ipv4/ip_unprivileged_port_start "
+                                                          "/proc/sys/net/core/somaxconn")
+    assert (status.exit_code, out.split()) == (0, ["1002", "1235"]), out
