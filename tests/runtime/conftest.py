@@ -1,6 +1,7 @@
 """Fixtures for runtime/ tests: busybox rootfs, bundles, monitors, and a leak check after every test."""
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -12,7 +13,7 @@ import pytest
 
 from tests.runtime.rt_helpers import MARKER_ENV, make_rootfs, make_spec, write_bundle
 
-from runtime import cgroups, linux, monitor
+from runtime import cgroups, linux, spawner
 from runtime.client import MonitorClient
 
 TOKEN = uuid.uuid4().hex[:12]
@@ -130,10 +131,24 @@ def bundle(tmp_path, rootfs):
 
 
 class MonitorHandle:
+    """A pod monitor made the production way: by a spawner (a fresh interpreter), not forked from pytest.
+
+    A monitor forked from this process would inherit gRPC's fork handlers and state once earlier tests have
+    used gRPC here; its own later os.fork() (OCI hooks, the spare's double fork) then ran those handlers and
+    sometimes crashed it (the failures seen in CI, in the hook tests only). run_detached() asks for a
+    single-threaded caller, which pytest is not."""
+
     def __init__(self, state_dir: str):
         self.state_dir = state_dir
-        self.pid = monitor.run_detached(state_dir, "test-pod")
-        self.client = MonitorClient(os.path.join(state_dir, "monitor.sock"), timeout=30)
+        self._spawner = spawner.start()  # inherits this test's marker, so leaks of its processes are caught
+        try:
+            sock = self._spawner.spawn_monitor("test-pod", state_dir)
+            with open(os.path.join(state_dir, "monitor.json")) as f:
+                self.pid = json.load(f)["pid"]
+        except BaseException:
+            self._spawner.close()
+            raise
+        self.client = MonitorClient(sock, timeout=30)
 
     def stop(self) -> None:
         try:  # shown with a failing test's output: what the monitor saw
@@ -145,6 +160,7 @@ class MonitorHandle:
             self.client.shutdown(force=True)
         except Exception:  # noqa: BLE001 - the test may have killed it
             pass
+        self._spawner.close()  # its spare monitor exits with it
         deadline = time.monotonic() + 5
         while time.monotonic() < deadline:
             if not linux.is_alive(self.pid, None):  # a zombie waiting for init counts as gone

@@ -292,3 +292,54 @@ def test_force_delete_with_running_exec_does_not_hang(mon, bundle):
     _, _, ex = s.collect()
     s.close()
     assert ex["exit_code"] == 137
+
+
+def test_monitor_beside_busy_grpc_threads_runs_hooks(tmp_root, bundle, tmp_path):
+    """The test process uses gRPC from several threads (as the daemon tests leave it); a monitor made for a test
+    must still fork its hooks safely. Forked from this process (the old fixture), it inherited gRPC's fork
+    handlers and state, and its own os.fork() then crashed it or its spare at random (CI, hook tests)."""
+    import threading
+    from concurrent import futures
+
+    import grpc
+
+    from tests.runtime.conftest import MonitorHandle
+
+    server = grpc.server(futures.ThreadPoolExecutor(4))
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    stop = threading.Event()
+
+    def hammer():
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as ch:
+            call = ch.unary_unary("/t.T/T")
+            while not stop.is_set():
+                try:
+                    call(b"", timeout=0.05)
+                except grpc.RpcError:
+                    pass
+
+    threads = [threading.Thread(target=hammer, daemon=True) for _ in range(3)]
+    for t in threads:
+        t.start()
+    hook = tmp_path / "hook"
+    hook.write_text("#!/bin/sh\nread -r state\nexit 0\n")
+    hook.chmod(0o755)
+    b = bundle(["sleep", "30"], mutate=lambda s: s.update(
+        hooks={k: [{"path": str(hook)}] for k in ("createRuntime", "createContainer", "poststop")}))
+    try:
+        time.sleep(0.3)
+        for i in range(8):
+            h = MonitorHandle(os.path.join(tmp_root, f"busy{i}-{tmp_path.name}"))
+            try:
+                h.client.create("c", b)
+                h.client.kill("c", 9)
+                h.client.wait("c", timeout=10)
+                h.client.delete("c")
+            finally:
+                h.stop()
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(5)
+        server.stop(0)
