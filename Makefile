@@ -8,7 +8,7 @@ PY := $(VENV)/bin/python
 APT_PACKAGES := python3-venv gcc libc6-dev iproute2 iptables containernetworking-plugins docker-registry \
 	busybox-static skopeo containerd runc crun sqlite3 systemd
 
-.PHONY: deps venv proto images run test install clean
+.PHONY: deps venv proto initc images run test install clean
 
 deps:
 	@missing=""; for p in $(APT_PACKAGES); do dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q 'ok installed' || missing="$$missing $$p"; done; \
@@ -29,28 +29,34 @@ venv: $(VENV)/.installed
 proto: venv
 	$(PY) -m pycri.api.generate
 
+# The container child's fast path (runtime/fastinit.py): a static C program, built here, never committed.
+initc: runtime/initc/pycri-init
+
+runtime/initc/pycri-init: runtime/initc/pycri-init.c
+	gcc -static -O2 -s -o $@ $<
+
 images: venv
 	$(PY) hack/build_test_images.py
 
 # Start the daemon with working defaults: socket /run/pycri/pycri.sock, state in /var/lib/pycri and /run/pycri,
 # the default bridge network (written at start when /etc/cni/net.d has none), and our pause image imported as
 # registry.k8s.io/pause:3.10 so no registry is needed to run a pod.
-run: deps venv proto
+run: deps venv proto initc
 	hack/pause_archive.sh
 	$(VENV)/bin/pycri
 
 # The suite's leak checks look at the whole machine (mounts, netns, veths, cgroups, iptables chains): two runs at
 # once would see each other's objects, so runs on one machine take turns on this lock.
 TEST_LOCK ?= /tmp/pycri-tests.lock
-test: deps venv proto images
+test: deps venv proto initc images
 	flock $(TEST_LOCK) $(VENV)/bin/pytest -q $(PYTEST_ARGS)
 
 # Install on this machine (or under DESTDIR): $(PREFIX)/bin/pycri (runs this checkout's .venv), the systemd unit
 # when systemd runs, and /etc/pycri/config.toml, the default CNI network, /etc/crictl.yaml, /var/lib/pycri when
 # absent: existing files are never overwritten. `make install INSTALL_ARGS=--dry-run` shows what it would do.
 PREFIX ?= /usr/local
-install: deps venv proto
+install: deps venv proto initc
 	$(PY) hack/install.py --destdir "$(DESTDIR)" --prefix "$(PREFIX)" $(INSTALL_ARGS)
 
 clean:
-	rm -rf $(VENV) .cache build *.egg-info
+	rm -rf $(VENV) .cache build *.egg-info runtime/initc/pycri-init

@@ -1,0 +1,530 @@
+"""Fast init: the container child as a small static C program (runtime/initc/pycri-init) instead of a clone of
+the Python monitor running launch._child.
+
+The parent still plans everything (launch.plan_from_spec / plan_for_exec); here the plan is reduced to a list of
+primitive operations (mount this, resolve that destination inside the rootfs, pivot, write a sysctl, drop
+privileges...) in exactly the order launch._child performs them, with the same stage names for error messages.
+pycri-init is started with posix_spawn (CLONE_VM|CLONE_VFORK: no copy of the monitor's page tables, and its execve
+has next to nothing to tear down); it speaks the same messages on c2p and reads the same bytes on p2c as the Python
+child, so launch.Process drives both the same way.
+
+    eligible(plan) -> bool      what the C side implements completely (else: the Python child)
+    encode(plan, fds) -> bytes  the operation list
+    spawn(plan, c2p_w, p2c_r) -> pid
+
+A new pid namespace is made by the parent (unshare(CLONE_NEWPID) around the spawn, then back to its own): the
+spawned init is the namespace's pid 1 and execs the container in place, as a cloned Python child would.
+Set PYCRI_FASTINIT=0 to always use the Python child.
+"""
+from __future__ import annotations
+
+import os
+import resource
+import struct
+
+from runtime import hooks, linux, rootfs as rootfs_mod
+from runtime.linux import MS_BIND, MS_RDONLY, MS_REC, MS_REMOUNT
+
+BINARY = os.path.join(os.path.dirname(os.path.abspath(__file__)), "initc", "pycri-init")
+
+(OP_STAGE, OP_WAIT_G, OP_CGJOIN, OP_JOINNS, OP_UNSHARE, OP_FAIL, OP_MOUNT, OP_RESOLVE, OP_MKDIRS, OP_TOUCH,
+ OP_REMOUNT_RO, OP_SETATTR, OP_MKNOD, OP_UMASK, OP_UMASK_RESTORE, OP_SYMLINK, OP_PIVOT, OP_WRITEFILE, OP_MASK,
+ OP_ROPATH, OP_HOSTNAME, OP_DOMAINNAME, OP_RLIMIT, OP_OOM, OP_STDIO, OP_FINDEXE, OP_CHDIR, OP_READY, OP_SECCOMP,
+ OP_DROP, OP_NNP, OP_EXEC, OP_MKDIRS_PARENT, OP_WARN) = range(1, 35)
+
+ABS, REG1, REG2 = 0, 1, 2  # path registers (see pycri-init.c): 0 = an absolute path
+_NS_ORDER = {"user": 0, "mount": 2}
+_DEV_KINDS = {"c": 0o020000, "u": 0o020000, "b": 0o060000, "p": 0o010000}
+_RLIM_INF = resource.RLIM_INFINITY
+
+
+def enabled() -> bool:
+    return os.environ.get("PYCRI_FASTINIT") != "0" and os.access(BINARY, os.X_OK)
+
+
+def eligible(plan) -> bool:
+    """True only for plans pycri-init carries out exactly as launch._child would."""
+    try:
+        return _eligible(plan)
+    except (AttributeError, KeyError, TypeError, ValueError):
+        return False
+
+
+def _eligible(plan) -> bool:
+    spec = plan.spec
+    proc = spec.get("process") or {}
+    lin = spec.get("linux") or {}
+    if plan.clone_flags & linux.CLONE_NEWUSER or plan.uid_map is not None or plan.userns_path is not None \
+            or plan.userns_fd != -1 or plan.pid_fork or plan.userns_maps is not None:
+        return False
+    if any(kind == "user" for kind, _ in plan.join):
+        return False
+    if plan.mount_fds or plan.overlay_fd != -1 or plan.idmap_mounts:
+        return False
+    if plan.runtime_hooks or plan.lsm_exec:
+        return False
+    if plan.hook_state is not None and (hooks.of(spec, "createContainer") or hooks.of(spec, "startContainer")):
+        return False
+    if proc.get("terminal") or plan.console_fd is not None or plan.console_path is not None:
+        return False
+    if (plan.clone_flags | plan.unshare_flags) & ~(linux.CLONE_NEWNS | linux.CLONE_NEWUTS | linux.CLONE_NEWIPC
+                                                    | linux.CLONE_NEWPID | linux.CLONE_NEWNET | linux.CLONE_NEWCGROUP):
+        return False  # (a time namespace: not done here)
+    if any(kind not in ("mount", "network", "ipc", "uts", "cgroup") for kind, _ in plan.join):
+        return False
+    if plan.join_pid is not None and plan.clone_flags & linux.CLONE_NEWPID:
+        return False
+    if plan.capsets is not None and (plan.cap_drop is None or plan.cap_ambient is None):
+        return False
+    if plan.rootfs is None:
+        # an exec: only when it joins a mount namespace (never sets up a rootfs)
+        if not any(kind == "mount" for kind, _ in plan.join):
+            return False
+    else:
+        if any(kind == "mount" for kind, _ in plan.join):
+            return False
+        for m in spec.get("mounts") or []:
+            if not isinstance(m, dict) or not isinstance(m.get("destination"), str):
+                return False
+            if m.get("uidMappings") or m.get("gidMappings"):
+                return False
+            opts = m.get("options") or []
+            if not isinstance(opts, list) or not all(isinstance(o, str) for o in opts):
+                return False
+            if not isinstance(m.get("type") or "", str) or not isinstance(m.get("source") or "", str):
+                return False
+            flags, _, _ = rootfs_mod.parse_options(opts)
+            src = m.get("source") or ""
+            if (m.get("type") == "bind" or flags & MS_BIND) and \
+                    (os.path.realpath(src) + "/").startswith(plan.rootfs.rstrip("/") + "/"):
+                return False  # a bind source inside the rootfs: the parent cannot see what the child would
+        for d in lin.get("devices") or []:
+            if not isinstance(d, dict) or not isinstance(d.get("path"), str) or d.get("type") not in _DEV_KINDS:
+                return False
+            if not all(d.get(k) is None or type(d.get(k)) is int for k in ("major", "minor", "fileMode", "uid", "gid")):
+                return False
+        for key in ("maskedPaths", "readonlyPaths"):
+            if not all(isinstance(p, str) for p in lin.get(key) or []):
+                return False
+        for k, v in (lin.get("sysctl") or {}).items():
+            if not isinstance(k, str):
+                return False
+        if not isinstance(spec.get("hostname") or "", str) or not isinstance(spec.get("domainname") or "", str):
+            return False
+    for rl in proc.get("rlimits") or []:
+        if not isinstance(rl, dict):
+            return False
+    if not isinstance(proc.get("args"), list) or not all(isinstance(a, str) for a in proc["args"]):
+        return False
+    for e in proc.get("env") or []:
+        if isinstance(e, str) and "\0" in e:
+            return False
+    if any("\0" in a for a in proc["args"]):
+        return False
+    return True
+
+
+_U8 = [bytes((i,)) for i in range(256)]
+_PACK_Q = struct.Struct("<q").pack
+_PACK_I = struct.Struct("<I").pack
+_NONE = b"\xff\xff\xff\xff"
+
+
+class _Enc:
+    def __init__(self):
+        self.parts: list[bytes] = [b"P\x01"]
+
+    def u8(self, v: int) -> None:
+        self.parts.append(_U8[v])
+
+    def i64(self, v: int) -> None:
+        self.parts.append(_PACK_Q(v if v < 2**63 else v - 2**64))
+
+    def s(self, v) -> None:
+        if v is None:
+            self.parts.append(_NONE)
+            return
+        if type(v) is str:
+            if "\0" in v:
+                raise ValueError("NUL in a string")
+            raw = v.encode("utf-8", "surrogateescape")
+        else:
+            raw = bytes(v)
+        self.parts.append(_PACK_I(len(raw)) + raw + b"\0")
+
+    def path(self, reg: int, s: str) -> None:
+        self.u8(reg)
+        self.s(s)
+
+    def op(self, code: int, *args) -> None:
+        self.u8(code)
+        for a in args:
+            if isinstance(a, int):
+                self.i64(a)
+            else:
+                self.s(a)
+
+    def stage(self, name: str) -> None:
+        self.op(OP_STAGE, name)
+
+    def mount(self, src, reg: int, path: str, fstype, flags: int, data) -> None:
+        self.u8(OP_MOUNT)
+        self.s(src)
+        self.path(reg, path)
+        self.s(fstype)
+        self.i64(flags)
+        self.s(data)
+
+    def bytes(self) -> bytes:
+        return b"".join(self.parts)
+
+
+def encode(plan, stdio_fds: tuple[int, int, int] | None = None) -> bytes:
+    """The operation list for pycri-init; stdio_fds: where the plan's stdio fds are in the child."""
+    spec = plan.spec
+    proc = spec["process"]
+    lin = spec.get("linux") or {}
+    e = _Enc()
+    e.s(plan.rootfs or "")
+    late = plan.go_stage == "late" and plan.rootfs is not None
+    if plan.go_stage is not None and not late:
+        e.op(OP_WAIT_G)
+    if plan.cgroup_tasks and not late:
+        _join_cgroup(e, plan.cgroup_tasks)
+
+    e.stage("joining namespaces")
+    joins = sorted(plan.join, key=lambda kf: _NS_ORDER.get(kf[0], 1))
+    if joins:
+        e.u8(OP_JOINNS)
+        e.i64(len(joins))
+        for kind, path in joins:
+            e.s(path)
+            e.i64(linux.NS_FLAGS[kind])
+    unshare = (plan.clone_flags & ~linux.CLONE_NEWPID) | plan.unshare_flags
+    if unshare:
+        e.op(OP_UNSHARE, unshare)
+
+    if plan.rootfs is not None:
+        _encode_rootfs(e, plan, spec, lin, late)
+
+    e.stage("setting hostname")
+    new_uts = (plan.clone_flags | plan.unshare_flags) & linux.CLONE_NEWUTS
+    if spec.get("hostname") and new_uts:
+        e.op(OP_HOSTNAME, spec["hostname"])
+    if spec.get("domainname") and new_uts:
+        e.op(OP_DOMAINNAME, spec["domainname"])
+    e.stage("setting rlimits")
+    for rl in proc.get("rlimits") or []:
+        res = getattr(resource, str(rl.get("type", "")), None)
+        if not isinstance(res, int) or not str(rl["type"]).startswith("RLIMIT_"):
+            e.op(OP_FAIL, f"unknown rlimit {rl.get('type')!r}")
+            break
+        try:
+            soft, hard = _rlim(rl.get("soft")), _rlim(rl.get("hard"))
+        except (TypeError, ValueError) as exc:
+            e.op(OP_FAIL, str(exc) or type(exc).__name__)
+            break
+        e.op(OP_RLIMIT, res, soft, hard)
+    e.stage("")
+    if proc.get("oomScoreAdj") is not None:
+        try:
+            value = str(int(proc["oomScoreAdj"]))
+        except (TypeError, ValueError) as exc:
+            e.op(OP_FAIL, str(exc))
+        else:
+            e.op(OP_OOM, value, f"oom_score_adj {proc['oomScoreAdj']} not applied: ")
+
+    e.stage("setting up stdio")
+    if plan.stdio is not None and stdio_fds is not None:
+        e.op(OP_STDIO, *stdio_fds)
+    env = [x for x in proc.get("env") or [] if isinstance(x, str) and "=" in x]
+    env_map = dict(x.split("=", 1) for x in env)
+    e.stage("resolving the executable")
+    e.op(OP_FINDEXE, proc["args"][0], env_map.get("PATH", launch_default_path()))
+    cwd = proc.get("cwd") or "/"
+    e.stage(f"changing to cwd {cwd!r}")
+    e.op(OP_CHDIR, cwd)
+    user = proc.get("user") or {}
+    e.stage("")
+    try:
+        e.op(OP_UMASK, int(user.get("umask", 0o022)))
+    except (TypeError, ValueError) as exc:
+        e.op(OP_FAIL, str(exc))
+
+    if not plan.auto_start:
+        e.op(OP_READY)
+
+    nnp = bool(proc.get("noNewPrivileges"))
+    filt = plan.seccomp
+    if filt is not None and not nnp:
+        e.stage("loading seccomp")
+        e.op(OP_SECCOMP, filt.program)
+    e.stage("dropping privileges")
+    _encode_drop(e, user, plan)
+    e.stage("")
+    if nnp:
+        e.op(OP_NNP)
+    if filt is not None and nnp:
+        e.stage("loading seccomp")
+        e.op(OP_SECCOMP, filt.program)
+    e.stage("exec")
+    e.u8(OP_EXEC)
+    e.i64(len(proc["args"]))
+    for a in proc["args"]:
+        e.s(a)
+    e.i64(len(env_map))
+    for k, v in env_map.items():
+        e.s(f"{k}={v}")
+    return e.bytes()
+
+
+def launch_default_path() -> str:
+    from runtime import launch
+    return launch.DEFAULT_PATH
+
+
+def _rlim(v) -> int:
+    if v is None or int(v) >= 2**63 - 1 or int(v) < 0:
+        return _RLIM_INF
+    return int(v)
+
+
+def _join_cgroup(e: _Enc, tasks: list[bytes]) -> None:
+    e.stage("joining the cgroup")
+    for path in tasks:
+        e.op(OP_CGJOIN, path)
+
+
+def _encode_drop(e: _Enc, user: dict, plan) -> None:
+    try:
+        uid, gid = int(user.get("uid", 0)), int(user.get("gid", 0))
+        gids = [int(g) for g in user.get("additionalGids") or []]
+    except (TypeError, ValueError) as exc:
+        e.op(OP_FAIL, str(exc))
+        return
+    capset = plan.capsets
+    e.u8(OP_DROP)
+    e.u8(1 if capset is not None else 0)
+    drop = [c for c in range(plan.last_cap + 1) if not capset["bounding"] & (1 << c)] if capset is not None else []
+    e.i64(len(drop))
+    for c in drop:
+        e.i64(c)
+    e.i64(len(gids))
+    for g in gids:
+        e.i64(g)
+    e.i64(gid)
+    e.i64(uid)
+    for k in ("effective", "permitted", "inheritable"):
+        e.i64(capset[k] if capset is not None else 0)
+    amb = [c for c in range(plan.last_cap + 1) if capset["ambient"] & (1 << c)] if capset is not None else []
+    e.i64(len(amb))
+    for c in amb:
+        e.i64(c)
+
+
+def _encode_rootfs(e: _Enc, plan, spec: dict, lin: dict, late: bool) -> None:
+    rootfs = plan.rootfs
+    e.stage("mounting rootfs")
+    prop = lin.get("rootfsPropagation")
+    if prop in ("shared", "rshared"):
+        e.mount(None, ABS, rootfs_mod.mount_point_of(rootfs), None, linux.MS_PRIVATE, None)
+    else:
+        e.mount(None, ABS, "/", None, rootfs_mod._PROPAGATION.get(prop or "rprivate", linux.MS_PRIVATE | MS_REC),
+                None)
+    overlay = plan.overlay
+    if overlay:
+        lower = overlay.get("lower") or []
+        if isinstance(lower, str):
+            lower = [lower]
+        data = "lowerdir=" + ":".join(lower)
+        if not lower:
+            e.op(OP_FAIL, "overlay rootfs needs at least one lower dir")
+        elif overlay.get("upper"):
+            data += f",upperdir={overlay['upper']},workdir={overlay['work']}"
+        elif len(lower) < 2:
+            e.op(OP_FAIL, "overlay rootfs without upper dir needs two or more lower dirs")
+        for extra in overlay.get("options") or []:
+            data += "," + extra
+        e.mount("overlay", ABS, rootfs, "overlay", 0, data)
+    else:
+        e.mount(rootfs, ABS, rootfs, None, MS_BIND | MS_REC, None)
+    dev_is_ours = False
+    for m in spec.get("mounts") or []:
+        e.stage(f"mounting {m.get('destination')}")
+        _encode_mount(e, plan, m)
+        if m.get("destination") == "/dev" and m.get("type") != "bind":
+            dev_is_ours = True
+    e.stage("creating devices")
+    _encode_devices(e, lin.get("devices") or [], dev_is_ours)
+    if late:
+        e.op(OP_WAIT_G)
+        if plan.cgroup_tasks:
+            _join_cgroup(e, plan.cgroup_tasks)
+    e.stage("pivot_root")
+    e.op(OP_PIVOT)
+    e.stage("writing sysctls")
+    for key, value in (lin.get("sysctl") or {}).items():
+        try:
+            path = rootfs_mod.sysctl_path(key)
+        except ValueError as exc:
+            e.op(OP_FAIL, str(exc))
+            break
+        e.u8(OP_WRITEFILE)
+        e.path(ABS, path)
+        e.s(str(value))
+    e.stage("masking paths")
+    for p in lin.get("maskedPaths") or []:
+        e.u8(OP_MASK)
+        e.path(ABS, p)
+    e.stage("making paths read-only")
+    for p in lin.get("readonlyPaths") or []:
+        e.u8(OP_ROPATH)
+        e.path(ABS, p)
+    if (spec.get("root") or {}).get("readonly"):
+        e.stage("remounting rootfs read-only")
+        e.u8(OP_REMOUNT_RO)
+        e.path(ABS, "/")
+        e.i64(0)
+    e.stage("")
+    if prop in ("shared", "rshared", "slave", "rslave", "unbindable", "runbindable", "private"):
+        e.mount(None, ABS, "/", None, rootfs_mod._PROPAGATION[prop], None)
+
+
+def _encode_mount(e: _Enc, plan, m: dict) -> None:
+    """rootfs.mount_one, reduced to primitives (no user namespace, no parent-opened fds: see eligible)."""
+    dest_rel = m.get("destination")
+    if not isinstance(dest_rel, str) or not dest_rel.startswith("/"):
+        e.op(OP_FAIL, f"mount destination must be an absolute path: {dest_rel!r}")
+        return
+    e.u8(OP_RESOLVE)
+    e.u8(REG1)
+    e.s(dest_rel)
+    mtype = m.get("type") or ""
+    source = m.get("source") or mtype or "none"
+    opts = m.get("options") or []
+    flags, props, data = rootfs_mod.parse_options(opts)
+    if mtype == "bind" or flags & MS_BIND:
+        if not os.path.exists(source):
+            e.op(OP_FAIL, f"bind mount source {source!r} does not exist")
+            return
+        e.u8(OP_MKDIRS if os.path.isdir(source) else OP_TOUCH)
+        e.path(REG1, "")
+        e.mount(source, REG1, "", None, flags & (MS_BIND | MS_REC), None)
+        rest = flags & ~(MS_BIND | MS_REC)
+        if rest & MS_RDONLY:
+            e.u8(OP_REMOUNT_RO)
+            e.path(REG1, "")
+            e.i64(rest & ~MS_RDONLY & ~MS_REMOUNT)
+        elif rest & ~MS_REMOUNT:
+            e.mount(None, REG1, "", None, MS_BIND | MS_REMOUNT | (rest & ~MS_REMOUNT), None)
+    elif mtype == "cgroup":
+        e.u8(OP_MKDIRS)
+        e.path(REG1, "")
+        if plan.cgroup_v2:
+            e.mount("cgroup2", REG1, "", "cgroup2", flags, None)
+        else:
+            v1 = plan.cgroup_v1 if plan.cgroup_v1 is not None else rootfs_mod.v1_hierarchies()
+            e.mount("tmpfs", REG1, "", "tmpfs", flags & ~MS_RDONLY, "mode=755")
+            for name, hopts in v1:
+                e.u8(OP_MKDIRS)
+                e.path(REG1, "/" + name)
+                e.mount("cgroup", REG1, "/" + name, "cgroup", flags, hopts)
+            if flags & MS_RDONLY:
+                e.mount(None, REG1, "", None, MS_REMOUNT | MS_RDONLY | (flags & ~MS_RDONLY), "mode=755")
+    else:
+        e.u8(OP_MKDIRS)
+        e.path(REG1, "")
+        e.mount(source, REG1, "", mtype, flags, data or None)
+    for prop in props:
+        e.mount(None, REG1, "", None, prop, None)
+    attr_set, attr_clr = rootfs_mod.parse_recursive(opts)
+    if attr_set or attr_clr:
+        e.u8(OP_SETATTR)
+        e.path(REG1, "")
+        e.i64(attr_set)
+        e.i64(attr_clr)
+
+
+_DEFAULT_DEVICES: dict[bool, bytes] = {}
+
+
+def _encode_devices(e: _Enc, devices: list[dict], with_defaults: bool) -> None:
+    """rootfs.create_devices (mknod: no user namespace here)."""
+    if not devices:  # the usual case: the same bytes every time
+        chunk = _DEFAULT_DEVICES.get(with_defaults)
+        if chunk is None:
+            sub = _Enc()
+            sub.parts = []
+            _encode_devices_now(sub, [], with_defaults)
+            chunk = _DEFAULT_DEVICES[with_defaults] = b"".join(sub.parts)
+        e.parts.append(chunk)
+        return
+    _encode_devices_now(e, devices, with_defaults)
+
+
+def _encode_devices_now(e: _Enc, devices: list[dict], with_defaults: bool) -> None:
+    e.u8(OP_RESOLVE)
+    e.u8(REG2)
+    e.s("/dev")
+    wanted = []
+    if with_defaults:
+        wanted = [{"path": f"/dev/{n}", "type": "c", "major": ma, "minor": mi, "fileMode": 0o666}
+                  for n, ma, mi in rootfs_mod.DEFAULT_DEVICES]
+    wanted += devices or []
+    e.op(OP_UMASK, 0)
+    for d in wanted:
+        e.u8(OP_RESOLVE)
+        e.u8(REG1)
+        e.s(d["path"])
+        kind = _DEV_KINDS.get(d.get("type"))
+        if kind is None:
+            e.op(OP_FAIL, f"bad device type in {d!r}")
+            break
+        mode = (d.get("fileMode") or 0o666) & 0o7777
+        e.u8(OP_MKDIRS_PARENT)
+        e.path(REG1, "")
+        e.u8(OP_MKNOD)
+        e.path(REG1, "")
+        e.i64(kind | mode)
+        e.i64(int(d.get("major", 0)))
+        e.i64(int(d.get("minor", 0)))
+        if d.get("uid") is not None or d.get("gid") is not None:
+            e.i64(int(d.get("uid", 0) or 0))
+            e.i64(int(d.get("gid", 0) or 0))
+        else:
+            e.i64(-1)
+            e.i64(-1)
+    e.op(OP_UMASK_RESTORE)
+    if with_defaults:
+        for target, name in rootfs_mod._DEV_LINKS:
+            e.u8(OP_SYMLINK)
+            e.s(target)
+            e.path(REG2, "/" + name)
+
+
+def spawn(plan, c2p_w: int, p2c_r: int) -> int:
+    """Start pycri-init for plan; returns its pid (the container's, once it execs). A new pid namespace is made
+    here, around the spawn; a pid namespace to join is the caller's (launch.Process sets pid_ns_for_children)."""
+    stdio = list(plan.stdio) if plan.stdio is not None else []
+    memfd = os.memfd_create("pycri-plan", os.MFD_CLOEXEC)
+    own_ns = -1
+    try:
+        srcs = [memfd, p2c_r, c2p_w, *stdio]
+        base = max(srcs) + 1
+        stdio_fds = tuple(base + 3 + i for i in range(3)) if stdio else None
+        os.write(memfd, encode(plan, stdio_fds))
+        actions = [(os.POSIX_SPAWN_DUP2, fd, base + i) for i, fd in enumerate(srcs)]
+        if plan.clone_flags & linux.CLONE_NEWPID:
+            own_ns = os.open("/proc/self/ns/pid", os.O_RDONLY | os.O_CLOEXEC)
+            linux.unshare(linux.CLONE_NEWPID)
+        try:
+            # the monitor's environment, as a cloned child would have until its execve (the tests' leak check
+            # finds containers by it)
+            return os.posix_spawn(BINARY, [BINARY, str(base)], os.environ, file_actions=actions)
+        finally:
+            if own_ns >= 0:
+                linux.setns(own_ns, linux.CLONE_NEWPID)
+    finally:
+        os.close(memfd)
+        if own_ns >= 0:
+            os.close(own_ns)

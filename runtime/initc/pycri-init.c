@@ -1,0 +1,695 @@
+/* pycri-init: executes a container child plan made by runtime/fastinit.py (the Python monitor plans everything).
+ *
+ * Usage: pycri-init <base fd>: fd base+0 holds the encoded plan (a memfd), base+1 is p2c (reads "G", "S"),
+ * base+2 is c2p (writes "W <text>\n", "R \n", "E <text>\n"; close-on-exec, so EOF means execve succeeded).
+ * The plan is a list of operations (see fastinit.py for the encoding), run in order; the first failure sends
+ * "E <stage>: <text>" and exits 1, as runtime/launch.py's Python child does.
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <fcntl.h>
+#include <grp.h>
+#include <linux/filter.h>
+#include <linux/seccomp.h>
+#include <sched.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/mount.h>
+#include <sys/prctl.h>
+#include <sys/resource.h>
+#include <sys/stat.h>
+#include <sys/statvfs.h>
+#include <sys/syscall.h>
+#include <sys/sysmacros.h>
+#include <sys/types.h>
+#include <unistd.h>
+
+#ifndef MOUNT_ATTR_RDONLY
+struct mount_attr { uint64_t attr_set, attr_clr, propagation, userns_fd; };
+#endif
+#ifndef AT_RECURSIVE
+#define AT_RECURSIVE 0x8000
+#endif
+
+enum {
+    OP_STAGE = 1, OP_WAIT_G, OP_CGJOIN, OP_JOINNS, OP_UNSHARE, OP_FAIL, OP_MOUNT, OP_RESOLVE, OP_MKDIRS,
+    OP_TOUCH, OP_REMOUNT_RO, OP_SETATTR, OP_MKNOD, OP_UMASK, OP_UMASK_RESTORE, OP_SYMLINK, OP_PIVOT,
+    OP_WRITEFILE, OP_MASK, OP_ROPATH, OP_HOSTNAME, OP_DOMAINNAME, OP_RLIMIT, OP_OOM, OP_STDIO, OP_FINDEXE,
+    OP_CHDIR, OP_READY, OP_SECCOMP, OP_DROP, OP_NNP, OP_EXEC, OP_MKDIRS_PARENT, OP_WARN,
+};
+
+#define PATH_BUF 8192
+
+static int c2p = -1, p2c = -1;
+static const char *stage = "";
+static char *rootfs;
+static char reg[3][PATH_BUF];  /* path registers 1 and 2 (0 unused) */
+static char exe[PATH_BUF];
+static mode_t saved_umask;
+
+static unsigned char *buf;
+static size_t blen, bpos;
+
+static void write_all(int fd, const char *s, size_t n) {
+    while (n) {
+        ssize_t w = write(fd, s, n);
+        if (w < 0) {
+            if (errno == EINTR) continue;
+            return;
+        }
+        s += w; n -= (size_t)w;
+    }
+}
+
+static void send_msg(char kind, const char *text) {
+    size_t n = strlen(text);
+    char *out = malloc(n + 4);
+    if (!out) _exit(1);
+    out[0] = kind; out[1] = ' ';
+    for (size_t i = 0; i < n; i++) out[2 + i] = text[i] == '\n' ? ' ' : text[i];
+    out[2 + n] = '\n';
+    write_all(c2p, out, n + 3);
+    free(out);
+}
+
+static void __attribute__((noreturn, format(printf, 1, 2))) die(const char *fmt, ...) {
+    char msg[PATH_BUF * 3], full[PATH_BUF * 4];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    va_end(ap);
+    if (*stage) snprintf(full, sizeof full, "%s: %s", stage, msg);
+    else snprintf(full, sizeof full, "%s", msg);
+    send_msg('E', full);
+    _exit(1);
+}
+
+/* die with "<path>: <strerror>" (a Python OSError with a filename) */
+static void __attribute__((noreturn)) die_path(const char *path, int err) {
+    die("%s: %s", path, strerror(err));
+}
+
+/* Python's repr() of a str (the common cases; None for NULL) */
+static const char *pyrepr(const char *s, char *out, size_t size) {
+    if (!s) { snprintf(out, size, "None"); return out; }
+    int has_sq = strchr(s, '\'') != NULL, has_dq = strchr(s, '"') != NULL;
+    char q = has_sq && !has_dq ? '"' : '\'';
+    size_t o = 0;
+    out[o++] = q;
+    for (const unsigned char *p = (const unsigned char *)s; *p && o + 8 < size; p++) {
+        if (*p == '\\') { out[o++] = '\\'; out[o++] = '\\'; }
+        else if (*p == (unsigned char)q) { out[o++] = '\\'; out[o++] = q; }
+        else if (*p == '\n') { out[o++] = '\\'; out[o++] = 'n'; }
+        else if (*p == '\t') { out[o++] = '\\'; out[o++] = 't'; }
+        else if (*p == '\r') { out[o++] = '\\'; out[o++] = 'r'; }
+        else if (*p < 0x20 || *p == 0x7f) o += (size_t)snprintf(out + o, size - o, "\\x%02x", *p);
+        else out[o++] = (char)*p;
+    }
+    out[o++] = q;
+    out[o] = 0;
+    return out;
+}
+
+/* ---- plan decoding ---- */
+static void __attribute__((noreturn)) bad_plan(void) {
+    stage = "";
+    die("pycri-init: malformed plan");
+}
+
+static uint8_t get_u8(void) {
+    if (bpos + 1 > blen) bad_plan();
+    return buf[bpos++];
+}
+
+static int64_t get_i64(void) {
+    int64_t v;
+    if (bpos + 8 > blen) bad_plan();
+    memcpy(&v, buf + bpos, 8);
+    bpos += 8;
+    return v;
+}
+
+/* a string: u32 length (0xffffffff: None), the bytes, a NUL (not counted) */
+static char *get_str_len(uint32_t *len_out) {
+    uint32_t n;
+    if (bpos + 4 > blen) bad_plan();
+    memcpy(&n, buf + bpos, 4);
+    bpos += 4;
+    if (n == 0xffffffffu) { if (len_out) *len_out = 0; return NULL; }
+    if (bpos + n + 1 > blen || buf[bpos + n] != 0) bad_plan();
+    char *s = (char *)buf + bpos;
+    bpos += n + 1;
+    if (len_out) *len_out = n;
+    return s;
+}
+
+static char *get_str(void) { return get_str_len(NULL); }
+
+/* a path argument: u8 register (0: absolute), then a string appended to it */
+static char *get_path(char *out) {
+    uint8_t r = get_u8();
+    char *s = get_str();
+    if (r > 2 || !s) bad_plan();
+    if (snprintf(out, PATH_BUF, "%s%s", r ? reg[r] : "", s) >= PATH_BUF) die("path too long");
+    return out;
+}
+
+/* ---- helpers mirroring runtime/rootfs.py ---- */
+static void do_mount(const char *src, const char *target, const char *fstype, unsigned long flags,
+                     const char *data) {
+    if (mount(src, target, fstype, flags, data) < 0) {
+        int err = errno;
+        char a[PATH_BUF], b[PATH_BUF], c[256], d[PATH_BUF];
+        die("mount %s on %s (type %s, flags 0x%lx, data %s): %s", pyrepr(src, a, sizeof a),
+            pyrepr(target, b, sizeof b), pyrepr(fstype, c, sizeof c), flags, pyrepr(data, d, sizeof d),
+            strerror(err));
+    }
+}
+
+/* os.path.join(a, b) for a relative b */
+static void path_join(char *out, const char *a, const char *b) {
+    size_t la = strlen(a);
+    if (la && a[la - 1] == '/') snprintf(out, PATH_BUF, "%s%s", a, b);
+    else snprintf(out, PATH_BUF, "%s/%s", a, b);
+}
+
+/* rootfs.secure_join */
+static void secure_join(const char *root, const char *unsafe, char *out) {
+    /* a work list of components: start with unsafe's */
+    static char work[PATH_BUF * 4];
+    char resolved[PATH_BUF] = "";  /* "/a/b" relative to root, "" for root itself */
+    int links = 0;
+    snprintf(work, sizeof work, "%s", unsafe);
+    char *p = work;
+    for (;;) {
+        while (*p == '/') p++;
+        if (!*p) break;
+        char *end = strchr(p, '/');
+        size_t n = end ? (size_t)(end - p) : strlen(p);
+        char part[PATH_BUF];
+        if (n >= sizeof part) die("path component too long");
+        memcpy(part, p, n); part[n] = 0;
+        p += n;
+        if (!strcmp(part, ".")) continue;
+        if (!strcmp(part, "..")) {
+            char *slash = strrchr(resolved, '/');
+            if (slash) *slash = 0;
+            continue;
+        }
+        char cand[PATH_BUF];
+        if (snprintf(cand, sizeof cand, "%s%s/%s", root, resolved, part) >= (int)sizeof cand) die("path too long");
+        struct stat st;
+        if (lstat(cand, &st) < 0) {
+            if (errno != ENOENT) die_path(cand, errno);
+            strcat(resolved, "/"); strcat(resolved, part);
+            continue;
+        }
+        if (S_ISLNK(st.st_mode)) {
+            if (++links > 255) {
+                char r[PATH_BUF];
+                die("too many symlinks resolving %s", pyrepr(unsafe, r, sizeof r));
+            }
+            char target[PATH_BUF];
+            ssize_t tl = readlink(cand, target, sizeof target - 1);
+            if (tl < 0) die_path(cand, errno);
+            target[tl] = 0;
+            if (target[0] == '/') resolved[0] = 0;
+            /* new work = target + "/" + rest */
+            size_t rest = strlen(p);
+            if ((size_t)tl + 1 + rest + 1 > sizeof work) die("path too long");
+            char tmp[PATH_BUF * 4];
+            snprintf(tmp, sizeof tmp, "%s/%s", target, p);
+            snprintf(work, sizeof work, "%s", tmp);
+            p = work;
+            continue;
+        }
+        if (strlen(resolved) + n + 2 > sizeof resolved) die("path too long");
+        strcat(resolved, "/"); strcat(resolved, part);
+    }
+    /* os.path.join(root, *resolved) */
+    if (!resolved[0]) snprintf(out, PATH_BUF, "%s", root);
+    else if (root[strlen(root) - 1] == '/') snprintf(out, PATH_BUF, "%s%s", root, resolved + 1);
+    else snprintf(out, PATH_BUF, "%s%s", root, resolved);
+}
+
+static int is_dir(const char *path) {
+    struct stat st;
+    return stat(path, &st) == 0 && S_ISDIR(st.st_mode);
+}
+
+/* os.makedirs(path, 0o755, exist_ok=True) */
+static void mkdirs(const char *path) {
+    char tmp[PATH_BUF];
+    snprintf(tmp, sizeof tmp, "%s", path);
+    size_t n = strlen(tmp);
+    while (n > 1 && tmp[n - 1] == '/') tmp[--n] = 0;
+    if (mkdir(tmp, 0755) == 0) return;
+    int err = errno;
+    if (err == EEXIST) {
+        if (is_dir(tmp)) return;
+        die_path(tmp, EEXIST);
+    }
+    if (err != ENOENT) die_path(tmp, err);
+    char *slash = strrchr(tmp, '/');
+    if (slash && slash != tmp) {
+        *slash = 0;
+        mkdirs(tmp);
+        *slash = '/';
+    }
+    if (mkdir(tmp, 0755) < 0 && !(errno == EEXIST && is_dir(tmp))) die_path(tmp, errno);
+}
+
+static void dirname_of(const char *path, char *out) {
+    snprintf(out, PATH_BUF, "%s", path);
+    char *slash = strrchr(out, '/');
+    if (!slash) { out[0] = 0; return; }
+    char *s = slash;
+    while (s > out && *(s - 1) == '/') s--;  /* os.path.dirname strips trailing slashes of the head */
+    if (s == out) out[1] = 0; else *s = 0;
+}
+
+static void touch(const char *path) {
+    char dir[PATH_BUF];
+    dirname_of(path, dir);
+    if (dir[0]) mkdirs(dir);
+    struct stat st;
+    if (stat(path, &st) == 0) return;
+    int fd = open(path, O_CREAT | O_WRONLY | O_CLOEXEC, 0644);
+    if (fd < 0) die_path(path, errno);
+    close(fd);
+}
+
+#define ST_KEEP (MS_NOSUID | MS_NODEV | MS_NOEXEC | MS_NOATIME | MS_NODIRATIME)
+
+static void remount_ro(const char *path, unsigned long extra) {
+    struct statvfs sv;
+    if (statvfs(path, &sv) < 0) die_path(path, errno);
+    unsigned long keep = sv.f_flag & ST_KEEP;
+    if (sv.f_flag & 4096) keep |= MS_RELATIME;
+    do_mount(NULL, path, NULL, MS_BIND | MS_REMOUNT | MS_RDONLY | keep | extra, NULL);
+}
+
+static void wait_byte(char want) {
+    char b;
+    for (;;) {
+        ssize_t r = read(p2c, &b, 1);
+        if (r < 0 && errno == EINTR) continue;
+        if (r == 1 && b == want) return;
+        _exit(1);
+    }
+}
+
+static void write_file(const char *path, const char *data, size_t n) {
+    int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0666);
+    if (fd < 0) die_path(path, errno);
+    while (n) {
+        ssize_t w = write(fd, data, n);
+        if (w < 0) {
+            if (errno == EINTR) continue;
+            die("%s", strerror(errno));
+        }
+        data += w; n -= (size_t)w;
+    }
+    close(fd);
+}
+
+static void pivot(const char *root) {
+    int old = open("/", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (old < 0) die_path("/", errno);
+    int new = open(root, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (new < 0) die_path(root, errno);
+    if (fchdir(new) < 0) die("%s", strerror(errno));
+    if (syscall(SYS_pivot_root, ".", ".") < 0) die("pivot_root: %s", strerror(errno));
+    if (fchdir(old) < 0) die("%s", strerror(errno));
+    do_mount(NULL, ".", NULL, MS_SLAVE | MS_REC, NULL);
+    if (umount2(".", MNT_DETACH) < 0) die("umount '.': %s", strerror(errno));
+    close(old);
+    close(new);
+    if (chdir("/") < 0) die_path("/", errno);
+}
+
+static void find_exe(const char *arg0, const char *path_var) {
+    struct stat st;
+    if (strchr(arg0, '/')) {
+        if (stat(arg0, &st) < 0) die("exec: \"%s\": no such file or directory", arg0);
+        if (access(arg0, X_OK) < 0 || S_ISDIR(st.st_mode)) die("exec: \"%s\": permission denied", arg0);
+        snprintf(exe, sizeof exe, "%s", arg0);
+        return;
+    }
+    const char *p = path_var;
+    for (;;) {
+        const char *end = strchr(p, ':');
+        size_t n = end ? (size_t)(end - p) : strlen(p);
+        char dir[PATH_BUF];
+        if (n == 0) snprintf(dir, sizeof dir, ".");
+        else snprintf(dir, sizeof dir, "%.*s", (int)n, p);
+        char cand[PATH_BUF];
+        path_join(cand, dir, arg0);
+        if (stat(cand, &st) == 0 && S_ISREG(st.st_mode) && access(cand, X_OK) == 0) {
+            snprintf(exe, sizeof exe, "%s", cand);
+            return;
+        }
+        if (!end) break;
+        p = end + 1;
+    }
+    die("exec: \"%s\": executable file not found in $PATH", arg0);
+}
+
+static void prctl_or_die(int option, unsigned long arg2, int two_args) {
+    if (prctl(option, arg2, 0UL, 0UL, 0UL) < 0) {
+        int err = errno;
+        if (two_args) die("prctl(%d, %lu): %s", option, arg2, strerror(err));
+        die("prctl(%d): %s", option, strerror(err));
+    }
+}
+
+struct cap_hdr { uint32_t version; int pid; };
+struct cap_data { uint32_t effective, permitted, inheritable; };
+
+static void drop_privileges(void) {
+    int have_caps = get_u8();
+    int64_t ndrop = get_i64();
+    for (int64_t i = 0; i < ndrop; i++) {
+        int64_t c = get_i64();
+        prctl_or_die(PR_CAPBSET_DROP, (unsigned long)c, 1);
+    }
+    int64_t ngids = get_i64();
+    if (ngids < 0 || ngids > 65536) bad_plan();
+    gid_t *gids = malloc(sizeof(gid_t) * (size_t)(ngids ? ngids : 1));
+    for (int64_t i = 0; i < ngids; i++) gids[i] = (gid_t)get_i64();
+    gid_t gid = (gid_t)get_i64();
+    uid_t uid = (uid_t)get_i64();
+    uint64_t eff = (uint64_t)get_i64(), prm = (uint64_t)get_i64(), inh = (uint64_t)get_i64();
+    int64_t namb = get_i64();
+    prctl_or_die(PR_SET_KEEPCAPS, 1, 0);
+    if (setgroups((size_t)ngids, gids) < 0) die("%s", strerror(errno));
+    if (setresgid(gid, gid, gid) < 0) die("%s", strerror(errno));
+    if (setresuid(uid, uid, uid) < 0) die("%s", strerror(errno));
+    prctl_or_die(PR_SET_KEEPCAPS, 0, 0);
+    if (have_caps) {
+        struct cap_hdr hdr = {0x20080522, 0};
+        struct cap_data data[2];
+        for (int i = 0; i < 2; i++) {
+            data[i].effective = (uint32_t)(eff >> (32 * i));
+            data[i].permitted = (uint32_t)(prm >> (32 * i));
+            data[i].inheritable = (uint32_t)(inh >> (32 * i));
+        }
+        if (syscall(SYS_capset, &hdr, data) < 0) die("capset: %s", strerror(errno));
+        prctl_or_die(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0);
+    }
+    for (int64_t i = 0; i < namb; i++) {
+        int64_t c = get_i64();
+        if (prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_RAISE, (unsigned long)c, 0UL, 0UL) < 0)
+            die("prctl(%d, %d): %s", PR_CAP_AMBIENT, PR_CAP_AMBIENT_RAISE, strerror(errno));
+    }
+    free(gids);
+}
+
+static char **get_strv(void) {
+    int64_t n = get_i64();
+    if (n < 0 || n > 1 << 20) bad_plan();
+    char **v = calloc((size_t)n + 1, sizeof(char *));
+    if (!v) _exit(1);
+    for (int64_t i = 0; i < n; i++) {
+        v[i] = get_str();
+        if (!v[i]) bad_plan();
+    }
+    return v;
+}
+
+static void read_plan(int fd) {
+    struct stat st;
+    if (fstat(fd, &st) < 0) _exit(1);
+    blen = (size_t)st.st_size;
+    buf = malloc(blen + 1);
+    if (!buf) _exit(1);
+    size_t got = 0;
+    while (got < blen) {
+        ssize_t r = pread(fd, buf + got, blen - got, (off_t)got);
+        if (r < 0 && errno == EINTR) continue;
+        if (r <= 0) _exit(1);
+        got += (size_t)r;
+    }
+    close(fd);
+}
+
+int main(int argc, char **argv) {
+    if (argc != 2) {
+        fprintf(stderr, "pycri-init is started by the pycri monitor only\n");
+        return 2;
+    }
+    int base = atoi(argv[1]);
+    p2c = base + 1;
+    c2p = base + 2;
+    if (fcntl(c2p, F_SETFD, FD_CLOEXEC) < 0 || fcntl(p2c, F_SETFD, FD_CLOEXEC) < 0) _exit(1);
+    read_plan(base);
+    {
+        int sigs[] = {SIGPIPE, SIGXFSZ, SIGINT, SIGTERM, SIGCHLD, SIGHUP};
+        for (size_t i = 0; i < sizeof sigs / sizeof sigs[0]; i++) signal(sigs[i], SIG_DFL);
+        sigset_t empty;
+        sigemptyset(&empty);
+        sigprocmask(SIG_SETMASK, &empty, NULL);
+    }
+    if (get_u8() != 'P' || get_u8() != 1) bad_plan();
+    rootfs = get_str();
+    char pa[PATH_BUF], pb[PATH_BUF];
+    for (;;) {
+        uint8_t op = get_u8();
+        switch (op) {
+        case OP_STAGE:
+            stage = get_str();
+            if (!stage) stage = "";
+            break;
+        case OP_WAIT_G:
+            wait_byte('G');
+            break;
+        case OP_CGJOIN: {
+            char *path = get_str();
+            int fd = open(path, O_WRONLY | O_CLOEXEC);
+            if (fd < 0) die_path(path, errno);
+            if (write(fd, "0", 1) < 0) die("%s", strerror(errno));
+            close(fd);
+            break;
+        }
+        case OP_JOINNS: {
+            int64_t n = get_i64();
+            if (n < 0 || n > 16) bad_plan();
+            int fds[16], types[16];
+            for (int64_t i = 0; i < n; i++) {
+                char *path = get_str();
+                types[i] = (int)get_i64();
+                fds[i] = open(path, O_RDONLY | O_CLOEXEC);
+                if (fds[i] < 0) die_path(path, errno);
+            }
+            for (int64_t i = 0; i < n; i++) {
+                if (setns(fds[i], types[i]) < 0) die("setns: %s", strerror(errno));
+                close(fds[i]);
+            }
+            break;
+        }
+        case OP_UNSHARE: {
+            int64_t flags = get_i64();
+            if (unshare((int)flags) < 0) die("unshare: %s", strerror(errno));
+            break;
+        }
+        case OP_FAIL:
+            die("%s", get_str());
+        case OP_WARN:
+            send_msg('W', get_str());
+            break;
+        case OP_MOUNT: {
+            char *src = get_str();
+            get_path(pa);
+            char *fstype = get_str();
+            unsigned long flags = (unsigned long)get_i64();
+            char *data = get_str();
+            do_mount(src, pa, fstype, flags, data);
+            break;
+        }
+        case OP_RESOLVE: {
+            uint8_t r = get_u8();
+            char *rel = get_str();
+            if (r < 1 || r > 2 || !rel) bad_plan();
+            secure_join(rootfs, rel, reg[r]);
+            break;
+        }
+        case OP_MKDIRS:
+            mkdirs(get_path(pa));
+            break;
+        case OP_MKDIRS_PARENT:
+            dirname_of(get_path(pa), pb);
+            if (pb[0]) mkdirs(pb);
+            break;
+        case OP_TOUCH:
+            touch(get_path(pa));
+            break;
+        case OP_REMOUNT_RO: {
+            get_path(pa);
+            remount_ro(pa, (unsigned long)get_i64());
+            break;
+        }
+        case OP_SETATTR: {
+            get_path(pa);
+            struct mount_attr attr = {0};
+            attr.attr_set = (uint64_t)get_i64();
+            attr.attr_clr = (uint64_t)get_i64();
+            if (syscall(SYS_mount_setattr, AT_FDCWD, pa, AT_RECURSIVE, &attr, sizeof attr) < 0) {
+                int err = errno;
+                char r[PATH_BUF];
+                if (err == ENOSYS)
+                    die("recursive mount options (rro) on %s need mount_setattr(2), Linux 5.12 or later",
+                        pyrepr(pa, r, sizeof r));
+                die("mount_setattr %s: %s", pyrepr(pa, r, sizeof r), strerror(err));
+            }
+            break;
+        }
+        case OP_MKNOD: {
+            get_path(pa);
+            mode_t mode = (mode_t)get_i64();
+            unsigned maj = (unsigned)get_i64(), min = (unsigned)get_i64();
+            int64_t uid = get_i64(), gid = get_i64();
+            struct stat st;
+            if (lstat(pa, &st) == 0 && unlink(pa) < 0) die_path(pa, errno);
+            if (mknod(pa, mode, makedev(maj, min)) < 0) die_path(pa, errno);
+            if (uid >= 0 && chown(pa, (uid_t)uid, (gid_t)gid) < 0) die_path(pa, errno);
+            break;
+        }
+        case OP_UMASK:
+            saved_umask = umask((mode_t)get_i64());
+            break;
+        case OP_UMASK_RESTORE:
+            umask(saved_umask);
+            break;
+        case OP_SYMLINK: {
+            char *target = get_str();
+            get_path(pa);
+            struct stat st;
+            if (lstat(pa, &st) < 0 && symlink(target, pa) < 0) die_path(target, errno);
+            break;
+        }
+        case OP_PIVOT:
+            pivot(rootfs);
+            break;
+        case OP_WRITEFILE: {
+            get_path(pa);
+            uint32_t n;
+            char *data = get_str_len(&n);
+            write_file(pa, data, n);
+            break;
+        }
+        case OP_MASK: {
+            get_path(pa);
+            struct stat st, lst;
+            int dir = stat(pa, &st) == 0 && S_ISDIR(st.st_mode) && lstat(pa, &lst) == 0 && !S_ISLNK(lst.st_mode);
+            const char *src = dir ? "tmpfs" : "/dev/null", *fstype = dir ? "tmpfs" : NULL;
+            unsigned long flags = dir ? MS_RDONLY : MS_BIND;
+            if (mount(src, pa, fstype, flags, NULL) < 0 && errno != ENOENT) do_mount(src, pa, fstype, flags, NULL);
+            break;
+        }
+        case OP_ROPATH: {
+            get_path(pa);
+            struct stat st;
+            if (stat(pa, &st) < 0) break;
+            do_mount(pa, pa, NULL, MS_BIND | MS_REC, NULL);
+            remount_ro(pa, 0);
+            break;
+        }
+        case OP_HOSTNAME: {
+            uint32_t n;
+            char *s = get_str_len(&n);
+            if (sethostname(s, n) < 0) die("sethostname: %s", strerror(errno));
+            break;
+        }
+        case OP_DOMAINNAME: {
+            uint32_t n;
+            char *s = get_str_len(&n);
+            if (setdomainname(s, n) < 0) die("setdomainname: %s", strerror(errno));
+            break;
+        }
+        case OP_RLIMIT: {
+            int res = (int)get_i64();
+            struct rlimit rl;
+            rl.rlim_cur = (rlim_t)get_i64();
+            rl.rlim_max = (rlim_t)get_i64();
+            if (setrlimit(res, &rl) < 0) {
+                if (errno == EINVAL) die("current limit exceeds maximum limit");
+                if (errno == EPERM) die("not allowed to raise maximum limit");
+                die("%s", strerror(errno));
+            }
+            break;
+        }
+        case OP_OOM: {
+            uint32_t n;
+            char *val = get_str_len(&n);
+            char *warn = get_str();
+            int fd = open("/proc/self/oom_score_adj", O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0666);
+            int err = 0;
+            if (fd < 0) err = errno;
+            else if (write(fd, val, n) < 0) err = errno;
+            if (fd >= 0) close(fd);
+            if (err == EPERM || err == EACCES) {
+                char w[PATH_BUF];
+                snprintf(w, sizeof w, "%s%s", warn, strerror(err));
+                send_msg('W', w);
+            } else if (err) {
+                if (fd < 0) die_path("/proc/self/oom_score_adj", err);
+                die("%s", strerror(err));
+            }
+            break;
+        }
+        case OP_STDIO: {
+            int fds[3];
+            for (int i = 0; i < 3; i++) fds[i] = (int)get_i64();
+            for (int i = 0; i < 3; i++)
+                if (dup2(fds[i], i) < 0) die("%s", strerror(errno));
+            break;
+        }
+        case OP_FINDEXE: {
+            char *arg0 = get_str();
+            char *pathv = get_str();
+            find_exe(arg0, pathv);
+            break;
+        }
+        case OP_CHDIR: {
+            char *dir = get_str();
+            if (chdir(dir) < 0) die_path(dir, errno);
+            break;
+        }
+        case OP_READY:
+            write_all(c2p, "R \n", 3);
+            wait_byte('S');
+            break;
+        case OP_SECCOMP: {
+            uint32_t n;
+            char *prog = get_str_len(&n);
+            struct sock_fprog fprog = {(unsigned short)(n / sizeof(struct sock_filter)),
+                                       (struct sock_filter *)prog};
+            if (prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, &fprog, 0UL, 0UL) < 0)
+                die("prctl(PR_SET_SECCOMP): %s", strerror(errno));
+            break;
+        }
+        case OP_DROP:
+            drop_privileges();
+            break;
+        case OP_NNP:
+            prctl_or_die(PR_SET_NO_NEW_PRIVS, 1, 0);
+            break;
+        case OP_EXEC: {
+            char **args = get_strv();
+            char **env = get_strv();
+            /* only c2p stays (close-on-exec): EOF tells the parent execve succeeded */
+            if (c2p > 3) syscall(SYS_close_range, 3, c2p - 1, 0);
+            syscall(SYS_close_range, c2p + 1, ~0U, 0);
+            execve(exe, args, env);
+            die_path(exe, errno);
+        }
+        default:
+            bad_plan();
+        }
+    }
+}

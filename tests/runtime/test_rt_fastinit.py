@@ -1,0 +1,255 @@
+"""Fast init (runtime/fastinit.py, runtime/initc/pycri-init): which plans go to the C child, and that a container
+sees the same thing whichever child set it up (PYCRI_FASTINIT=0: the Python child)."""
+from __future__ import annotations
+
+import os
+import re
+
+import pytest
+from tests.runtime.conftest import MonitorHandle
+from tests.runtime.rt_helpers import log_text, make_rootfs, make_spec, write_bundle
+
+from runtime import fastinit, launch
+from runtime.client import MonitorError
+
+pytestmark = pytest.mark.skipif(not os.access(fastinit.BINARY, os.X_OK),
+                                reason="runtime/initc/pycri-init not built (make initc)")
+
+# what the container reports about itself: status lines, ids, mounts (point, per-mount options, fs type and
+# super options: ids differ between runs), masked and read-only paths, cwd, env, rlimits, umask, /dev
+PROBE = r"""
+grep -E '^(Cap|NoNewPrivs|Seccomp)' /proc/self/status
+id; hostname; cat /proc/sys/kernel/domainname; pwd; umask; ulimit -n; ulimit -Hn; cat /proc/self/oom_score_adj
+env | sort
+awk '{ for (i = 7; $i != "-"; i++); print $5, $6, $(i+1), $(i+3) }' /proc/self/mountinfo
+ls -ln /dev | awk '{print $1, $3, $4, $5, $6, $NF}'
+wc -c < /proc/kcore; ls /sys/firmware | wc -l
+(echo 1 > /proc/sys/kernel/ns_last_pid) 2>&1 | sed 's/.*: //'
+(touch /proc/sysrq-trigger) 2>&1 | sed 's/.*: //'
+(touch /probe-rootfs && echo rootfs-rw) 2>&1 | sed 's/.*: //'; rm -f /probe-rootfs
+cat /proc/sys/net/ipv4/ip_forward
+ls -la /mnt 2>&1 | wc -l
+(mkdir /tmp/x && echo mkdir-ok && rmdir /tmp/x) 2>&1 | sed 's/.*: //'
+exit 3
+"""
+
+
+def _variants(tmp_path) -> dict:
+    src = tmp_path / "src"
+    src.mkdir(exist_ok=True)
+    (src / "f").write_text("file\n")
+    (src / "sub").mkdir(exist_ok=True)
+
+    def plain(spec):
+        pass
+
+    def user(spec):
+        p = spec["process"]
+        p["user"] = {"uid": 65534, "gid": 65534, "additionalGids": [5, 7], "umask": 0o027}
+        p["cwd"] = "/tmp"
+        p["noNewPrivileges"] = False
+        p["env"] += ["A=1", "A=2", "B=x=y", "NOEQUALS"]
+        p["rlimits"] = [{"type": "RLIMIT_NOFILE", "soft": 1000, "hard": 2000},
+                        {"type": "RLIMIT_CORE", "soft": 2**64 - 1, "hard": 2**64 - 1}]
+        p["oomScoreAdj"] = 300
+        c = p["capabilities"]
+        c["bounding"] = ["CAP_KILL", "CAP_NET_RAW", "CAP_CHOWN"]
+        c["effective"] = c["permitted"] = ["CAP_KILL", "CAP_NET_RAW"]
+        c["inheritable"] = c["ambient"] = ["CAP_NET_RAW"]
+        spec["root"]["readonly"] = True
+        spec["domainname"] = "example.org"
+
+    def mounts(spec):
+        spec["mounts"] += [
+            {"destination": "/mnt", "type": "bind", "source": str(src), "options": ["rbind", "ro", "nosuid"]},
+            {"destination": "/mnt2/f", "type": "bind", "source": str(src / "f"), "options": ["bind"]},
+            {"destination": "/mnt3", "type": "bind", "source": str(src), "options": ["rbind", "rro", "rprivate"]},
+            {"destination": "/scratch", "type": "tmpfs", "source": "tmpfs",
+             "options": ["nodev", "noexec", "size=1m", "mode=1777"]},
+            {"destination": "/sys/fs/cgroup", "type": "cgroup", "source": "cgroup",
+             "options": ["nosuid", "noexec", "nodev", "relatime", "ro"]},
+        ]
+        spec["linux"]["devices"] = [{"path": "/dev/fuse", "type": "c", "major": 10, "minor": 229,
+                                     "fileMode": 0o640, "uid": 0, "gid": 5}]
+        spec["linux"]["sysctl"] = {"net.ipv4.ip_forward": "1"}
+        spec["linux"]["rootfsPropagation"] = "rslave"
+
+    def seccomp(spec):
+        spec["linux"]["seccomp"] = {
+            "defaultAction": "SCMP_ACT_ALLOW", "architectures": ["SCMP_ARCH_X86_64", "SCMP_ARCH_X86"],
+            "syscalls": [{"names": ["mkdir", "mkdirat"], "action": "SCMP_ACT_ERRNO", "errnoRet": 13}]}
+
+    def seccomp_no_nnp(spec):
+        seccomp(spec)
+        spec["process"]["noNewPrivileges"] = False
+
+    return {"plain": plain, "user": user, "mounts": mounts, "seccomp": seccomp, "seccomp_no_nnp": seccomp_no_nnp}
+
+
+def _spec(mutate) -> dict:
+    spec = make_spec(["sh", "-c", PROBE])
+    mutate(spec)
+    return spec
+
+
+def _plan(spec, bundle_dir):
+    return launch.plan_from_spec(spec, bundle_dir, stdio=(0, 1, 2))
+
+
+def test_eligibility(tmp_path, rootfs):
+    b = write_bundle(str(tmp_path / "b"), make_spec(["true"]), rootfs)
+    for name, mutate in _variants(tmp_path).items():
+        assert fastinit.eligible(_plan(_spec(mutate), b)), name
+    not_eligible = {
+        "userns": lambda s: (s["linux"]["namespaces"].append({"type": "user"}),
+                             s["linux"].update(uidMappings=[{"containerID": 0, "hostID": 100000, "size": 65536}],
+                                               gidMappings=[{"containerID": 0, "hostID": 100000, "size": 65536}])),
+        "terminal": lambda s: s["process"].update(terminal=True),
+        "apparmor": lambda s: s["process"].update(apparmorProfile="unconfined"),
+        "idmap": lambda s: s["mounts"].append({"destination": "/m", "type": "bind", "source": "/tmp",
+                                               "options": ["bind"],
+                                               "uidMappings": [{"containerID": 0, "hostID": 1, "size": 1}],
+                                               "gidMappings": [{"containerID": 0, "hostID": 1, "size": 1}]}),
+    }
+    for name, mutate in not_eligible.items():
+        assert not fastinit.eligible(_plan(_spec(mutate), b)), name
+    plan = _plan(make_spec(["true"], hooks={"createContainer": [{"path": "/bin/true"}]}), b)
+    assert fastinit.eligible(plan)  # hooks of a container's init only (hook_state set by the monitor)
+    plan.hook_state = {"id": "x", "bundle": b}
+    assert not fastinit.eligible(plan)
+    plan = _plan(make_spec(["true"]), b)
+    plan.runtime_hooks = True
+    assert not fastinit.eligible(plan)
+    plan = launch.plan_for_exec(os.getpid(), {"args": ["true"]}, make_spec(["true"]))
+    assert not fastinit.eligible(plan)  # nothing to join (our own namespaces): not an exec into a container
+
+
+def _run_all(monkeypatch, tmp_root, tmp_path, rootfs, mode: str, bundles: dict) -> dict:
+    import tempfile
+    monkeypatch.setenv("PYCRI_FASTINIT", mode)
+    h = MonitorHandle(tempfile.mkdtemp(prefix="m", dir=tmp_root))
+    out = {}
+    try:
+        for name, b in bundles.items():
+            if name == "plain_sleep":
+                continue
+            log = os.path.join(str(tmp_path), f"{name}-{mode}.log")
+            cid = f"{name}-{mode}"
+            try:
+                r = h.client.create(cid, b, log_path=log)
+            except MonitorError as exc:
+                out[name] = ("error", str(exc))
+                continue
+            h.client.start(cid)
+            ex = h.client.wait(cid, timeout=30)
+            h.client.delete(cid)
+            out[name] = (ex["exit_code"], ex["signal"], log_text(log), log_text(log, "stderr"), r["warnings"])
+        # an exec into a running container (joined namespaces, no rootfs set-up)
+        cid = f"long-{mode}"
+        h.client.create(cid, bundles["plain_sleep"])
+        h.client.start(cid)
+        for args in (["sh", "-c", PROBE], ["nope"], ["/bin/nope"], ["/bin"]):
+            try:
+                r = h.client.exec(cid, {"args": args, "cwd": "/tmp"})
+                out[f"exec {args[0][:8]}"] = (r.exit_code, r.stdout.decode(), r.stderr.decode())
+            except MonitorError as exc:
+                out[f"exec {args[0][:8]}"] = ("error", str(exc))
+        try:
+            h.client.exec(cid, {"args": ["true"], "cwd": "/no/where"})
+        except MonitorError as exc:
+            out["exec badcwd"] = ("error", str(exc))
+        h.client.kill(cid, "KILL")
+        h.client.wait(cid, timeout=10)
+        h.client.delete(cid)
+    finally:
+        h.stop()
+    return out
+
+
+def _bundles(base: str, variants: dict, errors: dict) -> dict:
+    """Every bundle, on a rootfs of their own (containers change it: mount points, files)."""
+    rootfs = make_rootfs(os.path.join(base, "rootfs"))
+    bundles = {name: write_bundle(os.path.join(base, name), _spec(mutate), rootfs)
+               for name, mutate in {**variants, **errors}.items()}
+    bundles["plain_sleep"] = write_bundle(os.path.join(base, "plain_sleep"), make_spec(["sleep", "1000"]), rootfs)
+    for b in bundles.values():  # the C path is the one tested with "1"
+        spec = launch.spec_json(os.path.join(b, "config.json"))
+        assert fastinit.eligible(_plan(spec, b)), b
+    return bundles
+
+
+def test_both_children_give_the_same_container(monkeypatch, tmp_root, tmp_path, rootfs):
+    errors = {
+        "nobinary": lambda s: s["process"].update(args=["nope"]),
+        "nobinary_abs": lambda s: s["process"].update(args=["/bin/nope"]),
+        "dir_binary": lambda s: s["process"].update(args=["/bin"]),
+        "badcwd": lambda s: s["process"].update(cwd="/no/where"),
+        "nobindsrc": lambda s: s["mounts"].append({"destination": "/mnt", "type": "bind",
+                                                   "source": "/does/not/exist", "options": ["rbind"]}),
+        "badrlimit": lambda s: s["process"].update(rlimits=[{"type": "RLIMIT_BOGUS", "soft": 1, "hard": 1}]),
+        "badsysctl": lambda s: s["linux"].update(sysctl={"kernel.no_such_sysctl_xyz": "1"}),
+        "baddest": lambda s: s["mounts"].append({"destination": "/proc/x", "type": "tmpfs", "source": "tmpfs"}),
+    }
+    variants = _variants(tmp_path)
+    slow = _run_all(monkeypatch, tmp_root, tmp_path, rootfs, "0",
+                    _bundles(str(tmp_path / "slow"), variants, errors))
+    fast = _run_all(monkeypatch, tmp_root, tmp_path, rootfs, "1",
+                    _bundles(str(tmp_path / "fast"), variants, errors))
+    assert fast.keys() == slow.keys()
+    # the bundles' own paths (error messages name them) are the only expected difference
+    slow = {k: eval(repr(v).replace(str(tmp_path / "slow"), "BUNDLES")) for k, v in slow.items()}  # noqa: S307
+    fast = {k: eval(repr(v).replace(str(tmp_path / "fast"), "BUNDLES")) for k, v in fast.items()}  # noqa: S307
+    for name in slow:
+        if fast[name] != slow[name]:
+            import difflib
+            diff = "\n".join(difflib.unified_diff(repr(slow[name]).replace("\\n", "\n").splitlines(),
+                                                   repr(fast[name]).replace("\\n", "\n").splitlines(),
+                                                   "python child", "C child", lineterm=""))
+            pytest.fail(f"{name}: the two children differ:\n{diff}")
+    # and what they are (so that both being wrong the same way fails too)
+    with open(tmp_path / "results.txt", "w") as f:  # for a failing assertion below
+        f.write(repr(fast))
+    code, sig, out, err, warnings = fast["plain"]
+    assert (code, sig) == (3, 0), err
+    assert "NoNewPrivs:\t1" in out and "uid=0(root) gid=0" in out and "testbox" in out
+    assert "\n0\nRead-only file system\n" in out  # /sys/firmware an empty tmpfs, /proc/sys read-only
+    assert "Read-only file system" in out and "mkdir-ok" in out and "rootfs-rw" in out
+    code, sig, out, err, warnings = fast["user"]
+    assert "uid=65534(nobody) gid=65534 groups=5,7" in out and "\n/tmp\n0027\n1000\n2000\n300\n" in out, out
+    assert "A=2" in out and "B=x=y" in out and "NOEQUALS" not in out
+    assert "CapAmb:\t0000000000002000" in out and "CapBnd:\t0000000000002021" in out
+    assert "example.org" in out
+    code, sig, out, err, warnings = fast["mounts"]
+    assert re.search(r"^/mnt ro,nosuid", out, re.M) and re.search(r"^/scratch rw,nodev,noexec", out, re.M), out
+    assert "crw-r----- 0 5 10, 229 fuse" in out and "\n1\n" in out
+    assert "Permission denied" in fast["seccomp"][2] + fast["seccomp"][3] and "Seccomp:\t2" in fast["seccomp"][2]
+    assert "NoNewPrivs:\t0" in fast["seccomp_no_nnp"][2] and "Seccomp:\t2" in fast["seccomp_no_nnp"][2]
+    assert fast["nobinary"] == ("error", 'resolving the executable: exec: "nope": executable file not found '
+                                         'in $PATH')
+    assert fast["badcwd"] == ("error", "changing to cwd '/no/where': /no/where: No such file or directory")
+    assert fast["nobindsrc"][0] == "error" and "mounting /mnt: bind mount source" in fast["nobindsrc"][1]
+    assert fast["exec nope"][0] == "error" and "executable file not found" in fast["exec nope"][1]
+    assert fast["exec badcwd"][0] == "error" and "No such file" in fast["exec badcwd"][1]
+    assert fast["exec sh"][0] == 3 and "\n/tmp\n" in fast["exec sh"][1]
+
+
+def test_exec_is_eligible_and_pid_namespace_is_joined(tmp_root, tmp_path, rootfs, monkeypatch):
+    import tempfile
+    monkeypatch.setenv("PYCRI_FASTINIT", "1")
+    b = write_bundle(str(tmp_path / "b"), make_spec(["sleep", "1000"]), rootfs)
+    h = MonitorHandle(tempfile.mkdtemp(prefix="m", dir=tmp_root))
+    try:
+        h.client.create("c", b)
+        h.client.start("c")
+        pid = h.client.state("c")["pid"]
+        plan = launch.plan_for_exec(pid, {"args": ["true"]}, make_spec(["sleep", "1000"]))
+        assert fastinit.eligible(plan) and plan.join_pid
+        r = h.client.exec("c", {"args": ["sh", "-c", "echo $$; cat /proc/1/cmdline"]})
+        assert r.exit_code == 0
+        child_pid, cmd = r.stdout.decode().split("\n")[:2]
+        assert int(child_pid) > 1 and cmd.startswith("sleep")
+        h.client.kill("c", "KILL")
+        h.client.wait("c", timeout=10)
+        h.client.delete("c")
+    finally:
+        h.stop()
