@@ -13,6 +13,8 @@ import base64
 import os
 import socket
 import stat
+import subprocess
+import sys
 import uuid
 from pathlib import Path
 
@@ -27,29 +29,17 @@ NOBODY = 65534
 
 
 def _connect_as(uid: int, path: str) -> str:
-    """Connect to a unix socket as `uid` (a forked child drops to it): "ok" or the errno name."""
-    r, w = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # child: no pytest machinery past this point, only os._exit
-        try:
-            os.close(r)
-            os.setgroups([])
-            os.setgid(uid)
-            os.setuid(uid)
-            s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            try:
-                s.connect(path)
-                result = "ok"
-            except OSError as exc:
-                result = __import__("errno").errorcode.get(exc.errno, str(exc.errno))
-            os.write(w, result.encode())
-        finally:
-            os._exit(0)
-    os.close(w)
-    with os.fdopen(r) as f:
-        out = f.read()
-    os.waitpid(pid, 0)
-    return out
+    """Connect to a unix socket as `uid`: "ok" or the errno name. A fresh interpreter does it: a Python child
+    forked from this process (which has used gRPC from threads by now) runs gRPC's fork handlers and at times
+    never got as far as writing its answer."""
+    code = ("import errno, os, socket, sys\n"
+            "uid = int(sys.argv[2]); os.setgroups([]); os.setgid(uid); os.setuid(uid)\n"
+            "s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)\n"
+            "try:\n    s.connect(sys.argv[1]); print('ok')\n"
+            "except OSError as exc:\n    print(errno.errorcode.get(exc.errno, str(exc.errno)))\n")
+    r = subprocess.run([sys.executable, "-S", "-c", code, path, str(uid)], capture_output=True, text=True,
+                       timeout=30)
+    return r.stdout.strip() or f"no answer: {r.stderr.strip()}"
 
 
 def test_cri_socket_refuses_non_root(daemon, tmp_path):
@@ -118,7 +108,7 @@ def test_daemon_streaming_urls_are_unguessable(kubelet):
     tokens = [_token_bytes(u) for u in urls]
     assert len(set(tokens)) == len(tokens) and min(len(t) for t in tokens) * 8 >= 128
     lo, hi = _bit_balance(tokens)
-    assert 0.37 < lo and hi < 0.63, (lo, hi)
+    assert 0.34 < lo and hi < 0.66, (lo, hi)  # 300 samples: sd ~0.029; 5.5 sd, so ~1e-5 false alarms
     assert all(u.startswith("http://127.0.0.1:") for u in urls)  # served on loopback by default
 
 
