@@ -1,9 +1,18 @@
-"""Blocking client for a pod monitor's socket (safe to use from many threads: one connection per call)."""
+"""Blocking client for a pod monitor's socket (safe to use from many threads: a call has a connection to itself).
+
+Connections are kept open between calls (a few per monitor, shared by every MonitorClient of that socket
+path in the process): a call on an open connection costs ~60 us, one that connects first ~230 us, and a
+container's create, start and wait are three calls. A connection goes back to the pool only after a complete
+answer; one that failed or timed out mid-call is closed (a late answer must never reach the next caller).
+"""
 from __future__ import annotations
 
 import base64
 import json
+import select
 import socket
+import threading
+from collections import OrderedDict
 from dataclasses import dataclass
 
 from runtime.frames import CH_CLOSE_STDIN, CH_EXIT, CH_RESIZE, CH_STDIN, CH_STDOUT, frame, split
@@ -22,6 +31,48 @@ class ExecResult:
     truncated: bool
 
 
+IDLE_PER_MONITOR = 4  # open connections kept per monitor socket (more concurrent calls connect anew)
+IDLE_MONITORS = 512   # monitors with kept connections (least recently used beyond: closed)
+_idle: OrderedDict[str, list[socket.socket]] = OrderedDict()
+_idle_lock = threading.Lock()
+
+
+def _take(path: str) -> socket.socket | None:
+    """An idle connection to path whose monitor has not closed it (an idle one has nothing to read)."""
+    while True:
+        with _idle_lock:
+            conns = _idle.get(path)
+            if not conns:
+                return None
+            sock = conns.pop()
+        readable, _, _ = select.select([sock], [], [], 0)
+        if not readable:
+            return sock
+        sock.close()  # EOF: the monitor exited (or restarted) since
+
+
+def _give_back(path: str, sock: socket.socket) -> None:
+    evicted: list[socket.socket] = []
+    with _idle_lock:
+        conns = _idle.setdefault(path, [])
+        _idle.move_to_end(path)
+        if len(conns) < IDLE_PER_MONITOR:
+            conns.append(sock)
+            sock = None
+        while len(_idle) > IDLE_MONITORS:  # e.g. pods whose monitor died and that nobody calls again
+            evicted += _idle.popitem(last=False)[1]
+    for s in evicted + ([sock] if sock is not None else []):
+        s.close()
+
+
+def forget(path: str) -> None:
+    """Close the idle connections to a monitor socket (its pod is gone)."""
+    with _idle_lock:
+        conns = _idle.pop(path, [])
+    for sock in conns:
+        sock.close()
+
+
 class MonitorClient:
     def __init__(self, socket_path: str, timeout: float | None = 30.0):
         self.socket_path = socket_path
@@ -30,10 +81,17 @@ class MonitorClient:
     def call(self, op: str, *, io_timeout: float | None = ..., **args) -> dict:
         """Send one request and return the answer; raises MonitorError on {"ok": false} or I/O failure."""
         req = json.dumps({"op": op, **args}).encode() + b"\n"
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
-        sock.settimeout(self.timeout if io_timeout is ... else io_timeout)
+        sock = _take(self.socket_path)
+        if sock is None:
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+            fresh = True
+        else:
+            fresh = False
+        done = False
         try:
-            sock.connect(self.socket_path)
+            sock.settimeout(self.timeout if io_timeout is ... else io_timeout)
+            if fresh:
+                sock.connect(self.socket_path)
             sock.sendall(req)
             buf = b""
             while not buf.endswith(b"\n"):
@@ -41,14 +99,21 @@ class MonitorClient:
                 if not chunk:
                     raise MonitorError(f"monitor at {self.socket_path} closed the connection during {op}")
                 buf += chunk
+            done = True
         except (FileNotFoundError, ConnectionRefusedError) as exc:
+            forget(self.socket_path)
             raise MonitorError(f"monitor at {self.socket_path} is not running: {exc.strerror}") from None
         except socket.timeout:
             raise MonitorError(f"monitor at {self.socket_path}: {op} timed out") from None
         except OSError as exc:
             raise MonitorError(f"monitor at {self.socket_path}: {op}: {exc}") from None
         finally:
-            sock.close()
+            if done and op != "shutdown":
+                _give_back(self.socket_path, sock)
+            else:
+                sock.close()
+        if op == "shutdown":
+            forget(self.socket_path)
         answer = json.loads(buf)
         if not answer.pop("ok", False):
             raise MonitorError(answer.get("error", "unknown error"))

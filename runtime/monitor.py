@@ -86,6 +86,7 @@ class Conn:
         self.stream = None          # Container or Exec once the connection carries frames
         self.close_when_flushed = False
         self.dropped = 0            # output bytes dropped because the client read too slowly
+        self.events = selectors.EVENT_READ  # what the selector watches it for
 
 
 class Container:
@@ -315,7 +316,9 @@ class Monitor:
             self._conn_close(conn)
             return
         events = selectors.EVENT_READ | (selectors.EVENT_WRITE if conn.outbuf else 0)
-        self.sel.modify(conn.sock, events, conn)
+        if events != conn.events:  # (most answers go out whole: no epoll_ctl for them)
+            conn.events = events
+            self.sel.modify(conn.sock, events, conn)
 
     def _conn_close(self, conn: Conn) -> None:
         if not conn.closed:

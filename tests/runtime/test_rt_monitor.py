@@ -343,3 +343,33 @@ def test_monitor_beside_busy_grpc_threads_runs_hooks(tmp_root, bundle, tmp_path)
         for t in threads:
             t.join(5)
         server.stop(0)
+
+
+def test_client_keeps_connections_and_notices_a_new_monitor(tmp_root):
+    """Calls reuse a kept connection (one at a time per caller); when the monitor at that socket is replaced
+    (killed, a new one started), the kept connections to the old one are dropped, not used."""
+    import tempfile
+
+    from runtime import client as client_mod
+    from tests.runtime.conftest import MonitorHandle
+    sd = tempfile.mkdtemp(prefix="m", dir=tmp_root)
+    h = MonitorHandle(sd)
+    path = h.client.socket_path
+    try:
+        h.client.ping()
+        (kept,) = client_mod._idle[path]
+        for _ in range(5):
+            MonitorClient(path).ping()  # another client object, same pool
+        assert client_mod._idle[path] == [kept]
+        monitor_socks = [fd for fd in os.listdir(f"/proc/{h.pid}/fd")
+                         if os.readlink(f"/proc/{h.pid}/fd/{fd}").startswith("socket:")]
+        assert len(monitor_socks) == 2  # the listening socket and the one kept connection
+        os.kill(h.pid, signal.SIGKILL)
+        _wait_for(lambda: not linux.is_alive(h.pid, None))
+        h.stop()
+        h = MonitorHandle(sd)
+        assert h.client.ping()["pid"] == h.pid
+        assert kept.fileno() == -1  # closed when found dead
+    finally:
+        h.stop()
+    assert path not in client_mod._idle  # shutdown forgets the monitor's connections
