@@ -395,9 +395,12 @@ class _Channel:
 class Process:
     """Parent-side handle on a launched container process."""
 
-    def __init__(self, plan: Plan):
+    def __init__(self, plan: Plan, spare: fastinit.Spare | None = None):
+        """spare: a pycri-init started ahead (fastinit.Spare), used when it fits the plan (self.used_spare);
+        the caller releases it otherwise."""
         self.plan = plan
         self.warnings: list[str] = list(plan.warnings)
+        self.used_spare = False
         # Joining a pid namespace: rather than a fork in the child after setns (a second copy of this process,
         # and the intermediate's exit), point our pid_ns_for_children at it, clone, and point it back.
         c2p_r, c2p_w = os.pipe2(os.O_CLOEXEC)
@@ -424,7 +427,13 @@ class Process:
         # fast init (runtime/fastinit.py): a small C program executes the plan, spawned without copying us
         self.fast = fastinit.enabled() and fastinit.eligible(plan)
         try:
-            if self.fast:
+            if self.fast and spare is not None and spare.fits(plan):
+                try:
+                    pid = spare.use(plan, c2p_w, p2c_r)
+                    self.used_spare = True
+                except OSError:  # it died meanwhile: spawn one
+                    pid = fastinit.spawn(plan, c2p_w, p2c_r)
+            elif self.fast:
                 pid = fastinit.spawn(plan, c2p_w, p2c_r)
             else:
                 pid = linux.clone(plan.clone_flags)

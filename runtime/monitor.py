@@ -20,7 +20,7 @@ import struct
 import termios
 import time
 
-from runtime import cgroups, frames, hooks, jsonlog, launch, linux, state
+from runtime import cgroups, fastinit, frames, hooks, jsonlog, launch, linux, state
 from runtime.frames import CH_CLOSE_STDIN, CH_EXIT, CH_RESIZE, CH_STDERR, CH_STDIN, CH_STDOUT, frame
 from runtime.logfile import DEFAULT_MAX_LINE, LogFile
 
@@ -75,6 +75,9 @@ def _signum(sig) -> int:
 
 _STREAM_CH = {"stdout": CH_STDOUT, "stderr": CH_STDERR}
 STREAM_OUTBUF_MAX = 8 * 1024 * 1024
+# How long a spare pycri-init (fastinit.Spare) is kept after a container's create: long enough for the rest of a
+# pod's containers (the kubelet creates them one after another), short enough that an idle pod holds none.
+SPARE_KEEP_S = 5.0
 
 
 class Conn:
@@ -107,6 +110,7 @@ class Container:
         self.outputs: dict[int, str] = {}     # read fd -> stream name
         self.stdin_w: int | None = None
         self.master: int | None = None        # pty master (terminal)
+        self.spare_hint: bool | None = None   # fast init: the spare op_start keeps (in a new pid ns or not)
         self.waiters: list[Conn] = []
         self.attached: list[Conn] = []
         self.stdin_pending = b""
@@ -150,6 +154,8 @@ class Monitor:
         self.running = True
         self.log = log.bind(pod_id=pod_id)
         self._after: list = []  # (fn, args, kwargs) run once the current answer is sent (logging)
+        self.spare: fastinit.Spare | None = None  # see _keep_spare
+        self.spare_until = 0.0
 
     # ---------------------------------------------------------------- set-up and loop
     def prepare(self) -> None:
@@ -196,6 +202,9 @@ class Monitor:
                 timeout = min(86400.0, max(0.0, min(deadlines) - time.monotonic()))
             if self._pending_stdin():
                 timeout = 0.01 if timeout is None else min(timeout, 0.01)
+            if self.spare is not None:
+                left = max(0.0, self.spare_until - time.monotonic())
+                timeout = left if timeout is None else min(timeout, left)
             for key, mask in self.sel.select(timeout):
                 try:
                     self._dispatch(key, mask)
@@ -204,6 +213,8 @@ class Monitor:
                 if self._after:  # e.g. an exit's log line, after its waiters were answered
                     self._run_after()
             self._check_deadlines()
+            if self.spare is not None and time.monotonic() >= self.spare_until:
+                self._drop_spare()
         self._cleanup()
 
     def _dispatch(self, key, mask) -> None:
@@ -489,7 +500,12 @@ class Monitor:
         else:
             plan.go_stage = None
         t1 = time.perf_counter()
-        c.proc = launch.Process(plan)
+        spare, self.spare = self.spare, None
+        try:
+            c.proc = launch.Process(plan, spare)
+        finally:
+            if spare is not None and not (c.proc and c.proc.used_spare):
+                spare.close()
         t2 = time.perf_counter()
         c.pid = c.proc.pid
         if cg is not None:
@@ -513,6 +529,8 @@ class Monitor:
         if pid_known:
             c.start_time = linux.proc_start_time(c.pid)
             state.write_json(os.path.join(c.dir, "state.json"), {**c.record(), "status": "created"})
+        if c.proc.fast:  # op_start makes a spare like it, once its answer is out
+            c.spare_hint = bool(plan.clone_flags & linux.CLONE_NEWPID) and plan.join_pid is None
         if plan.runtime_hooks:  # the child stops after its mounts, before pivot_root, for these (as runc)
             c.proc.wait_hooks_point()
             c.pid = c.proc.pid
@@ -617,6 +635,8 @@ class Monitor:
             self._finish(c)
             raise
         self._later(self.log.info, "container.started", container_id=c.id, pid=c.pid)
+        if c.spare_hint is not None:  # after the answer, while the container execs and runs: measured best
+            self._later(self._keep_spare, c.spare_hint)  # (during create it slows the child; at wait, the exit)
         self._later(self._hooks, c, ("poststart",), "running", fatal=False)
         return {"pid": c.pid, "started_at": c.started_at}
 
@@ -1037,7 +1057,32 @@ class Monitor:
             c.cgroup.remove()
         _rmtree(c.dir)
 
+    def _keep_spare(self, new_pidns: bool) -> None:
+        """After a fast-init start (answered): have a pycri-init ready for the pod's next container, in a
+        new pid namespace if this one had one, for SPARE_KEEP_S."""
+        self.spare_until = time.monotonic() + SPARE_KEEP_S
+        if self.spare is not None and self.spare.new_pidns == new_pidns:
+            return
+        self._drop_spare()
+        try:
+            self.spare = fastinit.Spare(new_pidns)
+        except OSError as exc:
+            self.log.warning("monitor.spare_failed", error=str(exc))
+
+    def _drop_spare(self) -> None:
+        """Release the spare: it exits on EOF and is reaped as any child (waited for here at shutdown)."""
+        if self.spare is not None:
+            self.spare.close()
+            self.spare = None
+
     def _cleanup(self) -> None:
+        if self.spare is not None:
+            pid = self.spare.pid
+            self._drop_spare()
+            try:  # nothing of ours outlives the monitor's answer to shutdown
+                os.waitpid(pid, 0)
+            except ChildProcessError:
+                pass
         for conn in [k.data for k in list(self.sel.get_map().values()) if isinstance(k.data, Conn)]:
             self._conn_flush(conn)
             self._conn_close(conn)

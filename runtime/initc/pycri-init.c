@@ -4,6 +4,12 @@
  * base+2 is c2p (writes "W <text>\n", "R \n", "E <text>\n"; close-on-exec, so EOF means execve succeeded).
  * The plan is a list of operations (see fastinit.py for the encoding), run in order; the first failure sends
  * "E <stage>: <text>" and exits 1, as runtime/launch.py's Python child does.
+ *
+ * Spare mode: pycri-init spare <socket fd>: started ahead of need (fastinit.Spare), it waits on a unix socket
+ * for one message: a u32 plan length with p2c, c2p and, optionally, the three stdio fds (SCM_RIGHTS), then the
+ * plan. It puts those fds at SPARE_BASE + 1.. (stdio from SPARE_BASE + 3, where the plan says they are) and
+ * goes on as above. EOF instead of a message (the monitor let it go): exit 0. The plan may end in OP_CONTINUE:
+ * the rest follows on the socket (u32 length, operations), sent while this part runs.
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -22,6 +28,7 @@
 #include <sys/mount.h>
 #include <sys/prctl.h>
 #include <sys/resource.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/statvfs.h>
 #include <sys/syscall.h>
@@ -41,6 +48,7 @@ enum {
     OP_TOUCH, OP_REMOUNT_RO, OP_SETATTR, OP_MKNOD, OP_UMASK, OP_UMASK_RESTORE, OP_SYMLINK, OP_PIVOT,
     OP_WRITEFILE, OP_MASK, OP_ROPATH, OP_HOSTNAME, OP_DOMAINNAME, OP_RLIMIT, OP_OOM, OP_STDIO, OP_FINDEXE,
     OP_CHDIR, OP_READY, OP_SECCOMP, OP_DROP, OP_NNP, OP_EXEC, OP_MKDIRS_PARENT, OP_WARN,
+    OP_CONTINUE,
 };
 
 #define PATH_BUF 8192
@@ -422,6 +430,66 @@ static char **get_strv(void) {
     return v;
 }
 
+#define SPARE_BASE 10
+
+static void read_full(int fd, unsigned char *to, size_t n) {
+    size_t got = 0;
+    while (got < n) {
+        ssize_t r = read(fd, to + got, n - got);
+        if (r < 0 && errno == EINTR) continue;
+        if (r <= 0) _exit(1);
+        got += (size_t)r;
+    }
+}
+
+static int plan_sock = -1;  /* spare mode: where OP_CONTINUE reads the rest of the plan */
+
+/* OP_CONTINUE: the next part of the plan replaces the buffer (the old one stays: stage and rootfs point in it) */
+static void next_part(void) {
+    uint32_t n;
+    if (plan_sock < 0) bad_plan();
+    read_full(plan_sock, (unsigned char *)&n, sizeof n);
+    buf = malloc((size_t)n + 1);
+    if (!buf) _exit(1);
+    read_full(plan_sock, buf, n);
+    blen = n;
+    bpos = 0;
+}
+
+/* spare mode: the message that assigns this process its container (see the top) */
+static void receive_plan(int sock) {
+    uint32_t n = 0;
+    union { char buf[CMSG_SPACE(5 * sizeof(int))]; struct cmsghdr align; } u;
+    struct iovec iov = {&n, sizeof n};
+    struct msghdr msg = {0};
+    msg.msg_iov = &iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = u.buf;
+    msg.msg_controllen = sizeof u.buf;
+    ssize_t r;
+    do r = recvmsg(sock, &msg, MSG_CMSG_CLOEXEC | MSG_WAITALL); while (r < 0 && errno == EINTR);
+    if (r == 0) _exit(0);
+    struct cmsghdr *c = CMSG_FIRSTHDR(&msg);
+    if (r != sizeof n || !c || c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS ||
+        (msg.msg_flags & MSG_CTRUNC)) _exit(1);
+    size_t nfds = (c->cmsg_len - CMSG_LEN(0)) / sizeof(int);
+    if (nfds != 2 && nfds != 5) _exit(1);
+    int fds[5];
+    memcpy(fds, CMSG_DATA(c), nfds * sizeof(int));
+    /* received fds take the lowest free numbers, below SPARE_BASE: dup each to its place, then close it */
+    for (size_t i = 0; i < nfds; i++) {
+        if (fcntl(fds[i], F_DUPFD_CLOEXEC, SPARE_BASE + 1 + (int)i) != SPARE_BASE + 1 + (int)i) _exit(1);
+    }
+    for (size_t i = 0; i < nfds; i++) close(fds[i]);
+    /* stdio fds are dup2'd onto 0-2 by OP_STDIO; they need not be close-on-exec until then, but are
+     * anyway (OP_EXEC closes every fd but c2p) */
+    blen = n;
+    buf = malloc(blen + 1);
+    if (!buf) _exit(1);
+    read_full(sock, buf, blen);
+    plan_sock = sock;  /* close-on-exec; OP_EXEC closes it anyway */
+}
+
 static void read_plan(int fd) {
     struct stat st;
     if (fstat(fd, &st) < 0) _exit(1);
@@ -439,15 +507,22 @@ static void read_plan(int fd) {
 }
 
 int main(int argc, char **argv) {
-    if (argc != 2) {
+    if (argc == 3 && strcmp(argv[1], "spare") == 0) {
+        int sock = atoi(argv[2]);
+        if (fcntl(sock, F_SETFD, FD_CLOEXEC) < 0) _exit(1);
+        receive_plan(sock);
+        p2c = SPARE_BASE + 1;
+        c2p = SPARE_BASE + 2;
+    } else if (argc == 2) {
+        int base = atoi(argv[1]);
+        p2c = base + 1;
+        c2p = base + 2;
+        if (fcntl(c2p, F_SETFD, FD_CLOEXEC) < 0 || fcntl(p2c, F_SETFD, FD_CLOEXEC) < 0) _exit(1);
+        read_plan(base);
+    } else {
         fprintf(stderr, "pycri-init is started by the pycri monitor only\n");
         return 2;
     }
-    int base = atoi(argv[1]);
-    p2c = base + 1;
-    c2p = base + 2;
-    if (fcntl(c2p, F_SETFD, FD_CLOEXEC) < 0 || fcntl(p2c, F_SETFD, FD_CLOEXEC) < 0) _exit(1);
-    read_plan(base);
     {
         int sigs[] = {SIGPIPE, SIGXFSZ, SIGINT, SIGTERM, SIGCHLD, SIGHUP};
         for (size_t i = 0; i < sizeof sigs / sizeof sigs[0]; i++) signal(sigs[i], SIG_DFL);
@@ -499,6 +574,9 @@ int main(int argc, char **argv) {
         }
         case OP_FAIL:
             die("%s", get_str());
+        case OP_CONTINUE:
+            next_part();
+            break;
         case OP_WARN:
             send_msg('W', get_str());
             break;

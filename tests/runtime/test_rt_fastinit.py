@@ -253,3 +253,91 @@ def test_exec_is_eligible_and_pid_namespace_is_joined(tmp_root, tmp_path, rootfs
         h.client.delete("c")
     finally:
         h.stop()
+
+
+def _spares(monitor_pid: int) -> list[int]:
+    """The monitor's children started as spares (a container created in one keeps that command line until it
+    execs)."""
+    with open(f"/proc/{monitor_pid}/task/{monitor_pid}/children") as f:
+        kids = [int(p) for p in f.read().split()]
+    out = []
+    for pid in kids:
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                if f.read().split(b"\0")[1:2] == [b"spare"]:
+                    out.append(pid)
+        except OSError:
+            pass
+    return out
+
+
+def _nspid(pid: int) -> list[int]:
+    with open(f"/proc/{pid}/status") as f:
+        return [int(x) for line in f if line.startswith("NSpid:") for x in line.split()[1:]]
+
+
+def test_spare_runs_the_pods_next_container_then_goes_away(monkeypatch, tmp_root, tmp_path, rootfs):
+    """After a fast-init start the monitor keeps a spare pycri-init (in a new pid namespace when the container had
+    one); the next create that fits runs in it, one that does not fit releases it; it goes after
+    monitor.SPARE_KEEP_S without a create, and at shutdown."""
+    import tempfile
+    import time
+
+    from runtime import monitor
+    monkeypatch.setenv("PYCRI_FASTINIT", "1")
+    h = MonitorHandle(tempfile.mkdtemp(prefix="m", dir=tmp_root))
+    try:
+        assert _spares(h.pid) == []
+        first = write_bundle(str(tmp_path / "first"), make_spec(["true"]), rootfs)
+        h.client.create("first", first)
+        h.client.start("first")
+        assert h.client.wait("first", timeout=10)["exit_code"] == 0
+        spares = _spares(h.pid)
+        assert len(spares) == 1 and len(_nspid(spares[0])) == 2  # pid 1 of a pid namespace of its own
+        # the next container runs in it, with its output and exit as from a fresh spawn
+        b = write_bundle(str(tmp_path / "b"), make_spec(["sh", "-c", "echo pid $$; echo err >&2; exit 7"]), rootfs)
+        log = str(tmp_path / "b.log")
+        assert h.client.create("b", b, log_path=log)["pid"] == spares[0]
+        assert _spares(h.pid) == spares  # b, until it execs
+        h.client.start("b")
+        assert h.client.wait("b", timeout=10)["exit_code"] == 7
+        assert log_text(log) == "pid 1\n" and log_text(log, "stderr") == "err\n"
+        # one without a pid namespace of its own does not fit: the spare is released, a fresh one runs it
+        (spare,) = _spares(h.pid)
+        host_pid = write_bundle(str(tmp_path / "hostpid"), _without_pidns(make_spec(["sleep", "100"])), rootfs)
+        pid = h.client.create("hp", host_pid)["pid"]
+        assert pid != spare and _nspid(pid) == [pid]
+        h.client.start("hp")
+        deadline = time.monotonic() + 5
+        while linux_alive(spare) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert not linux_alive(spare)
+        while not _spares(h.pid) and time.monotonic() < deadline:  # made once start's answer is out
+            time.sleep(0.01)
+        (spare,) = _spares(h.pid)  # the new one matches the last container: no pid namespace
+        assert len(_nspid(spare)) == 1
+        h.client.kill("hp", "KILL")
+        h.client.wait("hp", timeout=10)
+        time.sleep(monitor.SPARE_KEEP_S + 0.5)  # not used for a while: released (and reaped)
+        assert _spares(h.pid) == [] and not linux_alive(spare)
+        h.client.create("last", first)
+        h.client.start("last")
+        h.client.wait("last", timeout=10)
+        deadline = time.monotonic() + 5
+        while not _spares(h.pid) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        (spare,) = _spares(h.pid)
+        h.client.shutdown(force=True)
+        assert not linux_alive(spare)  # the monitor waits for it before it answers shutdown
+    finally:
+        h.stop()
+
+
+def _without_pidns(spec: dict) -> dict:
+    spec["linux"]["namespaces"] = [ns for ns in spec["linux"]["namespaces"] if ns["type"] != "pid"]
+    return spec
+
+
+def linux_alive(pid: int) -> bool:
+    from runtime import linux
+    return linux.is_alive(pid, None)
