@@ -229,6 +229,14 @@ def _encode_tail(e: _Enc, plan, stdio_fds: tuple[int, int, int] | None) -> None:
         e.op(OP_HOSTNAME, spec["hostname"])
     if spec.get("domainname") and new_uts:
         e.op(OP_DOMAINNAME, spec["domainname"])
+    e.stage("")  # oom_score_adj before the rlimits, as launch._child (it opens a file)
+    if proc.get("oomScoreAdj") is not None:
+        try:
+            value = str(int(proc["oomScoreAdj"]))
+        except (TypeError, ValueError) as exc:
+            e.op(OP_FAIL, str(exc))
+        else:
+            e.op(OP_OOM, value, f"oom_score_adj {proc['oomScoreAdj']} not applied: ")
     e.stage("setting rlimits")
     for rl in proc.get("rlimits") or []:
         res = getattr(resource, str(rl.get("type", "")), None)
@@ -241,14 +249,6 @@ def _encode_tail(e: _Enc, plan, stdio_fds: tuple[int, int, int] | None) -> None:
             e.op(OP_FAIL, str(exc) or type(exc).__name__)
             break
         e.op(OP_RLIMIT, res, soft, hard)
-    e.stage("")
-    if proc.get("oomScoreAdj") is not None:
-        try:
-            value = str(int(proc["oomScoreAdj"]))
-        except (TypeError, ValueError) as exc:
-            e.op(OP_FAIL, str(exc))
-        else:
-            e.op(OP_OOM, value, f"oom_score_adj {proc['oomScoreAdj']} not applied: ")
 
     e.stage("setting up stdio")
     if plan.stdio is not None and stdio_fds is not None:

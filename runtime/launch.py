@@ -685,12 +685,8 @@ def _child(plan: Plan, p2c: int, c2p: int) -> None:
             linux.sethostname(spec["hostname"])
         if spec.get("domainname") and new_uts:
             linux.setdomainname(spec["domainname"])
-    with _Stage("setting rlimits"):
-        for rl in proc.get("rlimits") or []:
-            res = getattr(resource, str(rl.get("type", "")), None)
-            if not isinstance(res, int) or not str(rl["type"]).startswith("RLIMIT_"):
-                raise ValueError(f"unknown rlimit {rl.get('type')!r}")
-            resource.setrlimit(res, (_rlim(rl.get("soft")), _rlim(rl.get("hard"))))
+    # what needs a new fd comes before the rlimits: this clone still holds the monitor's fds, so a low
+    # RLIMIT_NOFILE would refuse it (EMFILE, or EINVAL for the stdio's dup above 100)
     if proc.get("oomScoreAdj") is not None:
         try:
             with open("/proc/self/oom_score_adj", "w") as f:
@@ -699,9 +695,17 @@ def _child(plan: Plan, p2c: int, c2p: int) -> None:
             if exc.errno not in (errno.EPERM, errno.EACCES):
                 raise
             _send(c2p, "W", f"oom_score_adj {proc['oomScoreAdj']} not applied: {exc.strerror}")
+    with _Stage("setting up stdio"):
+        stdio = _stdio_sources(plan, proc)
+    with _Stage("setting rlimits"):
+        for rl in proc.get("rlimits") or []:
+            res = getattr(resource, str(rl.get("type", "")), None)
+            if not isinstance(res, int) or not str(rl["type"]).startswith("RLIMIT_"):
+                raise ValueError(f"unknown rlimit {rl.get('type')!r}")
+            resource.setrlimit(res, (_rlim(rl.get("soft")), _rlim(rl.get("hard"))))
 
     with _Stage("setting up stdio"):
-        _setup_stdio(plan, proc)
+        _setup_stdio(plan, proc, stdio)
     env = [e for e in proc.get("env") or [] if isinstance(e, str) and "=" in e]
     env_map = dict(e.split("=", 1) for e in env)
     with _Stage("resolving the executable"):
@@ -802,16 +806,21 @@ def _setup_rootfs(plan: Plan, spec: dict, lin: dict, go_fd: int, c2p: int, p2c: 
         linux.mount(None, "/", None, rootfs_mod._PROPAGATION[prop])
 
 
-def _setup_stdio(plan: Plan, proc: dict) -> None:
+def _stdio_sources(plan: Plan, proc: dict) -> list[int]:
+    """The stdio fds dup'd to 100 and above, so that putting them on 0/1/2 cannot clobber one (before rlimits)."""
+    if plan.stdio is None or (proc.get("terminal") and plan.console_fd is not None):
+        return []
+    return [fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 100) for fd in plan.stdio]
+
+
+def _setup_stdio(plan: Plan, proc: dict, sources: list[int]) -> None:
     if proc.get("terminal") and plan.console_fd is not None:
         os.setsid()
         fcntl.ioctl(plan.console_fd, termios.TIOCSCTTY, 0)
         for i in range(3):
             os.dup2(plan.console_fd, i)
-    elif plan.stdio is not None:
-        # dup to high numbers first so that swapping 0/1/2 around cannot clobber a source
-        tmp = [fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 100) for fd in plan.stdio]
-        for i, fd in enumerate(tmp):
+    else:
+        for i, fd in enumerate(sources):
             os.dup2(fd, i)
 
 

@@ -83,7 +83,11 @@ def _variants(tmp_path) -> dict:
         seccomp(spec)
         spec["process"]["noNewPrivileges"] = False
 
-    return {"plain": plain, "user": user, "mounts": mounts, "seccomp": seccomp, "seccomp_no_nnp": seccomp_no_nnp}
+    def low_nofile(spec):  # below the monitor's own fd count (the Python child is a clone that holds them)
+        spec["process"]["rlimits"] = [{"type": "RLIMIT_NOFILE", "soft": 8, "hard": 40}]
+
+    return {"plain": plain, "user": user, "mounts": mounts, "seccomp": seccomp, "seccomp_no_nnp": seccomp_no_nnp,
+            "low_nofile": low_nofile}
 
 
 def _spec(mutate) -> dict:
@@ -219,6 +223,8 @@ def test_both_children_give_the_same_container(monkeypatch, tmp_root, tmp_path, 
     assert "A=2" in out and "B=x=y" in out and "NOEQUALS" not in out
     assert "CapAmb:\t0000000000002000" in out and "CapBnd:\t0000000000002021" in out
     assert "example.org" in out
+    code, sig, out, err, warnings = fast["low_nofile"]
+    assert (code, sig) == (3, 0) and "\n8\n40\n" in out, (out, err)
     code, sig, out, err, warnings = fast["mounts"]
     assert re.search(r"^/mnt ro,nosuid", out, re.M) and re.search(r"^/scratch rw,nodev,noexec", out, re.M), out
     assert "crw-r----- 0 5 10, 229 fuse" in out and "\n1\n" in out
