@@ -777,6 +777,7 @@ class Monitor:
                 self._kill_and_reap(c)
             self._teardown(c)
         self.containers.clear()
+        self._end_spare()  # nothing of ours outlives the answer
         self.running = False
         self._reply(conn, {"ok": True})
         self._conn_flush(conn)
@@ -1075,14 +1076,18 @@ class Monitor:
             self.spare.close()
             self.spare = None
 
-    def _cleanup(self) -> None:
+    def _end_spare(self) -> None:
+        """Release the spare and wait for its exit (shutdown)."""
         if self.spare is not None:
             pid = self.spare.pid
             self._drop_spare()
-            try:  # nothing of ours outlives the monitor's answer to shutdown
+            try:
                 os.waitpid(pid, 0)
-            except ChildProcessError:
+            except ChildProcessError:  # reaped already
                 pass
+
+    def _cleanup(self) -> None:
+        self._end_spare()
         for conn in [k.data for k in list(self.sel.get_map().values()) if isinstance(k.data, Conn)]:
             self._conn_flush(conn)
             self._conn_close(conn)
