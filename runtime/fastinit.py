@@ -517,6 +517,40 @@ def _encode_devices_now(e: _Enc, devices: list[dict], with_defaults: bool) -> No
             e.path(REG2, "/" + name)
 
 
+_WARM_SPEC = {
+    "ociVersion": "1.0.2", "root": {"path": "/dev"},  # any directory: nothing is mounted
+    "process": {"args": ["true"], "cwd": "/", "env": ["PATH=/usr/bin:/bin"], "noNewPrivileges": True,
+                "user": {"uid": 0, "gid": 0}, "rlimits": [{"type": "RLIMIT_NOFILE", "soft": 1024, "hard": 1024}],
+                "capabilities": {k: ["CAP_CHOWN", "CAP_KILL", "CAP_NET_BIND_SERVICE"]
+                                 for k in ("bounding", "effective", "permitted")}},
+    "mounts": [{"destination": "/proc", "type": "proc", "source": "proc"},
+               {"destination": "/dev", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "mode=755"]},
+               {"destination": "/dev/pts", "type": "devpts", "source": "devpts", "options": ["nosuid", "noexec"]},
+               {"destination": "/sys", "type": "sysfs", "source": "sysfs", "options": ["nosuid", "ro"]},
+               {"destination": "/sys/fs/cgroup", "type": "cgroup", "source": "cgroup", "options": ["ro"]},
+               {"destination": "/etc/hostname", "type": "bind", "source": "/etc/hostname", "options": ["rbind"]}],
+    "linux": {"namespaces": [{"type": t} for t in ("pid", "ipc", "uts", "mount", "network")],
+              "maskedPaths": ["/proc/kcore"], "readonlyPaths": ["/proc/sys"]},
+}
+
+
+def warm() -> None:
+    """Plan and encode a typical container once, spawning nothing: for the spawner, before it forks monitors,
+    so that what the first create fills in (host facts, caches, the code's warm-up) is shared with every
+    monitor instead of copied into each (measured: ~0.3 MiB private per monitor without it)."""
+    from runtime import launch
+    try:
+        plan = launch.plan_from_spec(_WARM_SPEC, None, stdio=(0, 1, 2))
+        plan.go_stage = "late"
+        if eligible(plan):
+            head = _Enc()
+            _encode_head(head, plan)
+            _encode_tail(head, plan, SPARE_STDIO)
+            head.bytes()
+    except (launch.LaunchError, OSError, ValueError):
+        pass  # only a warm-up
+
+
 SPARE_SOCK = 3          # the spare's end of its socket (see pycri-init.c, spare mode)
 SPARE_STDIO = (13, 14, 15)  # where the spare puts the stdio fds it receives (SPARE_BASE + 3..)
 

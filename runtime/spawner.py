@@ -85,8 +85,10 @@ def main(fd: int) -> None:
     import signal
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     from runtime import linux
+    from runtime import fastinit
     from runtime.monitor import SOCKET_NAME, prefork
     linux.set_comm("pycri-spawner")
+    fastinit.warm()
     sock = socket.socket(fileno=fd)
     spare = prefork()
     sock.sendall(b"READY\n")

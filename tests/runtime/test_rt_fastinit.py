@@ -347,3 +347,18 @@ def _without_pidns(spec: dict) -> dict:
 def linux_alive(pid: int) -> bool:
     from runtime import linux
     return linux.is_alive(pid, None)
+
+
+def test_warm_plans_and_encodes_without_starting_anything():
+    """fastinit.warm() (the spawner's, before it forks monitors) runs the planning and encoding code once and
+    starts no process."""
+    def children() -> set[str]:
+        out = set()
+        for t in os.listdir("/proc/self/task"):
+            with open(f"/proc/self/task/{t}/children") as f:
+                out |= set(f.read().split())
+        return out
+    before = children()
+    fastinit.warm()
+    assert children() == before
+    assert fastinit._DEFAULT_DEVICES  # the encoding ran (its cache is filled)
