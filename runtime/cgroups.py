@@ -2,7 +2,7 @@
 
     cg = open_cgroup("/pycri/pod1/ctr1")      # detects v1/v2
     cg.create(); cg.apply(linux_resources); cg.attach(pid)
-    cg.update(resources); cg.stats(); cg.oom_kills(); cg.remove()
+    cg.update(resources); cg.stats(); cg.oom_kills(); cg.oom_watch(); cg.remove()
 
 The systemd driver (runtime/systemd_cgroup.py) is the same interface over a transient scope unit.
 """
@@ -12,6 +12,8 @@ import errno
 import os
 import signal
 import time
+
+from runtime import linux
 
 ROOT = "/sys/fs/cgroup"
 _V1_CONTROLLERS = ("cpu", "cpuacct", "cpuset", "memory", "pids", "devices", "freezer", "blkio", "hugetlb",
@@ -182,6 +184,13 @@ class Cgroup:
     def attach(self, pid: int) -> None: raise NotImplementedError
     def stats(self) -> dict: raise NotImplementedError
     def oom_kills(self) -> int: raise NotImplementedError
+
+    def oom_watch(self) -> "OomWatch | None":
+        """A watch whose fd becomes readable when the OOM killer acts in this cgroup, so the monitor reads
+        oom_kills() then, while the cgroup exists: under the systemd driver an empty scope can be gone by the
+        time its last process is reaped. None where the host has no such notification."""
+        return None
+
     def pids(self) -> list[int]: raise NotImplementedError
     def remove(self) -> None: raise NotImplementedError
     def exists(self) -> bool: raise NotImplementedError
@@ -189,6 +198,25 @@ class Cgroup:
     def update(self, resources: dict) -> list[str]:
         """Live update: the same files as apply."""
         return self.apply(resources)
+
+
+class OomWatch:
+    """An fd to poll (cgroup v2: inotify on memory.events; v1: an eventfd registered for memory.oom_control)."""
+
+    def __init__(self, fd: int):
+        self.fd = fd
+
+    def drain(self) -> None:
+        try:
+            while os.read(self.fd, 4096):
+                pass
+        except (BlockingIOError, OSError):
+            pass
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
 
 
 class CgroupV1(Cgroup):
@@ -355,6 +383,24 @@ class CgroupV1(Cgroup):
         mem = self.dir("memory")
         return _read_kv(f"{mem}/memory.oom_control").get("oom_kill", 0) if mem else 0
 
+    def oom_watch(self) -> OomWatch | None:
+        """cgroup.event_control: "<eventfd> <fd of memory.oom_control>" (the kernel signals the eventfd when
+        the cgroup runs out of memory, and when it is removed)."""
+        mem = self.dir("memory")
+        if not mem:
+            return None
+        efd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+        try:
+            ofd = os.open(f"{mem}/memory.oom_control", os.O_RDONLY | os.O_CLOEXEC)
+            try:
+                _write(f"{mem}/cgroup.event_control", f"{efd} {ofd}")
+            finally:
+                os.close(ofd)
+        except (OSError, CgroupError):
+            os.close(efd)
+            return None
+        return OomWatch(efd)
+
     def remove(self) -> None:
         for d in self._dirs():
             _rm_dir(d)
@@ -512,6 +558,13 @@ class CgroupV2(Cgroup):
 
     def oom_kills(self) -> int:
         return _read_kv(os.path.join(self.dir, "memory.events")).get("oom_kill", 0)
+
+    def oom_watch(self) -> OomWatch | None:
+        """inotify on memory.events: the kernel notifies a modification when one of its counters moves."""
+        try:
+            return OomWatch(linux.inotify_watch(os.path.join(self.dir, "memory.events")))
+        except OSError:
+            return None
 
     def remove(self) -> None:
         _rm_dir(self.dir)

@@ -245,3 +245,20 @@ def is_alive(pid: int, start_time: int | None) -> bool:
     if rest[0] in (b"Z", b"X"):
         return False
     return start_time is None or int(rest[19]) == start_time
+
+
+IN_MODIFY = 0x00000002
+IN_NONBLOCK = os.O_NONBLOCK
+IN_CLOEXEC = os.O_CLOEXEC
+
+
+def inotify_watch(path: str, mask: int = IN_MODIFY) -> int:
+    """A non-blocking, close-on-exec inotify fd watching path (readable when an event is queued)."""
+    fd = _check(libc.inotify_init1(ctypes.c_int(IN_NONBLOCK | IN_CLOEXEC)), "inotify_init1")
+    try:
+        _check(libc.inotify_add_watch(ctypes.c_int(fd), os.fsencode(path), ctypes.c_uint32(mask)),
+               f"inotify_add_watch {path}")
+    except OSError:
+        os.close(fd)
+        raise
+    return fd

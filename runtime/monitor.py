@@ -13,6 +13,7 @@ import fcntl
 import gc
 import json
 import os
+import select
 import selectors
 import signal
 import socket
@@ -92,6 +93,13 @@ class Conn:
         self.events = selectors.EVENT_READ  # what the selector watches it for
 
 
+class OomTag:
+    """Selector data of a container's OOM watch."""
+
+    def __init__(self, container: "Container"):
+        self.container = container
+
+
 class Container:
     def __init__(self, cid: str, bundle: str, spec: dict, sdir: str):
         self.id = cid
@@ -105,6 +113,8 @@ class Container:
         self.oci: ociruntime.OciRuntime | None = None  # set: an external OCI runtime runs it, not launch
         self.cgroup: cgroups.Cgroup | None = None
         self.oom_base = 0
+        self.oom_seen = 0                     # the highest OOM kill count read while it ran (see _oom_event)
+        self.oom_watch: cgroups.OomWatch | None = None
         self.log: LogFile | None = None
         self.log_path: str | None = None
         self.outputs: dict[int, str] = {}     # read fd -> stream name
@@ -205,7 +215,8 @@ class Monitor:
             if self.spare is not None:
                 left = max(0.0, self.spare_until - time.monotonic())
                 timeout = left if timeout is None else min(timeout, left)
-            for key, mask in self.sel.select(timeout):
+            # an OOM kill's event before the exit it caused, when both come in one batch (see _oom_event)
+            for key, mask in sorted(self.sel.select(timeout), key=lambda km: km[0].data == "signal"):
                 try:
                     self._dispatch(key, mask)
                 except Exception:  # noqa: BLE001 - keep serving the pod's other containers
@@ -241,6 +252,8 @@ class Monitor:
                 self._conn_read(tag)
             if mask & selectors.EVENT_WRITE and not tag.closed:
                 self._conn_flush(tag)
+        elif isinstance(tag, OomTag):
+            self._oom_event(tag.container)
         elif isinstance(tag, tuple):
             fd, owner, stream = tag
             fds = owner.outputs if isinstance(owner, Container) else owner.fds
@@ -516,6 +529,7 @@ class Monitor:
             for w in cg.apply(lin.get("resources")):
                 self._later(self.log.warning, "cgroup.warning", container_id=c.id, warning=w)
             c.oom_base = cg.oom_kills()
+            self._watch_oom(c)
             if not plan.cgroup_tasks:
                 cg.attach(c.pid)
         c.proc.go()
@@ -577,6 +591,7 @@ class Monitor:
             c.cgroup = cgroups.open_cgroup(cg_path)  # the runtime's: for stats and OOM kills
         if c.cgroup is not None:
             c.oom_base = c.cgroup.oom_kills()
+            self._watch_oom(c)
         c.start_time = linux.proc_start_time(c.pid)
         state.write_json(os.path.join(c.dir, "state.json"), {**c.record(), "status": "created"})
         return t0, t1, t2
@@ -939,7 +954,7 @@ class Monitor:
             return
         for c in self.containers.values():
             if c.pid == pid and c.status in ("created", "running"):
-                oom = bool(c.cgroup and c.cgroup.oom_kills() > c.oom_base)
+                oom = bool(c.cgroup and self._oom_kills(c) > c.oom_base)
                 c.exit = {"exit_code": exit_code, "signal": sig, "finished_at": time.time_ns(),
                           "oom_killed": oom}
                 c.status = "stopped"
@@ -1054,9 +1069,38 @@ class Monitor:
         if c.oci is not None:  # the runtime's state and cgroup, then the rootfs mount
             for problem in c.oci.delete():
                 self.log.warning("container.runtime_delete_failed", container_id=c.id, error=problem)
+        self._unwatch_oom(c)
         if c.cgroup:
             c.cgroup.remove()
         _rmtree(c.dir)
+
+    def _watch_oom(self, c: Container) -> None:
+        c.oom_seen = c.oom_base
+        c.oom_watch = c.cgroup.oom_watch()
+        if c.oom_watch is not None:
+            self.sel.register(c.oom_watch.fd, selectors.EVENT_READ, OomTag(c))
+
+    def _oom_event(self, c: Container) -> None:
+        """The OOM killer acted in c's cgroup (or a memory.events counter moved): read the count now, while the
+        cgroup exists. Under the systemd driver the scope of an exited container can be removed before its
+        process is reaped, and the count with it."""
+        if c.oom_watch is None:
+            return
+        c.oom_watch.drain()
+        if c.cgroup is not None:
+            c.oom_seen = max(c.oom_seen, c.cgroup.oom_kills())
+
+    def _oom_kills(self, c: Container) -> int:
+        """At the exit: the count now, or what was read when the kill was notified if the cgroup is gone."""
+        if c.oom_watch is not None and select.select([c.oom_watch.fd], [], [], 0)[0]:
+            self._oom_event(c)  # notified, not yet handled (the exit came first in this batch)
+        return max(c.cgroup.oom_kills(), c.oom_seen)
+
+    def _unwatch_oom(self, c: Container) -> None:
+        if c.oom_watch is not None:
+            self.sel.unregister(c.oom_watch.fd)
+            c.oom_watch.close()
+            c.oom_watch = None
 
     def _keep_spare(self, new_pidns: bool) -> None:
         """After a fast-init start (answered): have a pycri-init ready for the pod's next container, in a

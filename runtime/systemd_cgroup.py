@@ -180,6 +180,9 @@ class SystemdCgroup(cgroups.Cgroup):
     def oom_kills(self) -> int:
         return self.fs.oom_kills()
 
+    def oom_watch(self) -> cgroups.OomWatch | None:
+        return self.fs.oom_watch()
+
     def _call(self, method: str, signature: str, args: list) -> list:
         conn = dbus.connect_systemd(timeout=10)
         try:

@@ -124,3 +124,55 @@ def test_v1_real_lifecycle(cgroup_path):
     finally:
         if cg.exists():
             cg.remove()
+
+
+def test_oom_watch_signals_an_oom_kill(cgroup_path):
+    """oom_watch(): its fd becomes readable when the OOM killer acts in the cgroup (v1: eventfd on
+    memory.oom_control, v2: inotify on memory.events), so the count can be read before the cgroup goes."""
+    import select
+    import sys
+    cg = cgroups.open_cgroup(cgroup_path)
+    cg.create()
+    watch = None
+    try:
+        cg.apply({"memory": {"limit": 24 << 20, "swap": 24 << 20}})
+        watch = cg.oom_watch()
+        assert watch is not None
+        assert select.select([watch.fd], [], [], 0)[0] == []  # nothing yet
+        # waits for a line (while it is moved into the cgroup), then allocates past the limit
+        p = subprocess.Popen([sys.executable, "-S", "-c", "import sys; sys.stdin.readline(); "
+                              "x = [bytearray(1 << 20) for _ in range(200)]"],
+                             stdin=subprocess.PIPE, stderr=subprocess.DEVNULL)
+        cg.attach(p.pid)
+        p.stdin.write(b"go\n")
+        p.stdin.close()
+        assert p.wait(timeout=30) == -signal.SIGKILL
+        assert select.select([watch.fd], [], [], 10)[0] == [watch.fd]
+        watch.drain()
+        assert cg.oom_kills() == 1
+    finally:
+        if watch is not None:
+            watch.close()
+        if cg.exists():
+            cg.remove()
+
+
+def test_v2_oom_watch_on_fake_tree(tmp_path):
+    """The v2 watch is inotify on memory.events (the kernel marks it modified when a counter moves): here a
+    fake tree's file, written by the test; a cgroup without the file has no watch."""
+    import select
+    root = _fake_v2(tmp_path / "cg")
+    d = root / "pod"
+    d.mkdir()
+    cg = CgroupV2("/pod", str(root))
+    assert cg.oom_watch() is None
+    (d / "memory.events").write_text("low 0\nhigh 0\nmax 0\noom 0\noom_kill 0\n")
+    watch = cg.oom_watch()
+    try:
+        assert select.select([watch.fd], [], [], 0)[0] == []
+        (d / "memory.events").write_text("low 0\nhigh 0\nmax 3\noom 1\noom_kill 1\n")
+        assert select.select([watch.fd], [], [], 5)[0] == [watch.fd]
+        watch.drain()
+        assert select.select([watch.fd], [], [], 0)[0] == [] and cg.oom_kills() == 1
+    finally:
+        watch.close()

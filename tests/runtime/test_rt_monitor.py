@@ -117,6 +117,34 @@ def test_oom_kill_is_detected(mon, bundle, cgroup_path):
     mon.client.delete("c")
 
 
+@pytest.mark.skipif(__import__("runtime.cgroups").cgroups.detect_version() != 1, reason="moves a process by v1 files")
+def test_oom_kill_is_known_when_the_cgroup_is_gone_at_exit(mon, bundle, cgroup_path):
+    """As with the systemd driver, whose empty scope can be removed before the monitor reaps its process: the
+    OOM kill is read when the kernel notifies it, not only at the exit. A child (awk) is OOM-killed while the
+    container's init lives on; the test then moves the init out and removes the cgroup, as systemd would, and
+    kills the init: the exit still says OOMKilled."""
+    from runtime import cgroups
+
+    def mutate(spec):
+        spec["linux"]["cgroupsPath"] = cgroup_path
+        spec["linux"]["resources"] = {"memory": {"limit": 24 << 20, "swap": 24 << 20}}
+    hog = "awk 'BEGIN { s = \"x\"; while (1) s = s s }'; sleep 1000"
+    start(mon, "c", bundle(["sh", "-c", hog], mutate=mutate))
+    pid = mon.client.state("c")["pid"]
+    cg = cgroups.open_cgroup(cgroup_path)
+    _wait_for(lambda: cg.oom_kills() >= 1)
+    time.sleep(0.2)  # (the monitor reads the count when notified)
+    for mp in sorted(set(cgroups.v1_mounts().values())):
+        with open(os.path.join(mp, "cgroup.procs"), "w") as f:
+            f.write(str(pid))
+    cg.remove()
+    assert not cg.exists()
+    os.kill(pid, signal.SIGKILL)
+    ex = mon.client.wait("c", timeout=10)
+    assert ex["signal"] == 9 and ex["oom_killed"] is True
+    mon.client.delete("c")
+
+
 def test_no_oom_when_within_limit(mon, bundle, cgroup_path):
     def mutate(spec):
         spec["linux"]["cgroupsPath"] = cgroup_path
