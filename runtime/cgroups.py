@@ -201,10 +201,20 @@ class Cgroup:
 
 
 class OomWatch:
-    """An fd to poll (cgroup v2: inotify on memory.events; v1: an eventfd registered for memory.oom_control)."""
+    """An fd to poll (cgroup v2: inotify on memory.events; v1: an eventfd registered for memory.oom_control).
 
-    def __init__(self, fd: int):
+    v2 signals each change of the counters, the kill's included, so reading oom_kills() on each event sees it.
+    v1 signals as the OOM begins, before the kill is counted (and again when the cgroup is removed): the
+    monitor then reads too early, so onset() says whether an event was an OOM rather than the removal (as
+    containerd, which takes that event for the OOM kill)."""
+
+    def __init__(self, fd: int, memory_dir: str | None = None):
         self.fd = fd
+        self._memory_dir = memory_dir  # v1: the cgroup whose OOMs the eventfd signals
+
+    def onset(self) -> bool:
+        """After an event (v1): True if the cgroup is under an OOM (it still exists: not its removal)."""
+        return self._memory_dir is not None and os.path.isdir(self._memory_dir)
 
     def drain(self) -> None:
         try:
@@ -399,7 +409,7 @@ class CgroupV1(Cgroup):
         except (OSError, CgroupError):
             os.close(efd)
             return None
-        return OomWatch(efd)
+        return OomWatch(efd, mem)
 
     def remove(self) -> None:
         for d in self._dirs():

@@ -1088,7 +1088,10 @@ class Monitor:
             return
         c.oom_watch.drain()
         if c.cgroup is not None:
-            c.oom_seen = max(c.oom_seen, c.cgroup.oom_kills())
+            kills = c.cgroup.oom_kills()
+            if kills <= c.oom_base and c.oom_watch.onset():  # v1: the kill is not counted yet (cgroups.OomWatch)
+                kills = c.oom_base + 1
+            c.oom_seen = max(c.oom_seen, kills)
 
     def _oom_kills(self, c: Container) -> int:
         """At the exit: the count now, or what was read when the kill was notified if the cgroup is gone."""
