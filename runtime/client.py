@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import select
 import socket
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass
 
+from runtime import cgroups, fastinit, launch
 from runtime.frames import CH_CLOSE_STDIN, CH_EXIT, CH_RESIZE, CH_STDIN, CH_STDOUT, frame, split
 
 
@@ -71,6 +73,27 @@ def forget(path: str) -> None:
         conns = _idle.pop(path, [])
     for sock in conns:
         sock.close()
+
+
+def prepare_init(cid: str, bundle: str, spec: dict | None, overlay: dict | None) -> tuple[dict | None, dict | None]:
+    """(spec, init) for a create by the built-in runtime: init is the container's pycri-init plan
+    (fastinit.prepare), made here so that the monitor need not run that code (runtime/fastinit.py says why).
+    The spec is read from the bundle when not given, and then sent inline. init is None where fast init does
+    not apply, and for a spec the planning refuses: the monitor then plans it itself and reports the error."""
+    if not fastinit.enabled():
+        return spec, None
+    try:
+        if spec is None:
+            spec = launch.spec_json(os.path.join(bundle, "config.json"))
+        if not isinstance(spec, dict) or (spec.get("process") or {}).get("terminal"):
+            return spec, None
+        cg_path = (spec.get("linux") or {}).get("cgroupsPath")
+        plan = launch.plan_container(spec, bundle, cid, overlay=overlay, stdio=(0, 1, 2), cgroup=bool(cg_path),
+                                     cgroup_tasks=cgroups.open_cgroup(cg_path).self_attach_paths() if cg_path
+                                     else None)
+        return spec, fastinit.prepare(plan)
+    except Exception:  # noqa: BLE001 - any refusal is the monitor's to report, with its usual message
+        return spec, None
 
 
 class MonitorClient:
@@ -131,14 +154,19 @@ class MonitorClient:
         inside the container's mount namespace. log_path overrides the io.pycri.log-path annotation.
         spec: the OCI spec inline, instead of <bundle>/config.json (which then need not exist).
         runtime: {"type": "oci", "path": "/usr/bin/runc"} runs it with that OCI runtime (else the built-in one).
+        With the built-in one, the container's init is planned and encoded here (see runtime/fastinit.py).
         """
         args = {"id": id, "bundle": bundle, "overlay": overlay, "stdin": stdin, "log_path": log_path}
         if log_max_line:
             args["log_max_line"] = log_max_line
-        if spec is not None:
-            args["spec"] = spec
         if runtime is not None:
             args["runtime"] = runtime
+        else:
+            spec, init = prepare_init(id, bundle, spec, overlay)
+            if init is not None:
+                args["init"] = init
+        if spec is not None:
+            args["spec"] = spec
         return self.call("create", **args)
 
     def start(self, id: str) -> dict:

@@ -9,9 +9,17 @@ has next to nothing to tear down); it speaks the same messages on c2p and reads 
 child, so launch.Process drives both the same way.
 
     eligible(plan) -> bool      what the C side implements completely (else: the Python child)
-    encode(plan, fds) -> bytes  the operation list
+    encode(plan) -> bytes       the operation list
+    prepare(plan) -> dict       the operation list made by the monitor's client (see below)
     spawn(plan, c2p_w, p2c_r) -> pid
     Spare(new_pidns)            a pycri-init spawned ahead of need; .use(plan, c2p_w, p2c_r) -> pid
+
+The client of a monitor (runtime/client.py: the daemon, `python -m runtime`) plans and encodes a container's
+init before it asks for the create, and sends the result with it (`prepare`, `prepared_plan`). The monitor
+then runs none of that Python: under CPython 3.11 every code object and constant a path runs is written to
+(reference counts, warm-up counters), so each monitor that ran it kept its own copy of those pages: 0.2-0.35
+MiB per pod, measured. The daemon is one process; it pays that once. An exec is still planned in the monitor (it needs the
+container's namespaces, which only the monitor holds).
 
 A spawn costs the caller ~0.2-0.4 ms (posix_spawn returns after the execve); the monitor keeps a spare for a
 while after each create (see Monitor._keep_spare), so a pod's next container skips it.
@@ -23,6 +31,7 @@ Set PYCRI_FASTINIT=0 to always use the Python child.
 from __future__ import annotations
 
 import array
+import binascii
 import os
 import resource
 import socket
@@ -185,12 +194,65 @@ class _Enc:
         return b"".join(self.parts)
 
 
-def encode(plan, stdio_fds: tuple[int, int, int] | None = None) -> bytes:
-    """The operation list for pycri-init; stdio_fds: where the plan's stdio fds are in the child."""
-    e = _Enc()
-    _encode_head(e, plan)
-    _encode_tail(e, plan, stdio_fds)
-    return e.bytes()
+HEADER = b"P\x01"
+BASE = 10               # pycri-init.c's SPARE_BASE: the plan (or socket) fd + 0, p2c + 1, c2p + 2, stdio + 3..5
+STDIO = (13, 14, 15)    # where pycri-init finds the stdio fds, spawned or spare
+
+
+def encode(plan) -> bytes:
+    """The operation list for pycri-init."""
+    head, tail = encode_parts(plan)
+    return HEADER + head + tail
+
+
+def encode_parts(plan) -> tuple[bytes, bytes]:
+    """The operation list in two parts (no header): up to the namespaces, and the rest (see Spare.use)."""
+    head = _Enc(header=False)
+    _encode_head(head, plan)
+    tail = _Enc(header=False)
+    _encode_tail(tail, plan, STDIO)
+    return head.bytes(), tail.bytes()
+
+
+# The Plan fields a monitor needs besides the operation list (launch.Process, Monitor._launch)
+_PREPARED_FIELDS = ("rootfs", "clone_flags", "unshare_flags", "join_pid", "go_stage", "warnings")
+
+
+def prepare(plan) -> dict | None:
+    """An eligible plan as a JSON-able dict for the monitor (None if not eligible): its operation list and the
+    fields prepared_plan() rebuilds. Raises ValueError for a plan that cannot be encoded."""
+    if not (enabled() and eligible(plan)):
+        return None
+    head, tail = encode_parts(plan)
+    fields = {k: getattr(plan, k) for k in _PREPARED_FIELDS}
+    fields["join"] = [list(j) for j in plan.join]
+    fields["cgroup_tasks"] = None if plan.cgroup_tasks is None else [os.fsdecode(t) for t in plan.cgroup_tasks]
+    fields["stdio"] = plan.stdio is not None
+    return {"head": binascii.b2a_base64(head, newline=False).decode(),
+            "tail": binascii.b2a_base64(tail, newline=False).decode(), "plan": fields}
+
+
+def prepared_plan(prepared: dict, spec: dict, stdio: tuple[int, int, int] | None):
+    """(launch.Plan, (head, tail)) from prepare()'s dict, for the spec it was made from, with the monitor's
+    stdio fds. Raises ValueError on a malformed dict (or one made for stdio when there is none, or the reverse)."""
+    from runtime import launch
+    try:
+        f = prepared["plan"]
+        parts = (binascii.a2b_base64(prepared["head"], strict_mode=True),
+                 binascii.a2b_base64(prepared["tail"], strict_mode=True))
+        if bool(f["stdio"]) != (stdio is not None):
+            raise ValueError("made for other stdio")
+        tasks = f["cgroup_tasks"]
+        plan = launch.Plan(spec=spec, rootfs=f["rootfs"], stdio=stdio, clone_flags=int(f["clone_flags"]),
+                           unshare_flags=int(f["unshare_flags"]), join=[(k, p) for k, p in f["join"]],
+                           join_pid=f["join_pid"], go_stage=f["go_stage"], warnings=list(f["warnings"]),
+                           cgroup_tasks=None if tasks is None else [os.fsencode(t) for t in tasks])
+    except (KeyError, TypeError, ValueError, binascii.Error) as exc:
+        raise ValueError(f"malformed prepared init plan: {exc}") from None
+    if plan.go_stage not in (None, "early", "late") or not all(isinstance(x, str) for x in (plan.rootfs or "",
+                                                                                          plan.join_pid or "")):
+        raise ValueError("malformed prepared init plan")
+    return plan, parts
 
 
 def _encode_head(e: _Enc, plan) -> None:
@@ -543,16 +605,12 @@ def warm() -> None:
         plan = launch.plan_from_spec(_WARM_SPEC, None, stdio=(0, 1, 2))
         plan.go_stage = "late"
         if eligible(plan):
-            head = _Enc()
-            _encode_head(head, plan)
-            _encode_tail(head, plan, SPARE_STDIO)
-            head.bytes()
+            encode_parts(plan)
     except (launch.LaunchError, OSError, ValueError):
         pass  # only a warm-up
 
 
 SPARE_SOCK = 3          # the spare's end of its socket (see pycri-init.c, spare mode)
-SPARE_STDIO = (13, 14, 15)  # where the spare puts the stdio fds it receives (SPARE_BASE + 3..)
 
 
 class Spare:
@@ -588,24 +646,18 @@ class Spare:
         return self.sock is not None and plan.join_pid is None and \
             self.new_pidns == bool(plan.clone_flags & linux.CLONE_NEWPID)
 
-    def use(self, plan, c2p_w: int, p2c_r: int) -> int:
+    def use(self, plan, c2p_w: int, p2c_r: int, parts: tuple[bytes, bytes] | None = None) -> int:
         """Hand plan (and the pipes, the stdio) to the spare; returns its pid. Raises OSError if it is gone
-        (ValueError: a plan that cannot be encoded). The plan goes in two parts: the spare joins and makes the
-        namespaces (the slow part of its set-up) while the rest is encoded."""
+        (ValueError: a plan that cannot be encoded). parts: encode_parts(plan), when made already. The plan
+        goes in two parts: the spare joins and makes the namespaces (the slow part of its set-up) on the first."""
         stdio = list(plan.stdio) if plan.stdio is not None else []
-        head = _Enc()
-        _encode_head(head, plan)
-        head.op(OP_CONTINUE)
-        head_data = head.bytes()
+        head, tail = parts if parts is not None else encode_parts(plan)
+        head_data = HEADER + head + _U8[OP_CONTINUE]
         sock, self.sock = self.sock, None
         try:
-            sock.sendmsg([_PACK_I(len(head_data))], [(socket.SOL_SOCKET, socket.SCM_RIGHTS,
-                                                      array.array("i", [p2c_r, c2p_w, *stdio]))])
-            sock.sendall(head_data)
-            tail = _Enc(header=False)
-            _encode_tail(tail, plan, SPARE_STDIO if stdio else None)
-            data = tail.bytes()
-            sock.sendall(_PACK_I(len(data)) + data)
+            sock.sendmsg([_PACK_I(len(head_data)) + head_data],
+                         [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [p2c_r, c2p_w, *stdio]))])
+            sock.sendall(_PACK_I(len(tail)) + tail)
         finally:
             sock.close()  # (a spare cut short reads EOF and exits)
         return self.pid
@@ -617,25 +669,30 @@ class Spare:
             self.sock = None
 
 
-def spawn(plan, c2p_w: int, p2c_r: int) -> int:
-    """Start pycri-init for plan; returns its pid (the container's, once it execs). A new pid namespace is made
-    here, around the spawn; a pid namespace to join is the caller's (launch.Process sets pid_ns_for_children)."""
+def spawn(plan, c2p_w: int, p2c_r: int, parts: tuple[bytes, bytes] | None = None) -> int:
+    """Start pycri-init for plan; returns its pid (the container's, once it execs). parts: encode_parts(plan),
+    when made already. A new pid namespace is made here, around the spawn; a pid namespace to join is the
+    caller's (launch.Process sets pid_ns_for_children)."""
     stdio = list(plan.stdio) if plan.stdio is not None else []
     memfd = os.memfd_create("pycri-plan", os.MFD_CLOEXEC)
     own_ns = -1
     try:
+        head, tail = parts if parts is not None else encode_parts(plan)
+        os.write(memfd, HEADER + head + tail)
+        # the fds go to BASE.. (where the plan expects the stdio): first above every source, so that no dup2
+        # overwrites a source still to be moved
         srcs = [memfd, p2c_r, c2p_w, *stdio]
-        base = max(srcs) + 1
-        stdio_fds = tuple(base + 3 + i for i in range(3)) if stdio else None
-        os.write(memfd, encode(plan, stdio_fds))
-        actions = [(os.POSIX_SPAWN_DUP2, fd, base + i) for i, fd in enumerate(srcs)]
+        high = max(*srcs, BASE + len(srcs)) + 1
+        actions = [(os.POSIX_SPAWN_DUP2, fd, high + i) for i, fd in enumerate(srcs)]
+        actions += [(os.POSIX_SPAWN_DUP2, high + i, BASE + i) for i in range(len(srcs))]
+        actions += [(os.POSIX_SPAWN_CLOSE, high + i) for i in range(len(srcs))]
         if plan.clone_flags & linux.CLONE_NEWPID:
             own_ns = os.open("/proc/self/ns/pid", os.O_RDONLY | os.O_CLOEXEC)
             linux.unshare(linux.CLONE_NEWPID)
         try:
             # the monitor's environment, as a cloned child would have until its execve (the tests' leak check
             # finds containers by it)
-            return os.posix_spawn(BINARY, [BINARY, str(base)], os.environ, file_actions=actions)
+            return os.posix_spawn(BINARY, [BINARY, str(BASE)], os.environ, file_actions=actions)
         finally:
             if own_ns >= 0:
                 linux.setns(own_ns, linux.CLONE_NEWPID)

@@ -84,6 +84,28 @@ class Plan:
     lsm_exec: list[tuple[tuple[str, ...], bytes]] = field(default_factory=list)
 
 
+def plan_container(spec: dict, bundle: str, cid: str, *, overlay: dict | None = None,
+                   stdio: tuple[int, int, int] | None = None, console_fd: int | None = None,
+                   cgroup: bool = False, cgroup_tasks: list[bytes] | None = None) -> Plan:
+    """plan_from_spec for a container's init (not an exec): its hooks, and when its child waits for the parent.
+    cgroup: the spec has a cgroupsPath; cgroup_tasks: that cgroup's Cgroup.self_attach_paths()."""
+    plan = plan_from_spec(spec, bundle, overlay=overlay, stdio=stdio, console_fd=console_fd)
+    plan.hook_state = {"id": cid, "bundle": bundle}
+    plan.runtime_hooks = bool(hooks.of(spec, "prestart") or hooks.of(spec, "createRuntime"))
+    userns = bool(plan.clone_flags & linux.CLONE_NEWUSER)
+    if cgroup and not userns:
+        plan.cgroup_tasks = cgroup_tasks  # None: the parent attaches the pid
+    if userns or (cgroup and (not plan.cgroup_tasks or plan.unshare_flags & linux.CLONE_NEWCGROUP)):
+        # maps and attach(pid) before the child does anything; a new cgroup namespace must be made inside
+        # the container's cgroup and before its /sys/fs/cgroup mount, so the child joins first there too
+        plan.go_stage = "early"
+    elif cgroup:
+        plan.go_stage = "late"  # the parent makes the cgroup while the child mounts; it joins it by itself
+    else:
+        plan.go_stage = None
+    return plan
+
+
 def plan_from_spec(spec: dict, bundle: str | None, *, overlay: dict | None = None,
                    stdio: tuple[int, int, int] | None = None, console_fd: int | None = None) -> Plan:
     """Validate a spec and compute the namespace plan; raises LaunchError on bad input."""
@@ -395,9 +417,11 @@ class _Channel:
 class Process:
     """Parent-side handle on a launched container process."""
 
-    def __init__(self, plan: Plan, spare: fastinit.Spare | None = None):
+    def __init__(self, plan: Plan, spare: fastinit.Spare | None = None,
+                 parts: tuple[bytes, bytes] | None = None):
         """spare: a pycri-init started ahead (fastinit.Spare), used when it fits the plan (self.used_spare);
-        the caller releases it otherwise."""
+        the caller releases it otherwise. parts: the plan's pycri-init operation list, made by the client
+        (fastinit.prepared_plan): fast init, with no eligibility check or encoding here."""
         self.plan = plan
         self.warnings: list[str] = list(plan.warnings)
         self.used_spare = False
@@ -425,16 +449,16 @@ class Process:
                 _close_prepared(plan)
                 raise LaunchError(f"joining namespaces: {exc.filename or plan.join_pid}: {exc.strerror}") from None
         # fast init (runtime/fastinit.py): a small C program executes the plan, spawned without copying us
-        self.fast = fastinit.enabled() and fastinit.eligible(plan)
+        self.fast = parts is not None or (fastinit.enabled() and fastinit.eligible(plan))
         try:
             if self.fast and spare is not None and spare.fits(plan):
                 try:
-                    pid = spare.use(plan, c2p_w, p2c_r)
+                    pid = spare.use(plan, c2p_w, p2c_r, parts)
                     self.used_spare = True
                 except OSError:  # it died meanwhile: spawn one
-                    pid = fastinit.spawn(plan, c2p_w, p2c_r)
+                    pid = fastinit.spawn(plan, c2p_w, p2c_r, parts)
             elif self.fast:
-                pid = fastinit.spawn(plan, c2p_w, p2c_r)
+                pid = fastinit.spawn(plan, c2p_w, p2c_r, parts)
             else:
                 pid = linux.clone(plan.clone_flags)
         except (OSError, ValueError) as exc:

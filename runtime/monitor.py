@@ -497,25 +497,19 @@ class Monitor:
         cg_path = lin.get("cgroupsPath")
         cg = cgroups.open_cgroup(cg_path) if cg_path else None
         t0 = time.perf_counter()
-        plan = launch.plan_from_spec(spec, c.bundle, overlay=req.get("overlay"), stdio=stdio,
-                                     console_fd=console)
-        plan.hook_state = {"id": c.id, "bundle": c.bundle}
-        plan.runtime_hooks = bool(hooks.of(spec, "prestart") or hooks.of(spec, "createRuntime"))
-        userns = bool(plan.clone_flags & linux.CLONE_NEWUSER)
-        if cg is not None and not userns:
-            plan.cgroup_tasks = cg.self_attach_paths()  # None: attach(pid) below
-        if userns or (cg is not None and (not plan.cgroup_tasks or plan.unshare_flags & linux.CLONE_NEWCGROUP)):
-            # maps and attach(pid) before the child does anything; a new cgroup namespace must be made inside
-            # the container's cgroup and before its /sys/fs/cgroup mount, so the child joins first there too
-            plan.go_stage = "early"
-        elif cg is not None:
-            plan.go_stage = "late"
+        parts = None
+        if req.get("init") is not None and console is None:
+            # planned and encoded by the client, which found fast init enabled (see runtime/fastinit.py)
+            plan, parts = fastinit.prepared_plan(req["init"], spec, stdio)
+            plan.hook_state = {"id": c.id, "bundle": c.bundle}
         else:
-            plan.go_stage = None
+            plan = launch.plan_container(spec, c.bundle, c.id, overlay=req.get("overlay"), stdio=stdio,
+                                         console_fd=console, cgroup=cg is not None,
+                                         cgroup_tasks=cg.self_attach_paths() if cg is not None else None)
         t1 = time.perf_counter()
         spare, self.spare = self.spare, None
         try:
-            c.proc = launch.Process(plan, spare)
+            c.proc = launch.Process(plan, spare, parts)
         finally:
             if spare is not None and not (c.proc and c.proc.used_spare):
                 spare.close()

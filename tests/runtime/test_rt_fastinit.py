@@ -362,3 +362,82 @@ def test_warm_plans_and_encodes_without_starting_anything():
     fastinit.warm()
     assert children() == before
     assert fastinit._DEFAULT_DEVICES  # the encoding ran (its cache is filled)
+
+
+def test_the_monitor_runs_the_init_its_client_prepared(monkeypatch, tmp_root, tmp_path, rootfs):
+    """MonitorClient.create plans and encodes the container's init itself and sends it with the request
+    (client.prepare_init); the monitor runs that, without planning the spec again. A malformed one is refused
+    with a clear error, and the monitor goes on serving."""
+    import tempfile
+
+    from runtime import client as client_mod
+    monkeypatch.setenv("PYCRI_FASTINIT", "1")
+    said_a = make_spec(["sh", "-c", "echo prepared; exit 4"])
+    said_b = make_spec(["sh", "-c", "echo planned; exit 5"])
+    b = write_bundle(str(tmp_path / "b"), said_b, rootfs)
+    spec, init = client_mod.prepare_init("x", b, None, None)
+    assert spec == said_b and init is not None and set(init) == {"head", "tail", "plan"}
+    _, init_a = client_mod.prepare_init("a", b, said_a, None)
+    monkeypatch.setenv("PYCRI_FASTINIT", "0")
+    assert client_mod.prepare_init("x", b, said_b, None) == (said_b, None)
+    monkeypatch.setenv("PYCRI_FASTINIT", "1")
+    h = MonitorHandle(tempfile.mkdtemp(prefix="m", dir=tmp_root))
+    try:
+        log = str(tmp_path / "a.log")
+        h.client.call("create", id="a", bundle=b, spec=said_b, init=init_a, log_path=log, overlay=None, stdin=False)
+        h.client.start("a")
+        assert h.client.wait("a", timeout=10)["exit_code"] == 4
+        assert log_text(log) == "prepared\n"
+        for bad in ({"head": "!", "tail": "", "plan": init_a["plan"]}, {**init_a, "plan": {}},
+                    {**init_a, "plan": {**init_a["plan"], "go_stage": "sometime"}}, "nope"):
+            with pytest.raises(MonitorError, match="malformed prepared init plan"):
+                h.client.call("create", id="bad", bundle=b, spec=said_b, init=bad)
+        assert [c["id"] for c in h.client.list()] == ["a"] and h.client.ping()
+        # and the client's own create sends one (the bundle's spec)
+        log = str(tmp_path / "c.log")
+        h.client.create("c", b, log_path=log)
+        h.client.start("c")
+        assert h.client.wait("c", timeout=10)["exit_code"] == 5 and log_text(log) == "planned\n"
+    finally:
+        h.stop()
+
+
+def test_spawn_places_fds_that_sit_where_they_go(tmp_path, rootfs):
+    """fastinit.spawn moves the plan, pipe and stdio fds to BASE.. in the child even when the parent's own
+    numbers are already in that range, in another order (a plain dup2 to each place would overwrite one
+    still to be moved). Run in a fresh interpreter, whose fds in that range are the test's to choose."""
+    import subprocess
+    import sys
+    code = f"""
+import os, select, sys
+from runtime import fastinit, launch
+B = fastinit.BASE
+def at(fd, where):
+    os.dup2(fd, where)
+    os.close(fd)
+    return where
+out_r, out_w = os.pipe2(os.O_CLOEXEC)
+err_r, err_w = os.pipe2(os.O_CLOEXEC)
+null = os.open("/dev/null", os.O_RDONLY | os.O_CLOEXEC)
+# stdio where the plan and the pipes go, in reverse: a dup2 to B + i in turn would overwrite them
+stdio = (at(null, B + 2), at(out_w, B + 1), at(err_w, B))
+spec = {{"ociVersion": "1.0.2", "root": {{"path": {rootfs!r}}},
+        "process": {{"args": ["sh", "-c", "echo out; echo err >&2; read x || echo eof"], "cwd": "/",
+                    "env": ["PATH=/bin:/usr/bin"], "user": {{"uid": 0, "gid": 0}}}},
+        "linux": {{"namespaces": [{{"type": "mount"}}]}}}}
+plan = launch.plan_from_spec(spec, {str(tmp_path)!r}, stdio=stdio)
+assert fastinit.eligible(plan)
+proc = launch.Process(plan)
+assert proc.fast
+proc.setup()
+proc.start()
+for fd in stdio:
+    os.close(fd)
+_, status = os.waitpid(proc.pid, 0)
+sys.stdout.write(f"{{os.waitstatus_to_exitcode(status)}} {{os.read(out_r, 100)!r}} {{os.read(err_r, 100)!r}}")
+"""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(fastinit.__file__)))
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30,
+                       env={**os.environ, "PYTHONPATH": root, "PYCRI_FASTINIT": "1"})
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == "0 b'out\\neof\\n' b'err\\n'", r.stdout
