@@ -15,10 +15,9 @@ from __future__ import annotations
 import json
 import os
 import socket
-import threading
-
-import subprocess
 import sys
+
+# threading and subprocess: imported where the daemon's side uses them, never in the spawner process (see main)
 
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -28,10 +27,11 @@ class SpawnerError(Exception):
 
 
 class Spawner:
-    def __init__(self, sock: socket.socket, proc: subprocess.Popen):
+    def __init__(self, sock: socket.socket, proc):
+        import threading
         self._sock = sock
         self._file = sock.makefile("rb")
-        self._proc = proc
+        self._proc = proc  # subprocess.Popen
         self.pid = proc.pid
         self._lock = threading.Lock()
 
@@ -63,6 +63,7 @@ class Spawner:
 
 def start() -> Spawner:
     """Start the spawner process; returns once it has imported the monitor code and is ready."""
+    import subprocess
     parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
     code = f"import sys; sys.path.insert(0, {_ROOT!r}); from runtime.spawner import main; main({child.fileno()})"
     proc = subprocess.Popen([sys.executable, "-S", "-c", code], pass_fds=[child.fileno()],
@@ -78,6 +79,10 @@ def start() -> Spawner:
 
 def main(fd: int) -> None:
     """Spawner process entry point: serve spawn requests on the inherited socket until EOF.
+
+    It imports no more than the monitors need. threading, in particular, registers an at-fork handler: Python
+    code that ran in both processes of each monitor's double fork, writing to objects shared with the spawner.
+    It cost every pod 0.23 MiB of private memory (2.95 -> 2.72 MiB per monitor without it, measured).
 
     It keeps one spare monitor forked ahead (runtime.monitor.prefork): a request hands the spare its pod
     (bind the socket, write monitor.json: ~1 ms) and the next spare is forked after the answer, while the

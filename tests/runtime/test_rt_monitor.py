@@ -212,6 +212,20 @@ def test_spawner_monitor_outlives_spawner(tmp_root, bundle):
     _wait_for(lambda: not linux.is_alive(mpid, None))
 
 
+def test_spawner_process_imports_no_threading():
+    """The spawner process (runtime.spawner.main's imports) loads neither threading nor subprocess: threading's
+    at-fork handler would run in every monitor fork (0.23 MiB of private memory per pod, see spawner.main)."""
+    import subprocess
+    import sys
+    from runtime import spawner
+    code = ("import sys; sys.path.insert(0, %r); import runtime.spawner, signal; "
+            "from runtime import linux, fastinit; from runtime.monitor import SOCKET_NAME, prefork; "
+            "print(sorted({'threading', 'subprocess'} & set(sys.modules)))" % spawner._ROOT)
+    out = subprocess.run([sys.executable, "-S", "-c", code], capture_output=True, text=True, timeout=30)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"
+
+
 def test_protocol_rejects_garbage(mon):
     import json
     import socket
