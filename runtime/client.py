@@ -75,25 +75,34 @@ def forget(path: str) -> None:
         sock.close()
 
 
-def prepare_init(cid: str, bundle: str, spec: dict | None, overlay: dict | None) -> tuple[dict | None, dict | None]:
-    """(spec, init) for a create by the built-in runtime: init is the container's pycri-init plan
-    (fastinit.prepare), made here so that the monitor need not run that code (runtime/fastinit.py says why).
-    The spec is read from the bundle when not given, and then sent inline. init is None where fast init does
-    not apply, and for a spec the planning refuses: the monitor then plans it itself and reports the error."""
+def plan_init(cid: str, bundle: str, spec: dict | None, overlay: dict | None):
+    """The launch.Plan of a create by the built-in runtime, made here for fastinit.prepare so that the monitor
+    need not run that code (runtime/fastinit.py says why); None where fast init does not apply, and for a
+    spec the planning refuses: the monitor then plans it itself and reports the error. A spec not given is
+    read from the bundle here (the monitor reads it too: sending it costs more)."""
     if not fastinit.enabled():
-        return spec, None
+        return None
     try:
         if spec is None:
             spec = launch.spec_json(os.path.join(bundle, "config.json"))
         if not isinstance(spec, dict) or (spec.get("process") or {}).get("terminal"):
-            return spec, None
+            return None
         cg_path = (spec.get("linux") or {}).get("cgroupsPath")
         plan = launch.plan_container(spec, bundle, cid, overlay=overlay, stdio=(0, 1, 2), cgroup=bool(cg_path),
                                      cgroup_tasks=cgroups.open_cgroup(cg_path).self_attach_paths() if cg_path
                                      else None)
-        return spec, fastinit.prepare(plan)
+        return plan
     except Exception:  # noqa: BLE001 - any refusal is the monitor's to report, with its usual message
-        return spec, None
+        return None
+
+
+def prepare_init(cid: str, bundle: str, spec: dict | None, overlay: dict | None) -> dict | None:
+    """The whole init of a create, in one dict (fastinit.prepare), or None (see plan_init)."""
+    plan = plan_init(cid, bundle, spec, overlay)
+    try:
+        return fastinit.prepare(plan) if plan is not None else None
+    except ValueError:
+        return None
 
 
 class MonitorClient:
@@ -101,8 +110,9 @@ class MonitorClient:
         self.socket_path = socket_path
         self.timeout = timeout
 
-    def call(self, op: str, *, io_timeout: float | None = ..., **args) -> dict:
-        """Send one request and return the answer; raises MonitorError on {"ok": false} or I/O failure."""
+    def call(self, op: str, *, io_timeout: float | None = ..., then=None, **args) -> dict:
+        """Send one request and return the answer; raises MonitorError on {"ok": false} or I/O failure.
+        then: a function whose dict is sent as a second line right after the request (see create)."""
         req = json.dumps({"op": op, **args}).encode() + b"\n"
         sock = _take(self.socket_path)
         if sock is None:
@@ -116,6 +126,8 @@ class MonitorClient:
             if fresh:
                 sock.connect(self.socket_path)
             sock.sendall(req)
+            if then is not None:
+                sock.sendall(json.dumps(then()).encode() + b"\n")
             buf = b""
             while not buf.endswith(b"\n"):
                 chunk = sock.recv(1 << 20)
@@ -162,9 +174,16 @@ class MonitorClient:
         if runtime is not None:
             args["runtime"] = runtime
         else:
-            spec, init = prepare_init(id, bundle, spec, overlay)
-            if init is not None:
+            plan = plan_init(id, bundle, spec, overlay)
+            try:
+                init = fastinit.prepare(plan, tail=False) if plan is not None else None
+            except ValueError:
+                init = None
+            if init is not None:  # the second part follows, made while the monitor starts on the first
                 args["init"] = init
+                if spec is not None:
+                    args["spec"] = spec
+                return self.call("create", then=lambda: fastinit.prepare_tail(plan), **args)
         if spec is not None:
             args["spec"] = spec
         return self.call("create", **args)

@@ -218,28 +218,47 @@ def encode_parts(plan) -> tuple[bytes, bytes]:
 _PREPARED_FIELDS = ("rootfs", "clone_flags", "unshare_flags", "join_pid", "go_stage", "warnings")
 
 
-def prepare(plan) -> dict | None:
+def prepare(plan, tail: bool = True) -> dict | None:
     """An eligible plan as a JSON-able dict for the monitor (None if not eligible): its operation list and the
-    fields prepared_plan() rebuilds. Raises ValueError for a plan that cannot be encoded."""
-    if not (enabled() and eligible(plan)):
+    fields prepared_plan() rebuilds. Raises ValueError for a plan that cannot be encoded.
+
+    tail=False leaves the second part out ("tail": null): the client sends it next on the same connection
+    (prepare_tail), while the monitor starts the first (the spare makes the namespaces meanwhile)."""
+    if not eligible(plan):
         return None
-    head, tail = encode_parts(plan)
+    head = _Enc(header=False)
+    _encode_head(head, plan)
     fields = {k: getattr(plan, k) for k in _PREPARED_FIELDS}
     fields["join"] = [list(j) for j in plan.join]
     fields["cgroup_tasks"] = None if plan.cgroup_tasks is None else [os.fsdecode(t) for t in plan.cgroup_tasks]
     fields["stdio"] = plan.stdio is not None
-    return {"head": binascii.b2a_base64(head, newline=False).decode(),
-            "tail": binascii.b2a_base64(tail, newline=False).decode(), "plan": fields}
+    second = prepare_tail(plan) if tail else {"tail": None}
+    if "error" in second:
+        raise ValueError(second["error"])
+    return {"head": binascii.b2a_base64(head.bytes(), newline=False).decode(), "tail": second["tail"],
+            "plan": fields}
+
+
+def prepare_tail(plan) -> dict:
+    """The line that follows a create whose init had "tail": null: {"tail": ...}, or {"error": ...} if the
+    plan cannot be encoded (the create then fails with it)."""
+    try:
+        tail = _Enc(header=False)
+        _encode_tail(tail, plan, STDIO)
+    except Exception as exc:  # noqa: BLE001 - the monitor waits for this line: it must get one
+        return {"error": f"encoding the init: {exc}"}
+    return {"tail": binascii.b2a_base64(tail.bytes(), newline=False).decode()}
 
 
 def prepared_plan(prepared: dict, spec: dict, stdio: tuple[int, int, int] | None):
     """(launch.Plan, (head, tail)) from prepare()'s dict, for the spec it was made from, with the monitor's
-    stdio fds. Raises ValueError on a malformed dict (or one made for stdio when there is none, or the reverse)."""
+    stdio fds; tail is None when it follows (prepare's tail=False). Raises ValueError on a malformed dict (or
+    one made for stdio when there is none, or the reverse)."""
     from runtime import launch
     try:
         f = prepared["plan"]
         parts = (binascii.a2b_base64(prepared["head"], strict_mode=True),
-                 binascii.a2b_base64(prepared["tail"], strict_mode=True))
+                 None if prepared["tail"] is None else binascii.a2b_base64(prepared["tail"], strict_mode=True))
         if bool(f["stdio"]) != (stdio is not None):
             raise ValueError("made for other stdio")
         tasks = f["cgroup_tasks"]
@@ -663,10 +682,11 @@ class Spare:
         return self.sock is not None and plan.join_pid is None and \
             self.new_pidns == bool(plan.clone_flags & linux.CLONE_NEWPID)
 
-    def use(self, plan, c2p_w: int, p2c_r: int, parts: tuple[bytes, bytes] | None = None) -> int:
+    def use(self, plan, c2p_w: int, p2c_r: int, parts=None) -> int:
         """Hand plan (and the pipes, the stdio) to the spare; returns its pid. Raises OSError if it is gone
-        (ValueError: a plan that cannot be encoded). parts: encode_parts(plan), when made already. The plan
-        goes in two parts: the spare joins and makes the namespaces (the slow part of its set-up) on the first."""
+        (ValueError: a plan that cannot be encoded). parts: (head, tail) made already (encode_parts), where tail
+        may be a function that returns it (it is called once the spare has the head). The plan goes in two parts:
+        the spare joins and makes the namespaces (the slow part of its set-up) on the first."""
         stdio = list(plan.stdio) if plan.stdio is not None else []
         head, tail = parts if parts is not None else encode_parts(plan)
         head_data = HEADER + head + _U8[OP_CONTINUE]
@@ -674,6 +694,8 @@ class Spare:
         try:
             sock.sendmsg([_PACK_I(len(head_data)) + head_data],
                          [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [p2c_r, c2p_w, *stdio]))])
+            if callable(tail):
+                tail = tail()
             sock.sendall(_PACK_I(len(tail)) + tail)
         finally:
             sock.close()  # (a spare cut short reads EOF and exits)
@@ -693,15 +715,17 @@ def _environ():
     return data if isinstance(data, dict) else os.environ
 
 
-def spawn(plan, c2p_w: int, p2c_r: int, parts: tuple[bytes, bytes] | None = None) -> int:
-    """Start pycri-init for plan; returns its pid (the container's, once it execs). parts: encode_parts(plan),
-    when made already. A new pid namespace is made here, around the spawn; a pid namespace to join is the
-    caller's (launch.Process sets pid_ns_for_children)."""
+def spawn(plan, c2p_w: int, p2c_r: int, parts=None) -> int:
+    """Start pycri-init for plan; returns its pid (the container's, once it execs). parts: as Spare.use's. A new
+    pid namespace is made here, around the spawn; a pid namespace to join is the caller's (launch.Process sets
+    pid_ns_for_children)."""
     stdio = list(plan.stdio) if plan.stdio is not None else []
+    head, tail = parts if parts is not None else encode_parts(plan)
+    if callable(tail):
+        tail = tail()
     memfd = os.memfd_create("pycri-plan", os.MFD_CLOEXEC)
     own_ns = -1
     try:
-        head, tail = parts if parts is not None else encode_parts(plan)
         os.write(memfd, HEADER + head + tail)
         # the fds go to BASE.. (where the plan expects the stdio): first above every source, so that no dup2
         # overwrites a source still to be moved

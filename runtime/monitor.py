@@ -8,6 +8,7 @@ See docs/runtime.md for the ops.
 from __future__ import annotations
 
 import base64
+import binascii
 import errno
 import fcntl
 import gc
@@ -121,6 +122,7 @@ class Container:
         self.stdin_w: int | None = None
         self.master: int | None = None        # pty master (terminal)
         self.spare_hint: bool | None = None   # fast init: the spare op_start keeps (in a new pid ns or not)
+        self.init_tail: _InitTail | None = None  # a create's init whose second part follows
         self.waiters: list[Conn] = []
         self.attached: list[Conn] = []
         self.stdin_pending = b""
@@ -133,6 +135,57 @@ class Container:
         return {"id": self.id, "pid": self.pid, "start_time": self.start_time, "status": self.status,
                 "bundle": self.bundle, "created_at": self.created_at, "started_at": self.started_at,
                 "cgroup": self.cgroup.path if self.cgroup else None, "log_path": self.log_path}
+
+
+class _InitTail:
+    """The second part of a create's init, the line after the request (fastinit.prepare with tail=False): read
+    from the connection when pycri-init needs it, after the spare has the first part. The client sends it at
+    once, so the wait is short; INIT_TAIL_WAIT_S bounds it."""
+
+    def __init__(self, conn: Conn):
+        self.conn = conn
+        self.done = False
+
+    def read(self) -> bytes:
+        self.done = True
+        line = self._line()
+        try:
+            msg = json.loads(line)
+            if "error" in msg:
+                raise ValueError(str(msg["error"]))
+            return binascii.a2b_base64(msg["tail"], strict_mode=True)
+        except (KeyError, TypeError, binascii.Error, json.JSONDecodeError) as exc:
+            raise ValueError(f"malformed second part of the init: {exc}") from None
+
+    def drain(self) -> None:
+        if not self.done:
+            self.done = True
+            try:
+                self._line()
+            except ValueError:
+                pass
+
+    def _line(self) -> bytes:
+        conn = self.conn
+        deadline = time.monotonic() + INIT_TAIL_WAIT_S
+        while b"\n" not in conn.inbuf:
+            left = deadline - time.monotonic()
+            if conn.closed or left <= 0 or not select.select([conn.sock], [], [], left)[0]:
+                raise ValueError("the second part of the init did not come")
+            try:
+                data = conn.sock.recv(65536)
+            except BlockingIOError:
+                continue
+            except OSError:
+                data = b""
+            if not data:
+                raise ValueError("the connection closed before the second part of the init")
+            conn.inbuf += data
+        line, _, conn.inbuf = conn.inbuf.partition(b"\n")
+        return line
+
+
+INIT_TAIL_WAIT_S = 10.0
 
 
 class Exec:
@@ -434,6 +487,15 @@ class Monitor:
         return {"pid": os.getpid(), "containers": sorted(self.containers)}
 
     def op_create(self, conn, req):
+        init = req.get("init")
+        tail = _InitTail(conn) if isinstance(init, dict) and "tail" in init and init["tail"] is None else None
+        try:
+            return self._op_create(req, tail)
+        finally:
+            if tail is not None:
+                tail.drain()  # read even when the create failed: never left for the next request
+
+    def _op_create(self, req, tail: "_InitTail | None"):
         cid = state.check_id(req.get("id"))
         if cid in self.containers:
             raise RequestError(f"container {cid} already exists")
@@ -449,6 +511,7 @@ class Monitor:
         if os.path.exists(sdir):
             raise RequestError(f"container {cid} has state left in {sdir}; delete it first")
         c = Container(cid, bundle, spec, sdir)
+        c.init_tail = tail
         if req.get("runtime") is not None:
             from runtime import ociruntime  # only pods of an OCI handler pay for it
             rt = ociruntime.check_request(req["runtime"])
@@ -458,6 +521,8 @@ class Monitor:
         except BaseException:
             self._teardown(c)
             raise
+        finally:
+            c.init_tail = None
         return {"pid": c.pid, "warnings": c.proc.warnings if c.proc else c.oci.warnings if c.oci else []}
 
     def _create(self, c: Container, req: dict) -> None:
@@ -502,6 +567,8 @@ class Monitor:
             # planned and encoded by the client, which found fast init enabled (see runtime/fastinit.py)
             plan, parts = fastinit.prepared_plan(req["init"], spec, stdio)
             plan.hook_state = {"id": c.id, "bundle": c.bundle}
+            if parts[1] is None:
+                parts = (parts[0], c.init_tail.read)
         else:
             plan = launch.plan_container(spec, c.bundle, c.id, overlay=req.get("overlay"), stdio=stdio,
                                          console_fd=console, cgroup=cg is not None,

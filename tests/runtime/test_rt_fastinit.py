@@ -375,11 +375,11 @@ def test_the_monitor_runs_the_init_its_client_prepared(monkeypatch, tmp_root, tm
     said_a = make_spec(["sh", "-c", "echo prepared; exit 4"])
     said_b = make_spec(["sh", "-c", "echo planned; exit 5"])
     b = write_bundle(str(tmp_path / "b"), said_b, rootfs)
-    spec, init = client_mod.prepare_init("x", b, None, None)
-    assert spec == said_b and init is not None and set(init) == {"head", "tail", "plan"}
-    _, init_a = client_mod.prepare_init("a", b, said_a, None)
+    init = client_mod.prepare_init("x", b, None, None)
+    assert init is not None and set(init) == {"head", "tail", "plan"}
+    init_a = client_mod.prepare_init("a", b, said_a, None)
     monkeypatch.setenv("PYCRI_FASTINIT", "0")
-    assert client_mod.prepare_init("x", b, said_b, None) == (said_b, None)
+    assert client_mod.prepare_init("x", b, said_b, None) is None
     monkeypatch.setenv("PYCRI_FASTINIT", "1")
     h = MonitorHandle(tempfile.mkdtemp(prefix="m", dir=tmp_root))
     try:
@@ -441,3 +441,50 @@ sys.stdout.write(f"{{os.waitstatus_to_exitcode(status)}} {{os.read(out_r, 100)!r
                        env={**os.environ, "PYTHONPATH": root, "PYCRI_FASTINIT": "1"})
     assert r.returncode == 0, r.stderr
     assert r.stdout == "0 b'out\\neof\\n' b'err\\n'", r.stdout
+
+
+def test_the_init_second_part_follows_the_create_on_its_connection(monkeypatch, tmp_root, tmp_path, rootfs):
+    """MonitorClient.create sends the init's second part as the next line (fastinit.prepare with tail=False),
+    made while the monitor starts on the first. The monitor reads that line whatever becomes of the create,
+    so the connection stays in step: here a malformed second part, and a create refused before its init is
+    looked at, each followed by a request on the same connection that gets its own answer."""
+    import json
+    import socket
+    import tempfile
+
+    from runtime import client as client_mod
+    monkeypatch.setenv("PYCRI_FASTINIT", "1")
+    b = write_bundle(str(tmp_path / "b"), make_spec(["sh", "-c", "echo two-part; exit 6"]), rootfs)
+    plan = client_mod.plan_init("c", b, None, None)
+    head_only = fastinit.prepare(plan, tail=False)
+    assert head_only["tail"] is None and set(fastinit.prepare_tail(plan)) == {"tail"}
+    h = MonitorHandle(tempfile.mkdtemp(prefix="m", dir=tmp_root))
+    try:
+        log = str(tmp_path / "c.log")
+        h.client.create("c", b, log_path=log)  # the client's own two-line create
+        h.client.start("c")
+        assert h.client.wait("c", timeout=10)["exit_code"] == 6 and log_text(log) == "two-part\n"
+
+        s = socket.socket(socket.AF_UNIX)
+        s.connect(h.client.socket_path)
+        f = s.makefile("rb")
+
+        def send(*objs):
+            s.sendall(b"".join(json.dumps(o).encode() + b"\n" for o in objs))
+
+        create = {"op": "create", "id": "d", "bundle": b, "init": head_only}
+        send(create, {"tail": "!"}, {"op": "state", "id": "c"})
+        bad = json.loads(f.readline())
+        assert not bad["ok"] and "malformed second part of the init" in bad["error"], bad
+        assert json.loads(f.readline())["status"] == "stopped"
+        send({**create, "id": "c"}, fastinit.prepare_tail(plan), {"op": "ping"})  # "c" exists: refused first
+        refused = json.loads(f.readline())
+        assert not refused["ok"] and "already exists" in refused["error"]
+        assert json.loads(f.readline())["ok"] is True
+        send(create, {"error": "encoding the init: NUL in a string"}, {"op": "ping"})
+        assert "NUL in a string" in json.loads(f.readline())["error"]
+        assert json.loads(f.readline())["ok"] is True
+        s.close()
+        assert [c["id"] for c in h.client.list()] == ["c"]
+    finally:
+        h.stop()
