@@ -155,6 +155,10 @@ class _Enc:
     def i64(self, v: int) -> None:
         self.parts.append(_PACK_Q(v if v < 2**63 else v - 2**64))
 
+    def i64s(self, vs: list[int]) -> None:
+        """A count, then the values (each in range)."""
+        self.parts.append(struct.pack(f"<q{len(vs)}q", len(vs), *vs))
+
     def s(self, v) -> None:
         if v is None:
             self.parts.append(_NONE)
@@ -402,20 +406,13 @@ def _encode_drop(e: _Enc, user: dict, plan) -> None:
     e.u8(OP_DROP)
     e.u8(1 if capset is not None else 0)
     drop = [c for c in range(plan.last_cap + 1) if not capset["bounding"] & (1 << c)] if capset is not None else []
-    e.i64(len(drop))
-    for c in drop:
-        e.i64(c)
-    e.i64(len(gids))
-    for g in gids:
-        e.i64(g)
+    e.i64s(drop)
+    e.i64s(gids)
     e.i64(gid)
     e.i64(uid)
     for k in ("effective", "permitted", "inheritable"):
         e.i64(capset[k] if capset is not None else 0)
-    amb = [c for c in range(plan.last_cap + 1) if capset["ambient"] & (1 << c)] if capset is not None else []
-    e.i64(len(amb))
-    for c in amb:
-        e.i64(c)
+    e.i64s([c for c in range(plan.last_cap + 1) if capset["ambient"] & (1 << c)] if capset is not None else [])
 
 
 def _encode_rootfs(e: _Enc, plan, spec: dict, lin: dict, late: bool) -> None:
@@ -446,8 +443,18 @@ def _encode_rootfs(e: _Enc, plan, spec: dict, lin: dict, late: bool) -> None:
         e.mount(rootfs, ABS, rootfs, None, MS_BIND | MS_REC, None)
     dev_is_ours = False
     for m in spec.get("mounts") or []:
-        e.stage(f"mounting {m.get('destination')}")
-        _encode_mount(e, plan, m)
+        key = _mount_key(m, plan)
+        code = _MOUNT_CODE.get(key) if key is not None else None
+        if code is None:
+            sub = _Enc(header=False)
+            sub.stage(f"mounting {m.get('destination')}")
+            _encode_mount(sub, plan, m)
+            code = sub.bytes()
+            if key is not None:
+                if len(_MOUNT_CODE) >= 256:
+                    _MOUNT_CODE.clear()
+                _MOUNT_CODE[key] = code
+        e.parts.append(code)
         if m.get("destination") == "/dev" and m.get("type") != "bind":
             dev_is_ours = True
     e.stage("creating devices")
@@ -484,6 +491,25 @@ def _encode_rootfs(e: _Enc, plan, spec: dict, lin: dict, late: bool) -> None:
     e.stage("")
     if prop in ("shared", "rshared", "slave", "rslave", "unbindable", "runbindable", "private"):
         e.mount(None, ABS, "/", None, rootfs_mod._PROPAGATION[prop], None)
+
+
+# A mount's operations depend on the mount alone, but for a bind mount (its source's kind, on the disk now) and
+# the cgroup mount (the host's hierarchies): a node's containers share most of their other mounts (/proc, /dev,
+# /dev/pts, /dev/shm, /dev/mqueue, /sys), so their code is kept, by mount.
+_MOUNT_CODE: dict[tuple, bytes] = {}
+
+
+def _mount_key(m: dict, plan) -> tuple | None:
+    """_MOUNT_CODE's key for m, or None where its code is made each time."""
+    mtype, opts = m.get("type"), m.get("options") or []
+    if mtype in ("bind", "cgroup") or not isinstance(mtype, str) or "bind" in opts or "rbind" in opts:
+        return None
+    try:
+        key = (m.get("destination"), mtype, m.get("source"), tuple(opts))
+        hash(key)
+    except TypeError:
+        return None
+    return key
 
 
 def _encode_mount(e: _Enc, plan, m: dict) -> None:
