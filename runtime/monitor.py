@@ -36,6 +36,16 @@ class RequestError(Exception):
     """A request the monitor refuses; the message goes back to the client."""
 
 
+def _recv(sock: socket.socket) -> bytes | None:
+    """recv on a non-blocking socket: None if nothing is there yet; b"" at EOF, or on an error."""
+    try:
+        return sock.recv(65536)
+    except BlockingIOError:
+        return None
+    except OSError:
+        return b""
+
+
 def _nonblock(fd: int) -> None:
     fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) | os.O_NONBLOCK)
 
@@ -172,12 +182,9 @@ class _InitTail:
             left = deadline - time.monotonic()
             if conn.closed or left <= 0 or not select.select([conn.sock], [], [], left)[0]:
                 raise ValueError("the second part of the init did not come")
-            try:
-                data = conn.sock.recv(65536)
-            except BlockingIOError:
+            data = _recv(conn.sock)
+            if data is None:
                 continue
-            except OSError:
-                data = b""
             if not data:
                 raise ValueError("the connection closed before the second part of the init")
             conn.inbuf += data
@@ -315,12 +322,9 @@ class Monitor:
 
     # ---------------------------------------------------------------- clients
     def _conn_read(self, conn: Conn) -> None:
-        try:
-            data = conn.sock.recv(65536)
-        except BlockingIOError:
+        data = _recv(conn.sock)
+        if data is None:
             return
-        except OSError:
-            data = b""
         if not data:
             self._conn_close(conn)
             return
