@@ -593,10 +593,11 @@ class Monitor:
             cg.create()
             for w in cg.apply(lin.get("resources")):
                 self._later(self.log.warning, "cgroup.warning", container_id=c.id, warning=w)
-            c.oom_base = cg.oom_kills()
-            self._watch_oom(c)
             if not plan.cgroup_tasks:
                 cg.attach(c.pid)
+            # after the attach: under the systemd driver it is what makes the scope, and so the cgroup to watch
+            c.oom_base = cg.oom_kills()
+            self._watch_oom(c)
         c.proc.go()
         # in parallel with the child's set-up
         os.mkdir(c.dir, 0o700)
