@@ -317,7 +317,7 @@ class Containers:
         sandbox = self.ctx.records.sandboxes.get(rec.sandbox_id)
         try:
             if timeout > 0:
-                await self.ctx.monitors.call(sandbox.monitor_dir, "kill", rec.id, rec.stop_signal)
+                await self._kill(sandbox, rec, rec.stop_signal)
                 try:
                     info = await self.ctx.monitors.call(sandbox.monitor_dir, "wait", rec.id, timeout=timeout,
                                                         client_timeout=None)
@@ -325,11 +325,21 @@ class Containers:
                     return
                 except MonitorError:
                     pass  # the grace period ran out
-            await self.ctx.monitors.call(sandbox.monitor_dir, "kill", rec.id, "SIGKILL", all=True)
+            await self._kill(sandbox, rec, "SIGKILL", all=True)
             info = await self.ctx.monitors.call(sandbox.monitor_dir, "wait", rec.id, timeout=60, client_timeout=None)
             self._record_exit(rec.id, info)
         except MonitorUnavailable:
             self._record_exit(rec.id, self.ctx.monitors.status_from_disk(sandbox.monitor_dir, rec.id))
+
+    async def _kill(self, sandbox, rec: ContainerRecord, sig: str, all: bool = False) -> None:
+        """Signal the container. One that exited before its exit was recorded here is no error (the monitor
+        refuses to signal it; its wait answers at once): e.g. a container in another's pid namespace, which
+        the kernel kills with that namespace's init, as a pod is stopped."""
+        try:
+            await self.ctx.monitors.call(sandbox.monitor_dir, "kill", rec.id, sig, all=all)
+        except MonitorError:
+            if (await self.ctx.monitors.call(sandbox.monitor_dir, "state", rec.id)).get("status") != "stopped":
+                raise
 
     async def remove(self, container_id: str) -> None:
         rec = self.ctx.records.find_container(container_id)
