@@ -435,7 +435,11 @@ class Containers:
                                                   # (clamped: an int64 timeout overflows the event loop's clock;
                                                   # found by tests/fuzz)
                                                   timeout=min(timeout, 10 * 365 * 86400) if timeout > 0 else None,
-                                                  output_cap=EXEC_OUTPUT_CAP, client_timeout=None)
+                                                  output_cap=EXEC_OUTPUT_CAP, client_timeout=None,
+                                                  # planned in the daemon, not in the pod's monitor (the
+                                                  # built-in runtime's only: see runtime/fastinit.py)
+                                                  target=None if self.ctx.sandboxes.runtime_request(sandbox)
+                                                  else (rec.pid, rec.bundle))
         except MonitorError as exc:
             raise FailedPrecondition(f"exec in container {rec.id} failed: {exc}") from None
         if result.timed_out:

@@ -96,6 +96,27 @@ def plan_init(cid: str, bundle: str, spec: dict | None, overlay: dict | None):
         return None
 
 
+def prepare_exec(pid: int, bundle: str, process: dict) -> dict | None:
+    """The init of an exec into the container whose process is pid and whose bundle is bundle, planned as the
+    monitor would (Monitor._exec_builtin), here rather than there (runtime/fastinit.py says why); None where
+    fast init does not apply (a terminal) or the planning refuses (the monitor then plans and reports)."""
+    if not fastinit.enabled() or not isinstance(process, dict) or process.get("terminal") or not pid:
+        return None
+    try:
+        spec = launch.spec_json(os.path.join(bundle, "config.json"))
+        merged = {**(spec.get("process") or {}), **process, "terminal": False}
+        plan = launch.plan_for_exec(pid, merged, spec, stdio=(0, 1, 2))
+        cg_path = (spec.get("linux") or {}).get("cgroupsPath")
+        if cg_path:
+            plan.cgroup_tasks = cgroups.open_cgroup(cg_path).self_attach_paths()
+        if plan.cgroup_tasks or not cg_path:
+            plan.go_stage = None
+        plan.auto_start = True
+        return fastinit.prepare(plan)
+    except Exception:  # noqa: BLE001 - the monitor's to report, with its usual message
+        return None
+
+
 def prepare_init(cid: str, bundle: str, spec: dict | None, overlay: dict | None) -> dict | None:
     """The whole init of a create, in one dict (fastinit.prepare), or None (see plan_init)."""
     plan = plan_init(cid, bundle, spec, overlay)
@@ -208,10 +229,15 @@ class MonitorClient:
         return self.call("stats", id=id)["stats"]
 
     def exec(self, id: str, process: dict, timeout: float | None = None,
-             output_cap: int = 16 * 1024 * 1024) -> ExecResult:
-        """Run process (merged over the container's process spec) in the container and collect output."""
+             output_cap: int = 16 * 1024 * 1024, target: tuple[int, str] | None = None) -> ExecResult:
+        """Run process (merged over the container's process spec) in the container and collect output.
+        target: (the container's pid, its bundle dir), when the caller knows them: the exec is then planned
+        and encoded here (prepare_exec), not in the monitor."""
         wait = None if timeout is None else timeout + 10
-        r = self.call("exec", io_timeout=wait, id=id, process=process, output_cap=output_cap, timeout=timeout)
+        args = {"process": process, "output_cap": output_cap, "timeout": timeout}
+        if target is not None and (init := prepare_exec(target[0], target[1], process)) is not None:
+            args["init"] = init
+        r = self.call("exec", io_timeout=wait, id=id, **args)
         return ExecResult(r["exit_code"], base64.b64decode(r["stdout"]), base64.b64decode(r["stderr"]),
                           r["timed_out"], r["truncated"])
 

@@ -219,7 +219,7 @@ def encode_parts(plan) -> tuple[bytes, bytes]:
 
 
 # The Plan fields a monitor needs besides the operation list (launch.Process, Monitor._launch)
-_PREPARED_FIELDS = ("rootfs", "clone_flags", "unshare_flags", "join_pid", "go_stage", "warnings")
+_PREPARED_FIELDS = ("rootfs", "clone_flags", "unshare_flags", "join_pid", "go_stage", "warnings", "auto_start")
 
 
 def prepare(plan, tail: bool = True) -> dict | None:
@@ -269,6 +269,7 @@ def prepared_plan(prepared: dict, spec: dict, stdio: tuple[int, int, int] | None
         plan = launch.Plan(spec=spec, rootfs=f["rootfs"], stdio=stdio, clone_flags=int(f["clone_flags"]),
                            unshare_flags=int(f["unshare_flags"]), join=[(k, p) for k, p in f["join"]],
                            join_pid=f["join_pid"], go_stage=f["go_stage"], warnings=list(f["warnings"]),
+                           auto_start=bool(f.get("auto_start")),
                            cgroup_tasks=None if tasks is None else [os.fsencode(t) for t in tasks])
     except (KeyError, TypeError, ValueError, binascii.Error) as exc:
         raise ValueError(f"malformed prepared init plan: {exc}") from None

@@ -908,7 +908,7 @@ class Monitor:
                     if streaming:
                         ex.master = master
             else:
-                pid = self._exec_builtin(c, process, stdio, console)
+                pid = self._exec_builtin(c, process, stdio, console, req.get("init"))
         except BaseException:
             for fd in list(ex.fds):
                 self._unwatch(fd, ex)
@@ -929,15 +929,24 @@ class Monitor:
             ex.stream = conn
         return None
 
-    def _exec_builtin(self, c: Container, process: dict, stdio, console) -> int:
-        """Clone, join the container's namespaces and cgroup, exec process; returns its pid."""
-        plan = launch.plan_for_exec(c.pid, process, c.spec, stdio=stdio, console_fd=console)
-        if c.cgroup:
-            plan.cgroup_tasks = c.cgroup.self_attach_paths()  # joined by the child before any setns
-        if plan.cgroup_tasks or not c.cgroup:
-            plan.go_stage = None  # nothing for the parent to do first: the child need not wait
-        plan.auto_start = True  # set up and exec in one go: no ready/start round trip
-        proc = launch.Process(plan)
+    def _exec_builtin(self, c: Container, process: dict, stdio, console, init: dict | None = None) -> int:
+        """Clone, join the container's namespaces and cgroup, exec process; returns its pid. init: the exec
+        planned by the client (client.prepare_exec), used when it was made for this container's process."""
+        plan = parts = None
+        if init is not None and console is None:
+            plan, parts = fastinit.prepared_plan(init, dict(c.spec, process=process), stdio)
+            ns = f"/proc/{c.pid}/ns/"
+            if not plan.auto_start or plan.rootfs is not None or not all(
+                    p.startswith(ns) for p in [path for _, path in plan.join] + [plan.join_pid or ns]):
+                plan = parts = None  # made for another process (or not an exec): planned here instead
+        if plan is None:
+            plan = launch.plan_for_exec(c.pid, process, c.spec, stdio=stdio, console_fd=console)
+            if c.cgroup:
+                plan.cgroup_tasks = c.cgroup.self_attach_paths()  # joined by the child before any setns
+            if plan.cgroup_tasks or not c.cgroup:
+                plan.go_stage = None  # nothing for the parent to do first: the child need not wait
+            plan.auto_start = True  # set up and exec in one go: no ready/start round trip
+        proc = launch.Process(plan, None, parts)
         try:
             if c.cgroup and not plan.cgroup_tasks:
                 c.cgroup.attach(proc.pid)

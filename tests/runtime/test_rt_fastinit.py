@@ -488,3 +488,34 @@ def test_the_init_second_part_follows_the_create_on_its_connection(monkeypatch, 
         assert [c["id"] for c in h.client.list()] == ["c"]
     finally:
         h.stop()
+
+
+def test_an_exec_planned_by_the_client_runs_when_made_for_the_container(monkeypatch, tmp_root, tmp_path, rootfs):
+    """MonitorClient.exec(..., target=(pid, bundle)) plans and encodes the exec itself (client.prepare_exec)
+    and the monitor runs that plan; one made for another process is not used (the monitor plans the exec)."""
+    import base64
+    import tempfile
+
+    from runtime import client as client_mod
+    monkeypatch.setenv("PYCRI_FASTINIT", "1")
+    b = write_bundle(str(tmp_path / "b"), make_spec(["sleep", "1000"]), rootfs)
+    h = MonitorHandle(tempfile.mkdtemp(prefix="m", dir=tmp_root))
+    try:
+        for cid in ("c", "other"):
+            h.client.create(cid, b)
+            h.client.start(cid)
+        pid, other = h.client.state("c")["pid"], h.client.state("other")["pid"]
+        r = h.client.exec("c", {"args": ["sh", "-c", "echo $$; echo err >&2; exit 3"]}, timeout=10, target=(pid, b))
+        assert (r.exit_code, r.stderr) == (3, b"err\n") and int(r.stdout) > 1
+
+        def run(init):
+            ans = h.client.call("exec", id="c", process={"args": ["echo", "planned here"]}, timeout=10,
+                                output_cap=1 << 20, init=init)
+            return base64.b64decode(ans["stdout"])
+        assert run(client_mod.prepare_exec(pid, b, {"args": ["echo", "prepared"]})) == b"prepared\n"
+        assert run(client_mod.prepare_exec(other, b, {"args": ["echo", "prepared"]})) == b"planned here\n"
+        for cid in ("c", "other"):
+            h.client.kill(cid, "KILL")
+            h.client.wait(cid, timeout=10)
+    finally:
+        h.stop()
