@@ -117,6 +117,20 @@ def prepare_exec(pid: int, bundle: str, process: dict) -> dict | None:
         return None
 
 
+def init_lines(cid: str, bundle: str, spec: dict | None, overlay: dict | None):
+    """The lines that follow a create sent with "init": "follows" (the monitor's _InitLines): the init planned
+    and its first part encoded here, while the monitor makes the container's pipes and state, then its second
+    part. {"init": null} where fast init does not apply: the monitor then plans it."""
+    plan = plan_init(cid, bundle, spec, overlay)
+    try:
+        init = fastinit.prepare(plan, tail=False) if plan is not None else None
+    except ValueError:
+        init = None
+    yield {"init": init}
+    if init is not None:
+        yield fastinit.prepare_tail(plan)
+
+
 def prepare_init(cid: str, bundle: str, spec: dict | None, overlay: dict | None) -> dict | None:
     """The whole init of a create, in one dict (fastinit.prepare), or None (see plan_init)."""
     plan = plan_init(cid, bundle, spec, overlay)
@@ -133,7 +147,8 @@ class MonitorClient:
 
     def call(self, op: str, *, io_timeout: float | None = ..., then=None, **args) -> dict:
         """Send one request and return the answer; raises MonitorError on {"ok": false} or I/O failure.
-        then: a function whose dict is sent as a second line right after the request (see create)."""
+        then: a function returning dicts, each sent as a line after the request as soon as it is made (see
+        create)."""
         req = json.dumps({"op": op, **args}).encode() + b"\n"
         sock = _take(self.socket_path)
         if sock is None:
@@ -148,7 +163,8 @@ class MonitorClient:
                 sock.connect(self.socket_path)
             sock.sendall(req)
             if then is not None:
-                sock.sendall(json.dumps(then()).encode() + b"\n")
+                for line in then():
+                    sock.sendall(json.dumps(line).encode() + b"\n")
             buf = b""
             while not buf.endswith(b"\n"):
                 chunk = sock.recv(1 << 20)
@@ -187,26 +203,19 @@ class MonitorClient:
         inside the container's mount namespace. log_path overrides the io.pycri.log-path annotation.
         spec: the OCI spec inline, instead of <bundle>/config.json (which then need not exist).
         runtime: {"type": "oci", "path": "/usr/bin/runc"} runs it with that OCI runtime (else the built-in one).
-        With the built-in one, the container's init is planned and encoded here (see runtime/fastinit.py).
+        With the built-in one, the container's init is planned and encoded here (see runtime/fastinit.py),
+        after the request is sent: the monitor makes the container's pipes and state meanwhile (init_lines).
         """
         args = {"id": id, "bundle": bundle, "overlay": overlay, "stdin": stdin, "log_path": log_path}
         if log_max_line:
             args["log_max_line"] = log_max_line
-        if runtime is not None:
-            args["runtime"] = runtime
-        else:
-            plan = plan_init(id, bundle, spec, overlay)
-            try:
-                init = fastinit.prepare(plan, tail=False) if plan is not None else None
-            except ValueError:
-                init = None
-            if init is not None:  # the second part follows, made while the monitor starts on the first
-                args["init"] = init
-                if spec is not None:
-                    args["spec"] = spec
-                return self.call("create", then=lambda: fastinit.prepare_tail(plan), **args)
         if spec is not None:
             args["spec"] = spec
+        if runtime is not None:
+            args["runtime"] = runtime
+        elif fastinit.enabled():
+            args["init"] = "follows"
+            return self.call("create", then=lambda: init_lines(id, bundle, spec, overlay), **args)
         return self.call("create", **args)
 
     def start(self, id: str) -> dict:

@@ -132,7 +132,7 @@ class Container:
         self.stdin_w: int | None = None
         self.master: int | None = None        # pty master (terminal)
         self.spare_hint: bool | None = None   # fast init: the spare op_start keeps (in a new pid ns or not)
-        self.init_tail: _InitTail | None = None  # a create's init whose second part follows
+        self.init_lines: _InitLines | None = None  # during a create: its init's lines that follow
         self.waiters: list[Conn] = []
         self.attached: list[Conn] = []
         self.stdin_pending = b""
@@ -147,18 +147,34 @@ class Container:
                 "cgroup": self.cgroup.path if self.cgroup else None, "log_path": self.log_path}
 
 
-class _InitTail:
-    """The second part of a create's init, the line after the request (fastinit.prepare with tail=False): read
-    from the connection when pycri-init needs it, after the spare has the first part. The client sends it at
-    once, so the wait is short; INIT_TAIL_WAIT_S bounds it."""
+class _InitLines:
+    """The lines that follow a create with a prepared init, on its connection, each read when it is needed:
+    with "init": "follows", first {"init": fastinit.prepare's dict with "tail": null, or null}, planned by the
+    client while the monitor makes the container's pipes and state (head); then, after an init whose "tail" is
+    null, {"tail": ...} or {"error": ...} (fastinit.prepare_tail), made while the spare starts on the first
+    part (tail). drain() reads what was not read, whatever became of the create, so the connection stays in
+    step. The client sends them at once, so the waits are short; INIT_LINES_WAIT_S bounds each."""
 
-    def __init__(self, conn: Conn):
+    def __init__(self, conn: Conn, head_follows: bool):
         self.conn = conn
-        self.done = False
+        self.head_pending = head_follows
+        self.tail_pending = not head_follows
 
-    def read(self) -> bytes:
-        self.done = True
-        line = self._line()
+    def head(self) -> dict | None:
+        self.head_pending = False
+        line = self._line("the init")
+        try:
+            init = json.loads(line)["init"]
+        except (KeyError, TypeError, json.JSONDecodeError) as exc:
+            raise ValueError(f"malformed init line: {exc}") from None
+        if init is not None and not isinstance(init, dict):
+            raise ValueError("malformed init line: not an object")
+        self.tail_pending = init is not None and init.get("tail", "") is None
+        return init
+
+    def tail(self) -> bytes:
+        self.tail_pending = False
+        line = self._line("the second part of the init")
         try:
             msg = json.loads(line)
             if "error" in msg:
@@ -168,31 +184,33 @@ class _InitTail:
             raise ValueError(f"malformed second part of the init: {exc}") from None
 
     def drain(self) -> None:
-        if not self.done:
-            self.done = True
-            try:
-                self._line()
-            except ValueError:
-                pass
+        try:
+            if self.head_pending:
+                self.head()
+            if self.tail_pending:
+                self.tail_pending = False
+                self._line("the second part of the init")
+        except ValueError:
+            pass
 
-    def _line(self) -> bytes:
+    def _line(self, what: str) -> bytes:
         conn = self.conn
-        deadline = time.monotonic() + INIT_TAIL_WAIT_S
+        deadline = time.monotonic() + INIT_LINES_WAIT_S
         while b"\n" not in conn.inbuf:
             left = deadline - time.monotonic()
             if conn.closed or left <= 0 or not select.select([conn.sock], [], [], left)[0]:
-                raise ValueError("the second part of the init did not come")
+                raise ValueError(f"{what} did not come")
             data = _recv(conn.sock)
             if data is None:
                 continue
             if not data:
-                raise ValueError("the connection closed before the second part of the init")
+                raise ValueError(f"the connection closed before {what}")
             conn.inbuf += data
         line, _, conn.inbuf = conn.inbuf.partition(b"\n")
         return line
 
 
-INIT_TAIL_WAIT_S = 10.0
+INIT_LINES_WAIT_S = 10.0
 
 
 class Exec:
@@ -492,14 +510,19 @@ class Monitor:
 
     def op_create(self, conn, req):
         init = req.get("init")
-        tail = _InitTail(conn) if isinstance(init, dict) and "tail" in init and init["tail"] is None else None
+        if init == "follows":
+            lines = _InitLines(conn, head_follows=True)
+        elif isinstance(init, dict) and "tail" in init and init["tail"] is None:
+            lines = _InitLines(conn, head_follows=False)
+        else:
+            lines = None
         try:
-            return self._op_create(req, tail)
+            return self._op_create(req, lines)
         finally:
-            if tail is not None:
-                tail.drain()  # read even when the create failed: never left for the next request
+            if lines is not None:
+                lines.drain()  # read even when the create failed: never left for the next request
 
-    def _op_create(self, req, tail: "_InitTail | None"):
+    def _op_create(self, req, lines: "_InitLines | None"):
         cid = state.check_id(req.get("id"))
         if cid in self.containers:
             raise RequestError(f"container {cid} already exists")
@@ -515,7 +538,7 @@ class Monitor:
         if os.path.exists(sdir):
             raise RequestError(f"container {cid} has state left in {sdir}; delete it first")
         c = Container(cid, bundle, spec, sdir)
-        c.init_tail = tail
+        c.init_lines = lines
         if req.get("runtime") is not None:
             from runtime import ociruntime  # only pods of an OCI handler pay for it
             rt = ociruntime.check_request(req["runtime"])
@@ -526,7 +549,7 @@ class Monitor:
             self._teardown(c)
             raise
         finally:
-            c.init_tail = None
+            c.init_lines = None
         return {"pid": c.pid, "warnings": c.proc.warnings if c.proc else c.oci.warnings if c.oci else []}
 
     def _create(self, c: Container, req: dict) -> None:
@@ -567,12 +590,15 @@ class Monitor:
         cg = cgroups.open_cgroup(cg_path) if cg_path else None
         t0 = time.perf_counter()
         parts = None
-        if req.get("init") is not None and console is None:
+        init = req.get("init")
+        if init == "follows":  # the client planned it while we made the pipes and state: its line is here
+            init = c.init_lines.head()
+        if init is not None and console is None:
             # planned and encoded by the client, which found fast init enabled (see runtime/fastinit.py)
-            plan, parts = fastinit.prepared_plan(req["init"], spec, stdio)
+            plan, parts = fastinit.prepared_plan(init, spec, stdio)
             plan.hook_state = {"id": c.id, "bundle": c.bundle}
             if parts[1] is None:
-                parts = (parts[0], c.init_tail.read)
+                parts = (parts[0], c.init_lines.tail)
         else:
             plan = launch.plan_container(spec, c.bundle, c.id, overlay=req.get("overlay"), stdio=stdio,
                                          console_fd=console, cgroup=cg is not None,

@@ -490,6 +490,57 @@ def test_the_init_second_part_follows_the_create_on_its_connection(monkeypatch, 
         h.stop()
 
 
+def test_the_init_follows_the_create_and_is_read_when_needed(monkeypatch, tmp_root, tmp_path, rootfs):
+    """MonitorClient.create sends the request with "init": "follows" and plans the init after it: the line with
+    the first part comes next, then the second part (client.init_lines), while the monitor makes the pipes and
+    state. {"init": null} has the monitor plan it. Each line is read whatever becomes of the create, so the
+    connection stays in step: a create refused before its init is looked at, a malformed init line and a
+    malformed second part, each followed by a request that gets its own answer."""
+    import json
+    import socket
+    import tempfile
+
+    from runtime import client as client_mod
+    monkeypatch.setenv("PYCRI_FASTINIT", "1")
+    b = write_bundle(str(tmp_path / "b"), make_spec(["sh", "-c", "echo planned-by-me; exit 3"]), rootfs)
+    lines = list(client_mod.init_lines("c", b, None, None))
+    assert [set(x) for x in lines] == [{"init"}, {"tail"}] and lines[0]["init"]["tail"] is None
+    h = MonitorHandle(tempfile.mkdtemp(prefix="m", dir=tmp_root))
+    s = socket.socket(socket.AF_UNIX)
+    try:
+        s.connect(h.client.socket_path)
+        f = s.makefile("rb")
+
+        def send(*objs):
+            s.sendall(b"".join(json.dumps(o).encode() + b"\n" for o in objs))
+
+        def answer():
+            return json.loads(f.readline())
+
+        log = str(tmp_path / "c.log")
+        create = {"op": "create", "id": "c", "bundle": b, "init": "follows", "log_path": log}
+        send(create, {"init": None}, {"op": "ping"})
+        assert answer()["ok"] and answer()["ok"]
+        h.client.start("c")
+        assert h.client.wait("c", timeout=10)["exit_code"] == 3 and log_text(log) == "planned-by-me\n"
+        send(create, *lines, {"op": "ping"})  # "c" exists: refused before its init is read
+        refused = answer()
+        assert not refused["ok"] and "already exists" in refused["error"]
+        assert answer()["ok"]
+        send({**create, "id": "d"}, {"init": "nope"}, {"op": "ping"})
+        bad = answer()
+        assert not bad["ok"] and "malformed init line" in bad["error"], bad
+        assert answer()["ok"]
+        send({**create, "id": "d"}, lines[0], {"tail": "!"}, {"op": "state", "id": "c"})
+        bad = answer()
+        assert not bad["ok"] and "malformed second part of the init" in bad["error"], bad
+        assert answer()["status"] == "stopped"
+        assert [c["id"] for c in h.client.list()] == ["c"]
+    finally:
+        s.close()
+        h.stop()
+
+
 def test_an_exec_planned_by_the_client_runs_when_made_for_the_container(monkeypatch, tmp_root, tmp_path, rootfs):
     """MonitorClient.exec(..., target=(pid, bundle)) plans and encodes the exec itself (client.prepare_exec)
     and the monitor runs that plan; one made for another process is not used (the monitor plans the exec)."""
