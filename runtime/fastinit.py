@@ -12,17 +12,19 @@ child, so launch.Process drives both the same way.
     encode(plan) -> bytes       the operation list
     prepare(plan) -> dict       the operation list made by the monitor's client (see below)
     spawn(plan, c2p_w, p2c_r) -> pid
-    Spare(new_pidns)            a pycri-init spawned ahead of need; .use(plan, c2p_w, p2c_r) -> pid
+    Spare(new_pidns[, factory]) a pycri-init started ahead of need; .use(plan, c2p_w, p2c_r) -> pid
+    SpareFactory()              a pycri-init that makes spares as the monitor's children, so it need not wait
 
 The client of a monitor (runtime/client.py: the daemon, `python -m runtime`) plans and encodes a container's
-init before it asks for the create, and sends the result with it (`prepare`, `prepared_plan`). The monitor
-then runs none of that Python: under CPython 3.11 every code object and constant a path runs is written to
-(reference counts, warm-up counters), so each monitor that ran it kept its own copy of those pages: 0.2-0.35
-MiB per pod, measured. The daemon is one process; it pays that once. An exec is still planned in the monitor (it needs the
-container's namespaces, which only the monitor holds).
+init and sends the result on the create's connection (`prepare`, `prepared_plan`; an exec's too, when it
+knows the container's process). The monitor then runs none of that Python: under CPython 3.11 every code
+object and constant a path runs is written to (reference counts, warm-up counters), so each monitor that ran
+it kept its own copy of those pages: 0.2-0.35 MiB per pod, measured. The daemon is one process; it pays that
+once.
 
 A spawn costs the caller ~0.2-0.4 ms (posix_spawn returns after the execve); the monitor keeps a spare for a
-while after each create (see Monitor._keep_spare), so a pod's next container skips it.
+while after each start (see Monitor._keep_spare), so a pod's next container skips it, and has it made by a
+SpareFactory, so that it does not wait for that spawn either.
 
 A new pid namespace is made by the parent (unshare(CLONE_NEWPID) around the spawn, then back to its own): the
 spawned init is the namespace's pid 1 and execs the container in place, as a cloned Python child would.
@@ -32,6 +34,7 @@ from __future__ import annotations
 
 import array
 import binascii
+import errno
 import os
 import resource
 import socket
@@ -142,6 +145,7 @@ def _eligible(plan) -> bool:
 _U8 = [bytes((i,)) for i in range(256)]
 _PACK_Q = struct.Struct("<q").pack
 _PACK_I = struct.Struct("<I").pack
+_UNPACK_I = struct.Struct("=i").unpack  # a factory's answer (an int32_t)
 _NONE = b"\xff\xff\xff\xff"
 
 
@@ -643,11 +647,13 @@ _WARM_SPEC = {
 
 
 def warm() -> None:
-    """Plan and encode a typical container once, spawning nothing: for the spawner, before it forks monitors,
-    so that what the first create fills in (host facts, caches, the code's warm-up) is shared with every
-    monitor instead of copied into each (measured: ~0.3 MiB private per monitor without it). The same for the
-    cgroup v1 hierarchies (read once per process) and for the ctypes calls a spawn makes around a new pid
-    namespace (~0.15 MiB): no-op ones here, so that ctypes makes its function objects in the spawner."""
+    """Plan and encode a typical container once: for the spawner, before it forks monitors, so that what the
+    first create fills in (host facts, caches, the code's warm-up) is shared with every monitor instead of
+    copied into each (measured: ~0.3 MiB private per monitor without it). The same for the cgroup v1
+    hierarchies (read once per process), for the ctypes calls a spawn makes around a new pid namespace
+    (~0.15 MiB: no-op ones here, so that ctypes makes its function objects in the spawner), and for the
+    spare-factory code a monitor runs after its first start (~45 KiB): one factory and one spare, started and
+    reaped here; nothing is left running."""
     from runtime import cgroups, launch
     try:
         cgroups.open_cgroup("/pycri-warm-up").self_attach_paths()  # reads the v1 hierarchies (cached), makes nothing
@@ -671,6 +677,24 @@ def warm() -> None:
         pass
     finally:
         os.close(own)
+    try:  # a spare from a factory, as a monitor gets them; both exit on EOF and are reaped here
+        factory = SpareFactory()
+    except OSError:
+        return
+    pids = [factory.pid]
+    try:
+        spare = Spare(True, factory)
+        pids.append(spare.pid)
+        spare.close()
+    except OSError:
+        pass
+    finally:
+        factory.close()
+        for pid in pids:
+            try:
+                os.waitpid(pid, 0)
+            except ChildProcessError:
+                pass
 
 
 SPARE_SOCK = 3          # the spare's end of its socket (see pycri-init.c, spare mode)
@@ -678,23 +702,29 @@ SPARE_SOCK = 3          # the spare's end of its socket (see pycri-init.c, spare
 
 class Spare:
     """pycri-init started ahead of need, waiting on a socket for its plan and fds; in a new pid namespace of
-    its own when new_pidns (it is then the namespace's pid 1, as spawn() makes it). Used once, or released
-    (close(): it exits; the monitor reaps it as any other child)."""
+    its own when new_pidns (it is then the namespace's pid 1, as spawn() makes it). Made by factory (a
+    SpareFactory) when given, else spawned here. Used once, or released (close(): it exits; the monitor reaps
+    it as any other child)."""
 
-    def __init__(self, new_pidns: bool):
+    def __init__(self, new_pidns: bool, factory: "SpareFactory | None" = None):
         self.new_pidns = new_pidns
+        self._factory = factory
+        self._pid: int | None = None
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
         own_ns = -1
         try:
-            if new_pidns:
-                own_ns = os.open("/proc/self/ns/pid", os.O_RDONLY | os.O_CLOEXEC)
-                linux.unshare(linux.CLONE_NEWPID)
-            try:
-                self.pid = os.posix_spawn(BINARY, [BINARY, "spare", str(SPARE_SOCK)], _environ(),
-                                          file_actions=[(os.POSIX_SPAWN_DUP2, theirs.fileno(), SPARE_SOCK)])
-            finally:
-                if own_ns >= 0:
-                    linux.setns(own_ns, linux.CLONE_NEWPID)
+            if factory is not None:
+                factory.request(self, theirs)
+            else:
+                if new_pidns:
+                    own_ns = os.open("/proc/self/ns/pid", os.O_RDONLY | os.O_CLOEXEC)
+                    linux.unshare(linux.CLONE_NEWPID)
+                try:
+                    self._pid = os.posix_spawn(BINARY, [BINARY, "spare", str(SPARE_SOCK)], _environ(),
+                                               file_actions=[(os.POSIX_SPAWN_DUP2, theirs.fileno(), SPARE_SOCK)])
+                finally:
+                    if own_ns >= 0:
+                        linux.setns(own_ns, linux.CLONE_NEWPID)
         except BaseException:
             ours.close()
             raise
@@ -703,6 +733,15 @@ class Spare:
             if own_ns >= 0:
                 os.close(own_ns)
         self.sock: socket.socket | None = ours
+
+    @property
+    def pid(self) -> int:
+        """Its pid; from a factory, read from its answer the first time (OSError if the factory failed)."""
+        if self._pid is None:
+            self._factory.answers(until=self)
+        if self._pid < 0:
+            raise OSError(-self._pid, f"making a spare: {os.strerror(-self._pid)}")
+        return self._pid
 
     def fits(self, plan) -> bool:
         """Whether this spare can carry out plan (an eligible one): the same pid namespace choice, none joined."""
@@ -730,6 +769,61 @@ class Spare:
 
     def close(self) -> None:
         """Release an unused spare: it reads EOF and exits."""
+        if self.sock is not None:
+            self.sock.close()
+            self.sock = None
+
+
+class SpareFactory:
+    """pycri-init in factory mode (see pycri-init.c): it makes spares on request, cloned as the monitor's own
+    children (CLONE_PARENT), so that the monitor neither waits for a spawn nor makes their pid namespaces: a
+    spare costs it a socketpair and a message (~0.05 ms) instead of ~0.3-0.5 ms, just after a start, when a
+    short-lived container may already be exiting. Each answer (the spare's pid) is read when that pid is first
+    needed. Closed (it exits on EOF) with the last spare it made; the monitor reaps it as any child."""
+
+    ANSWER_WAIT_S = 5.0
+
+    def __init__(self):
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+        try:
+            self.pid = os.posix_spawn(BINARY, [BINARY, "factory", str(SPARE_SOCK)], _environ(),
+                                      file_actions=[(os.POSIX_SPAWN_DUP2, theirs.fileno(), SPARE_SOCK)])
+        except BaseException:
+            ours.close()
+            raise
+        finally:
+            theirs.close()
+        ours.settimeout(self.ANSWER_WAIT_S)
+        self.sock: socket.socket | None = ours
+        self._waiting: list[Spare] = []  # the spares asked for whose pid is still to be read, oldest first
+
+    def request(self, spare: Spare, theirs: socket.socket) -> None:
+        """Ask for spare, whose end of its socket is theirs. Raises OSError if the factory is gone."""
+        if self.sock is None:
+            raise OSError(errno.EPIPE, "the spare factory is closed")
+        self.sock.sendmsg([b"\1" if spare.new_pidns else b"\0"],
+                          [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [theirs.fileno()]))])
+        self._waiting.append(spare)
+
+    def answers(self, until: Spare) -> None:
+        """Read the answers up to until's; a factory gone (or silent) fails every spare still waiting."""
+        try:
+            while self._waiting and until._pid is None:
+                data = b""
+                while len(data) < 4:
+                    chunk = self.sock.recv(4 - len(data)) if self.sock is not None else b""
+                    if not chunk:
+                        raise OSError(errno.EPIPE, "the spare factory is gone")
+                    data += chunk
+                self._waiting.pop(0)._pid = _UNPACK_I(data)[0]
+        except OSError as exc:
+            for spare in self._waiting:
+                spare._pid = -(exc.errno or errno.EPIPE)
+            self._waiting.clear()
+        if until._pid is None:
+            until._pid = -errno.EPIPE
+
+    def close(self) -> None:
         if self.sock is not None:
             self.sock.close()
             self.sock = None

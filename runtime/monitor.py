@@ -243,6 +243,7 @@ class Monitor:
         self.log = log.bind(pod_id=pod_id)
         self._after: list = []  # (fn, args, kwargs) run once the current answer is sent (logging)
         self.spare: fastinit.Spare | None = None  # see _keep_spare
+        self.spare_factory: fastinit.SpareFactory | None = None  # makes the spares, while there are any
         self.spare_until = 0.0
 
     # ---------------------------------------------------------------- set-up and loop
@@ -290,7 +291,7 @@ class Monitor:
                 timeout = min(86400.0, max(0.0, min(deadlines) - time.monotonic()))
             if self._pending_stdin():
                 timeout = 0.01 if timeout is None else min(timeout, 0.01)
-            if self.spare is not None:
+            if self.spare is not None or self.spare_factory is not None:
                 left = max(0.0, self.spare_until - time.monotonic())
                 timeout = left if timeout is None else min(timeout, left)
             # an OOM kill's event before the exit it caused, when both come in one batch (see _oom_event)
@@ -302,8 +303,9 @@ class Monitor:
                 if self._after:  # e.g. an exit's log line, after its waiters were answered
                     self._run_after()
             self._check_deadlines()
-            if self.spare is not None and time.monotonic() >= self.spare_until:
+            if (self.spare is not None or self.spare_factory is not None) and time.monotonic() >= self.spare_until:
                 self._drop_spare()
+                self._drop_spare_factory()
         self._cleanup()
 
     def _dispatch(self, key, mask) -> None:
@@ -1214,8 +1216,11 @@ class Monitor:
             return
         self._drop_spare()
         try:
-            self.spare = fastinit.Spare(new_pidns)
-        except OSError as exc:
+            if self.spare_factory is None:
+                self.spare_factory = fastinit.SpareFactory()
+            self.spare = fastinit.Spare(new_pidns, self.spare_factory)
+        except OSError as exc:  # (a factory gone: the next start makes another)
+            self._drop_spare_factory()
             self.log.warning("monitor.spare_failed", error=str(exc))
 
     def _drop_spare(self) -> None:
@@ -1224,11 +1229,25 @@ class Monitor:
             self.spare.close()
             self.spare = None
 
+    def _drop_spare_factory(self) -> None:
+        """Release the spare factory: it exits on EOF and is reaped as any child (waited for at shutdown)."""
+        if self.spare_factory is not None:
+            self.spare_factory.close()
+            self.spare_factory = None
+
     def _end_spare(self) -> None:
-        """Release the spare and wait for its exit (shutdown)."""
+        """Release the spare and its factory and wait for their exits (shutdown)."""
+        pids = []
         if self.spare is not None:
-            pid = self.spare.pid
+            try:
+                pids.append(self.spare.pid)
+            except OSError:  # never made
+                pass
             self._drop_spare()
+        if self.spare_factory is not None:
+            pids.append(self.spare_factory.pid)
+            self._drop_spare_factory()
+        for pid in pids:
             try:
                 os.waitpid(pid, 0)
             except ChildProcessError:  # reaped already

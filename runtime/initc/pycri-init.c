@@ -10,6 +10,13 @@
  * plan. It puts those fds at SPARE_BASE + 1.. (stdio from SPARE_BASE + 3, where the plan says they are) and
  * goes on as above. EOF instead of a message (the monitor let it go): exit 0. The plan may end in OP_CONTINUE:
  * the rest follows on the socket (u32 length, operations), sent while this part runs.
+ *
+ * Factory mode: pycri-init factory <socket fd>: makes spares for the monitor, so that it neither waits for a
+ * spawn (posix_spawn returns after the execve) nor makes their pid namespaces itself. Each request on the
+ * socket: one byte (1: the spare in a new pid namespace, 0: not) with the spare's end of its socketpair
+ * (SCM_RIGHTS). The spare is cloned with CLONE_PARENT: the monitor's child, as a spawned one, that it reaps
+ * and whose container's exit it waits for. Answer: the spare's pid, an i32 (-errno if the clone failed).
+ * EOF: exit 0.
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -17,6 +24,7 @@
 #include <grp.h>
 #include <linux/filter.h>
 #include <linux/seccomp.h>
+#include <linux/sched.h>
 #include <sched.h>
 #include <signal.h>
 #include <stdarg.h>
@@ -506,9 +514,47 @@ static void read_plan(int fd) {
     close(fd);
 }
 
+/* factory mode (see the top): returns only in each spare made, with its socket */
+static int factory(int ctl, char *mode_arg) {
+    for (;;) {
+        unsigned char new_pidns = 0;
+        union { char buf[CMSG_SPACE(sizeof(int))]; struct cmsghdr align; } u;
+        struct iovec iov = {&new_pidns, 1};
+        struct msghdr msg = {0};
+        msg.msg_iov = &iov;
+        msg.msg_iovlen = 1;
+        msg.msg_control = u.buf;
+        msg.msg_controllen = sizeof u.buf;
+        ssize_t r;
+        do r = recvmsg(ctl, &msg, MSG_CMSG_CLOEXEC); while (r < 0 && errno == EINTR);
+        if (r <= 0) _exit(0);
+        struct cmsghdr *c = CMSG_FIRSTHDR(&msg);
+        if (!c || c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS || c->cmsg_len != CMSG_LEN(sizeof(int)))
+            _exit(1);
+        int sock;
+        memcpy(&sock, CMSG_DATA(c), sizeof sock);
+        struct clone_args args = {0};
+        args.flags = CLONE_PARENT | (new_pidns ? CLONE_NEWPID : 0);  /* exit_signal 0: the monitor's SIGCHLD */
+        long pid = syscall(SYS_clone3, &args, sizeof args);
+        if (pid == 0) {
+            close(ctl);
+            memcpy(mode_arg, "spare\0\0", 8);  /* what ps and /proc/<pid>/cmdline show ("factory" had 8 bytes) */
+            return sock;
+        }
+        int32_t answer = pid < 0 ? -errno : (int32_t)pid;
+        close(sock);
+        write_all(ctl, (const char *)&answer, sizeof answer);
+    }
+}
+
 int main(int argc, char **argv) {
-    if (argc == 3 && strcmp(argv[1], "spare") == 0) {
-        int sock = atoi(argv[2]);
+    int spare_sock = -1;
+    if (argc == 3 && strcmp(argv[1], "spare") == 0)
+        spare_sock = atoi(argv[2]);
+    else if (argc == 3 && strcmp(argv[1], "factory") == 0)
+        spare_sock = factory(atoi(argv[2]), argv[1]);
+    if (spare_sock >= 0) {
+        int sock = spare_sock;
         if (fcntl(sock, F_SETFD, FD_CLOEXEC) < 0) _exit(1);
         receive_plan(sock);
         p2c = SPARE_BASE + 1;

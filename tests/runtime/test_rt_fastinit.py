@@ -339,6 +339,94 @@ def test_spare_runs_the_pods_next_container_then_goes_away(monkeypatch, tmp_root
         h.stop()
 
 
+def _ppid(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("PPid:"))
+
+
+def test_a_spare_factory_makes_spares_that_are_its_callers_children():
+    """fastinit.SpareFactory: each spare it makes is the caller's child (clone with CLONE_PARENT), so the
+    caller reaps it and waits for its container's exit as for a spawned one; in a new pid namespace when
+    asked. The factory exits when closed."""
+    factory = fastinit.SpareFactory()
+    try:
+        assert _ppid(factory.pid) == os.getpid()
+        spares = [fastinit.Spare(True, factory), fastinit.Spare(False, factory)]
+        pids = [s.pid for s in spares]  # the answers, read in order
+        assert len(set(pids)) == 2 and factory.pid not in pids
+        for s, pid in zip(spares, pids):
+            assert _ppid(pid) == os.getpid()
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                assert f.read().split(b"\0")[1] == b"spare"
+        assert len(_nspid(pids[0])) == 2 and _nspid(pids[1]) == [pids[1]]
+        for s, pid in zip(spares, pids):
+            s.close()  # it reads EOF and exits: ours to reap
+            _, status = os.waitpid(pid, 0)
+            assert os.waitstatus_to_exitcode(status) == 0
+    finally:
+        factory.close()
+    _, status = os.waitpid(factory.pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    # a factory gone: asking fails at once, or the spare's pid does
+    with pytest.raises(OSError):
+        fastinit.Spare(True, factory)
+
+
+def test_the_monitor_makes_another_spare_factory_when_one_is_gone(monkeypatch, tmp_root, tmp_path, rootfs):
+    """The monitor's spares come from a spare factory (its child, kept while it keeps spares). Killed, it is
+    replaced at a later start; the create in between runs from a fresh spawn."""
+    import signal
+    import tempfile
+    import time
+
+    monkeypatch.setenv("PYCRI_FASTINIT", "1")
+    h = MonitorHandle(tempfile.mkdtemp(prefix="m", dir=tmp_root))
+
+    def factories() -> list[int]:
+        with open(f"/proc/{h.pid}/task/{h.pid}/children") as f:
+            kids = [int(p) for p in f.read().split()]
+        out = []
+        for pid in kids:
+            try:
+                with open(f"/proc/{pid}/cmdline", "rb") as f:
+                    if f.read().split(b"\0")[1:2] == [b"factory"]:
+                        out.append(pid)
+            except OSError:
+                pass
+        return out
+
+    def settled(want_spare: bool) -> tuple[list[int], list[int]]:
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:
+            if bool(_spares(h.pid)) == want_spare:
+                break
+            time.sleep(0.01)
+        return factories(), _spares(h.pid)
+
+    def run(cid: str) -> int:
+        pid = h.client.create(cid, b)["pid"]
+        h.client.start(cid)
+        assert h.client.wait(cid, timeout=10)["exit_code"] == 0
+        h.client.delete(cid)
+        return pid
+
+    try:
+        b = write_bundle(str(tmp_path / "b"), make_spec(["true"]), rootfs)
+        assert factories() == []
+        run("a")
+        (factory,), (spare,) = settled(True)
+        os.kill(factory, signal.SIGKILL)
+        assert run("b") == spare  # the spare it made already still runs the next container
+        assert settled(False) == ([], [])  # the start after it found the factory gone: no spare
+        run("c")  # a fresh spawn
+        (new_factory,), (spare,) = settled(True)  # and a new factory made the next spare
+        assert new_factory != factory and _ppid(spare) == h.pid
+        h.client.shutdown(force=True)
+        assert not linux_alive(new_factory) and not linux_alive(spare)
+    finally:
+        h.stop()
+
+
 def _without_pidns(spec: dict) -> dict:
     spec["linux"]["namespaces"] = [ns for ns in spec["linux"]["namespaces"] if ns["type"] != "pid"]
     return spec
@@ -349,9 +437,9 @@ def linux_alive(pid: int) -> bool:
     return linux.is_alive(pid, None)
 
 
-def test_warm_plans_and_encodes_without_starting_anything():
+def test_warm_plans_and_encodes_and_leaves_nothing_running():
     """fastinit.warm() (the spawner's, before it forks monitors) runs the planning and encoding code once and
-    starts no process."""
+    leaves no process behind (the spare factory and the spare it starts to warm their code are reaped)."""
     def children() -> set[str]:
         out = set()
         for t in os.listdir("/proc/self/task"):
