@@ -537,8 +537,10 @@ static int factory(int ctl, char *mode_arg) {
         args.flags = CLONE_PARENT | (new_pidns ? CLONE_NEWPID : 0);  /* exit_signal 0: the monitor's SIGCHLD */
         long pid = syscall(SYS_clone3, &args, sizeof args);
         if (pid == 0) {
+            /* what ps and /proc/<pid>/cmdline show ("factory" has 8 bytes). Done here, in the spare, so that the
+             * factory never shows as one; the spare shows as a factory until it first runs. */
+            memcpy(mode_arg, "spare\0\0", 8);
             close(ctl);
-            memcpy(mode_arg, "spare\0\0", 8);  /* what ps and /proc/<pid>/cmdline show ("factory" had 8 bytes) */
             return sock;
         }
         int32_t answer = pid < 0 ? -errno : (int32_t)pid;

@@ -277,6 +277,16 @@ def _spares(monitor_pid: int) -> list[int]:
     return out
 
 
+def _one_spare(monitor_pid: int) -> int:
+    """The monitor's spare, once its factory has made it (it asks for it after a start's answer)."""
+    import time
+    deadline = time.monotonic() + 5
+    while len(spares := _spares(monitor_pid)) != 1 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    (spare,) = spares
+    return spare
+
+
 def _nspid(pid: int) -> list[int]:
     with open(f"/proc/{pid}/status") as f:
         return [int(x) for line in f if line.startswith("NSpid:") for x in line.split()[1:]]
@@ -298,8 +308,8 @@ def test_spare_runs_the_pods_next_container_then_goes_away(monkeypatch, tmp_root
         h.client.create("first", first)
         h.client.start("first")
         assert h.client.wait("first", timeout=10)["exit_code"] == 0
-        spares = _spares(h.pid)
-        assert len(spares) == 1 and len(_nspid(spares[0])) == 2  # pid 1 of a pid namespace of its own
+        spares = [_one_spare(h.pid)]
+        assert len(_nspid(spares[0])) == 2  # pid 1 of a pid namespace of its own
         # the next container runs in it, with its output and exit as from a fresh spawn
         b = write_bundle(str(tmp_path / "b"), make_spec(["sh", "-c", "echo pid $$; echo err >&2; exit 7"]), rootfs)
         log = str(tmp_path / "b.log")
@@ -309,7 +319,7 @@ def test_spare_runs_the_pods_next_container_then_goes_away(monkeypatch, tmp_root
         assert h.client.wait("b", timeout=10)["exit_code"] == 7
         assert log_text(log) == "pid 1\n" and log_text(log, "stderr") == "err\n"
         # one without a pid namespace of its own does not fit: the spare is released, a fresh one runs it
-        (spare,) = _spares(h.pid)
+        spare = _one_spare(h.pid)
         host_pid = write_bundle(str(tmp_path / "hostpid"), _without_pidns(make_spec(["sleep", "100"])), rootfs)
         pid = h.client.create("hp", host_pid)["pid"]
         assert pid != spare and _nspid(pid) == [pid]
@@ -348,22 +358,32 @@ def test_a_spare_factory_makes_spares_that_are_its_callers_children():
     """fastinit.SpareFactory: each spare it makes is the caller's child (clone with CLONE_PARENT), so the
     caller reaps it and waits for its container's exit as for a spawned one; in a new pid namespace when
     asked. The factory exits when closed."""
+    import time
+
+    def _mode(pid: int) -> bytes:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return f.read().split(b"\0")[1]
     factory = fastinit.SpareFactory()
+    spares = []
     try:
         assert _ppid(factory.pid) == os.getpid()
         spares = [fastinit.Spare(True, factory), fastinit.Spare(False, factory)]
         pids = [s.pid for s in spares]  # the answers, read in order
         assert len(set(pids)) == 2 and factory.pid not in pids
+        deadline = time.monotonic() + 5
         for s, pid in zip(spares, pids):
             assert _ppid(pid) == os.getpid()
-            with open(f"/proc/{pid}/cmdline", "rb") as f:
-                assert f.read().split(b"\0")[1] == b"spare"
+            while _mode(pid) != b"spare" and time.monotonic() < deadline:  # (it says so once it first runs)
+                time.sleep(0.001)
+            assert _mode(pid) == b"spare"
         assert len(_nspid(pids[0])) == 2 and _nspid(pids[1]) == [pids[1]]
         for s, pid in zip(spares, pids):
             s.close()  # it reads EOF and exits: ours to reap
             _, status = os.waitpid(pid, 0)
             assert os.waitstatus_to_exitcode(status) == 0
     finally:
+        for s in spares:
+            s.close()
         factory.close()
     _, status = os.waitpid(factory.pid, 0)
     assert os.waitstatus_to_exitcode(status) == 0
