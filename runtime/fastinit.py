@@ -147,6 +147,10 @@ _PACK_Q = struct.Struct("<q").pack
 _PACK_I = struct.Struct("<I").pack
 _UNPACK_I = struct.Struct("=i").unpack  # a factory's answer (an int32_t)
 _NONE = b"\xff\xff\xff\xff"
+# Encoded strings, by string: most of a plan's strings (stage names, /proc and /dev paths, mount types and
+# options, env) are the same from one container to the next; encoding each anew was ~40% of a plan's encoding.
+_STR_CODE: dict[str, bytes] = {}
+_STR_CODE_MAX = 4096
 
 
 class _Enc:
@@ -164,15 +168,22 @@ class _Enc:
         self.parts.append(struct.pack(f"<q{len(vs)}q", len(vs), *vs))
 
     def s(self, v) -> None:
+        if type(v) is str:
+            code = _STR_CODE.get(v)
+            if code is None:
+                if "\0" in v:
+                    raise ValueError("NUL in a string")
+                raw = v.encode("utf-8", "surrogateescape")
+                code = _PACK_I(len(raw)) + raw + b"\0"
+                if len(_STR_CODE) >= _STR_CODE_MAX:
+                    _STR_CODE.clear()
+                _STR_CODE[v] = code
+            self.parts.append(code)
+            return
         if v is None:
             self.parts.append(_NONE)
             return
-        if type(v) is str:
-            if "\0" in v:
-                raise ValueError("NUL in a string")
-            raw = v.encode("utf-8", "surrogateescape")
-        else:
-            raw = bytes(v)
+        raw = bytes(v)
         self.parts.append(_PACK_I(len(raw)) + raw + b"\0")
 
     def path(self, reg: int, s: str) -> None:
@@ -188,7 +199,8 @@ class _Enc:
                 self.s(a)
 
     def stage(self, name: str) -> None:
-        self.op(OP_STAGE, name)
+        self.parts.append(_U8[OP_STAGE])
+        self.s(name)
 
     def mount(self, src, reg: int, path: str, fstype, flags: int, data) -> None:
         self.u8(OP_MOUNT)
@@ -408,16 +420,29 @@ def _encode_drop(e: _Enc, user: dict, plan) -> None:
         e.op(OP_FAIL, str(exc))
         return
     capset = plan.capsets
-    e.u8(OP_DROP)
-    e.u8(1 if capset is not None else 0)
-    drop = [c for c in range(plan.last_cap + 1) if not capset["bounding"] & (1 << c)] if capset is not None else []
-    e.i64s(drop)
-    e.i64s(gids)
-    e.i64(gid)
-    e.i64(uid)
-    for k in ("effective", "permitted", "inheritable"):
-        e.i64(capset[k] if capset is not None else 0)
-    e.i64s([c for c in range(plan.last_cap + 1) if capset["ambient"] & (1 << c)] if capset is not None else [])
+    key = (uid, gid, tuple(gids), plan.last_cap, None if capset is None else
+           tuple(capset[k] for k in ("bounding", "effective", "permitted", "inheritable", "ambient")))
+    code = _DROP_CODE.get(key)
+    if code is None:
+        d = _Enc(header=False)
+        d.u8(OP_DROP)
+        d.u8(1 if capset is not None else 0)
+        d.i64s([c for c in range(plan.last_cap + 1) if not capset["bounding"] & (1 << c)] if capset is not None
+               else [])
+        d.i64s(gids)
+        d.i64(gid)
+        d.i64(uid)
+        for k in ("effective", "permitted", "inheritable"):
+            d.i64(capset[k] if capset is not None else 0)
+        d.i64s([c for c in range(plan.last_cap + 1) if capset["ambient"] & (1 << c)] if capset is not None else [])
+        code = d.bytes()
+        if len(_DROP_CODE) >= 256:
+            _DROP_CODE.clear()
+        _DROP_CODE[key] = code
+    e.parts.append(code)
+
+
+_DROP_CODE: dict[tuple, bytes] = {}  # the privilege drop's operation, by user and capability sets
 
 
 def _encode_rootfs(e: _Enc, plan, spec: dict, lin: dict, late: bool) -> None:
