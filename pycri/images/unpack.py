@@ -274,10 +274,23 @@ class _Extractor:
         finally:
             os.close(pfd)
 
+    def _replacing(self, make, pfd: int, name: str):
+        """make(): create name, which is most often not there yet; where an earlier entry of the archive made it,
+        that goes first (removed, not followed) and make() runs again. Trying first saves a stat per entry:
+        the unpack is mostly metadata syscalls, and they are slow on a busy journal."""
+        try:
+            return make()
+        except FileExistsError:
+            self.remove_existing(pfd, name, keep_dir=False)
+            return make()
+
     def _create(self, tar: tarfile.TarFile, member: tarfile.TarInfo, parts: list[str], pfd: int, name: str) -> None:
         if member.isdir():
-            if not self.remove_existing(pfd, name, keep_dir=True):
+            try:
                 os.mkdir(name, 0o700, dir_fd=pfd)
+            except FileExistsError:
+                if not self.remove_existing(pfd, name, keep_dir=True):  # a directory stays, with new metadata
+                    os.mkdir(name, 0o700, dir_fd=pfd)
             fd = os.open(name, _DIR_FLAGS, dir_fd=pfd)
             try:
                 self.apply_meta(fd, member)
@@ -288,10 +301,9 @@ class _Extractor:
         if member.islnk():
             self.hardlink(member, pfd, name)
             return
-        self.remove_existing(pfd, name, keep_dir=False)
         if member.isreg():
-            fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600,
-                         dir_fd=pfd)
+            fd = self._replacing(lambda: os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
+                                                 | os.O_CLOEXEC, 0o600, dir_fd=pfd), pfd, name)
             try:
                 source = tar.extractfile(member)
                 if source is not None:
@@ -305,20 +317,21 @@ class _Extractor:
                 os.close(fd)
             return
         if member.issym():
-            os.symlink(member.linkname, name, dir_fd=pfd)
+            self._replacing(lambda: os.symlink(member.linkname, name, dir_fd=pfd), pfd, name)
             if self.options.same_owner:
                 os.chown(name, member.uid, member.gid, dir_fd=pfd, follow_symlinks=False)
         elif member.ischr() or member.isblk():
-            if member.ischr() and member.devmajor == 0 and member.devminor == 0:
-                os.mknod(name, stat.S_IFCHR, os.makedev(0, 0), dir_fd=pfd)  # an overlay-format whiteout
+            if member.ischr() and member.devmajor == 0 and member.devminor == 0:  # an overlay-format whiteout
+                self._replacing(lambda: os.mknod(name, stat.S_IFCHR, os.makedev(0, 0), dir_fd=pfd), pfd, name)
             elif not self.options.allow_devices:
                 raise LayerError(f"{member.name}: device nodes are not allowed in layers here")
             else:
                 kind = stat.S_IFCHR if member.ischr() else stat.S_IFBLK
-                os.mknod(name, kind | 0o600, os.makedev(member.devmajor, member.devminor), dir_fd=pfd)
+                self._replacing(lambda: os.mknod(name, kind | 0o600, os.makedev(member.devmajor, member.devminor),
+                                                 dir_fd=pfd), pfd, name)
                 self._meta_by_path(pfd, name, member)
         elif member.isfifo():
-            os.mkfifo(name, 0o600, dir_fd=pfd)
+            self._replacing(lambda: os.mkfifo(name, 0o600, dir_fd=pfd), pfd, name)
             self._meta_by_path(pfd, name, member)
         else:
             raise LayerError(f"{member.name}: unsupported tar entry type {member.type!r}")
