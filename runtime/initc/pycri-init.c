@@ -464,26 +464,35 @@ static void next_part(void) {
     bpos = 0;
 }
 
-/* spare mode: the message that assigns this process its container (see the top) */
-static void receive_plan(int sock) {
-    uint32_t n = 0;
+/* recvmsg of len bytes (flags as recvmsg's) with up to 5 fds (SCM_RIGHTS, close-on-exec) into fds: the number
+ * of fds, or -1 on EOF; exits on an error or a message without fds */
+static int recv_with_fds(int sock, void *data, size_t len, int flags, int fds[5]) {
     union { char buf[CMSG_SPACE(5 * sizeof(int))]; struct cmsghdr align; } u;
-    struct iovec iov = {&n, sizeof n};
+    struct iovec iov = {data, len};
     struct msghdr msg = {0};
     msg.msg_iov = &iov;
     msg.msg_iovlen = 1;
     msg.msg_control = u.buf;
     msg.msg_controllen = sizeof u.buf;
     ssize_t r;
-    do r = recvmsg(sock, &msg, MSG_CMSG_CLOEXEC | MSG_WAITALL); while (r < 0 && errno == EINTR);
-    if (r == 0) _exit(0);
+    do r = recvmsg(sock, &msg, MSG_CMSG_CLOEXEC | flags); while (r < 0 && errno == EINTR);
+    if (r == 0) return -1;
     struct cmsghdr *c = CMSG_FIRSTHDR(&msg);
-    if (r != sizeof n || !c || c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS ||
+    if (r != (ssize_t)len || !c || c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS ||
         (msg.msg_flags & MSG_CTRUNC)) _exit(1);
     size_t nfds = (c->cmsg_len - CMSG_LEN(0)) / sizeof(int);
-    if (nfds != 2 && nfds != 5) _exit(1);
-    int fds[5];
     memcpy(fds, CMSG_DATA(c), nfds * sizeof(int));
+    return (int)nfds;
+}
+
+/* spare mode: the message that assigns this process its container (see the top) */
+static void receive_plan(int sock) {
+    uint32_t n = 0;
+    int fds[5];
+    int got = recv_with_fds(sock, &n, sizeof n, MSG_WAITALL, fds);
+    if (got < 0) _exit(0);
+    size_t nfds = (size_t)got;
+    if (nfds != 2 && nfds != 5) _exit(1);
     /* received fds take the lowest free numbers, below SPARE_BASE: dup each to its place, then close it */
     for (size_t i = 0; i < nfds; i++) {
         if (fcntl(fds[i], F_DUPFD_CLOEXEC, SPARE_BASE + 1 + (int)i) != SPARE_BASE + 1 + (int)i) _exit(1);
@@ -518,21 +527,11 @@ static void read_plan(int fd) {
 static int factory(int ctl, char *mode_arg) {
     for (;;) {
         unsigned char new_pidns = 0;
-        union { char buf[CMSG_SPACE(sizeof(int))]; struct cmsghdr align; } u;
-        struct iovec iov = {&new_pidns, 1};
-        struct msghdr msg = {0};
-        msg.msg_iov = &iov;
-        msg.msg_iovlen = 1;
-        msg.msg_control = u.buf;
-        msg.msg_controllen = sizeof u.buf;
-        ssize_t r;
-        do r = recvmsg(ctl, &msg, MSG_CMSG_CLOEXEC); while (r < 0 && errno == EINTR);
-        if (r <= 0) _exit(0);
-        struct cmsghdr *c = CMSG_FIRSTHDR(&msg);
-        if (!c || c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS || c->cmsg_len != CMSG_LEN(sizeof(int)))
-            _exit(1);
-        int sock;
-        memcpy(&sock, CMSG_DATA(c), sizeof sock);
+        int fds[5];
+        int got = recv_with_fds(ctl, &new_pidns, 1, 0, fds);
+        if (got < 0) _exit(0);
+        if (got != 1) _exit(1);
+        int sock = fds[0];
         struct clone_args args = {0};
         args.flags = CLONE_PARENT | (new_pidns ? CLONE_NEWPID : 0);  /* exit_signal 0: the monitor's SIGCHLD */
         long pid = syscall(SYS_clone3, &args, sizeof args);

@@ -261,20 +261,25 @@ def test_exec_is_eligible_and_pid_namespace_is_joined(tmp_root, tmp_path, rootfs
         h.stop()
 
 
-def _spares(monitor_pid: int) -> list[int]:
-    """The monitor's children started as spares (a container created in one keeps that command line until it
-    execs)."""
+def _children_in_mode(monitor_pid: int, mode: bytes) -> list[int]:
+    """The monitor's children that are pycri-init in mode (argv[1]: b"spare", b"factory")."""
     with open(f"/proc/{monitor_pid}/task/{monitor_pid}/children") as f:
         kids = [int(p) for p in f.read().split()]
     out = []
     for pid in kids:
         try:
             with open(f"/proc/{pid}/cmdline", "rb") as f:
-                if f.read().split(b"\0")[1:2] == [b"spare"]:
+                if f.read().split(b"\0")[1:2] == [mode]:
                     out.append(pid)
         except OSError:
             pass
     return out
+
+
+def _spares(monitor_pid: int) -> list[int]:
+    """The monitor's children started as spares (a container created in one keeps that command line until it
+    execs)."""
+    return _children_in_mode(monitor_pid, b"spare")
 
 
 def _one_spare(monitor_pid: int) -> int:
@@ -403,17 +408,7 @@ def test_the_monitor_makes_another_spare_factory_when_one_is_gone(monkeypatch, t
     h = MonitorHandle(tempfile.mkdtemp(prefix="m", dir=tmp_root))
 
     def factories() -> list[int]:
-        with open(f"/proc/{h.pid}/task/{h.pid}/children") as f:
-            kids = [int(p) for p in f.read().split()]
-        out = []
-        for pid in kids:
-            try:
-                with open(f"/proc/{pid}/cmdline", "rb") as f:
-                    if f.read().split(b"\0")[1:2] == [b"factory"]:
-                        out.append(pid)
-            except OSError:
-                pass
-        return out
+        return _children_in_mode(h.pid, b"factory")
 
     def settled(want_spare: bool) -> tuple[list[int], list[int]]:
         deadline = time.monotonic() + 5
