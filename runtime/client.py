@@ -16,7 +16,7 @@ import threading
 from collections import OrderedDict
 from dataclasses import dataclass
 
-from runtime import cgroups, fastinit, launch
+from runtime import cgroups, fastinit, launch, state
 from runtime.frames import CH_CLOSE_STDIN, CH_EXIT, CH_RESIZE, CH_STDIN, CH_STDOUT, frame, split
 
 
@@ -69,10 +69,28 @@ def _give_back(path: str, sock: socket.socket) -> None:
 
 def forget(path: str) -> None:
     """Close the idle connections to a monitor socket (its pod is gone)."""
+    _protocols.pop(path, None)
     with _idle_lock:
         conns = _idle.pop(path, [])
     for sock in conns:
         sock.close()
+
+
+_protocols: dict[str, int] = {}  # monitor socket -> its monitor.json "protocol"
+
+
+def monitor_protocol(socket_path: str) -> int:
+    """What the monitor at socket_path understands (runtime/monitor.py: PROTOCOL), from the monitor.json beside
+    it, read once; 0 where it has none: a monitor of older code (pods outlive a daemon upgrade), which plans
+    every create itself."""
+    proto = _protocols.get(socket_path)
+    if proto is None:
+        m = state.read_json(os.path.join(os.path.dirname(socket_path), "monitor.json"))
+        proto = m.get("protocol") if isinstance(m, dict) else None
+        if type(proto) is not int:
+            return 0  # (not kept: read again next time)
+        _protocols[socket_path] = proto
+    return proto
 
 
 def plan_init(cid: str, bundle: str, spec: dict | None, overlay: dict | None):
@@ -205,6 +223,7 @@ class MonitorClient:
         runtime: {"type": "oci", "path": "/usr/bin/runc"} runs it with that OCI runtime (else the built-in one).
         With the built-in one, the container's init is planned and encoded here (see runtime/fastinit.py),
         after the request is sent: the monitor makes the container's pipes and state meanwhile (init_lines).
+        A monitor of older code (monitor_protocol below 2) gets the create without it and plans it itself.
         """
         args = {"id": id, "bundle": bundle, "overlay": overlay, "stdin": stdin, "log_path": log_path}
         if log_max_line:
@@ -213,10 +232,10 @@ class MonitorClient:
             args["spec"] = spec
         if runtime is not None:
             args["runtime"] = runtime
-        elif fastinit.enabled():
+        elif fastinit.enabled() and monitor_protocol(self.socket_path) >= 2:
             args["init"] = "follows"
             return self.call("create", then=lambda: init_lines(id, bundle, spec, overlay), **args)
-        return self.call("create", **args)
+        return self.call("create", **args)  # (an older monitor plans it)
 
     def start(self, id: str) -> dict:
         return self.call("start", id=id)

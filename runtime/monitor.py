@@ -212,6 +212,11 @@ class _InitLines:
 
 INIT_LINES_WAIT_S = 10.0
 
+# What this monitor understands beyond the first requests, for a client of newer or older code (monitors
+# outlive a daemon upgrade): 2 = a create with "init": "follows" (_InitLines). Written to monitor.json; a
+# monitor.json without it is older code, which plans every create itself (runtime/client.py: monitor_protocol).
+PROTOCOL = 2
+
 
 class Exec:
     def __init__(self, conn: Conn, container: Container, cap: int, deadline: float | None):
@@ -278,7 +283,7 @@ class Monitor:
         self.sel.register(self.lsock, selectors.EVENT_READ, "listen")
         state.write_json(os.path.join(self.state_dir, "monitor.json"),
                          {"pid": os.getpid(), "start_time": linux.proc_start_time(os.getpid()),
-                          "pod_id": self.pod_id})
+                          "pod_id": self.pod_id, "protocol": PROTOCOL})
         self._later(self.log.info, "monitor.listening", socket=path, pid=os.getpid())
         gc.freeze()  # start-up objects: never scanned again, so clones copy fewer pages
 
@@ -508,7 +513,7 @@ class Monitor:
         return c
 
     def op_ping(self, conn, req):
-        return {"pid": os.getpid(), "containers": sorted(self.containers)}
+        return {"pid": os.getpid(), "containers": sorted(self.containers), "protocol": PROTOCOL}
 
     def op_create(self, conn, req):
         init = req.get("init")

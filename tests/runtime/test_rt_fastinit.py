@@ -644,6 +644,46 @@ def test_the_init_follows_the_create_and_is_read_when_needed(monkeypatch, tmp_ro
         h.stop()
 
 
+def test_a_monitor_of_older_code_gets_creates_it_understands(monkeypatch, tmp_root, tmp_path, rootfs):
+    """Monitors outlive a daemon upgrade. A monitor states what it understands in its monitor.json
+    ("protocol"); MonitorClient.create sends "init": "follows" only to one that says 2 or more, and to one
+    whose monitor.json has no protocol (older code, which took no such line) the create alone, which every
+    monitor plans itself."""
+    import json
+    import tempfile
+
+    from runtime import client as client_mod
+    from runtime import monitor
+    monkeypatch.setenv("PYCRI_FASTINIT", "1")
+    b = write_bundle(str(tmp_path / "b"), make_spec(["sh", "-c", "exit 5"]), rootfs)
+    h = MonitorHandle(tempfile.mkdtemp(prefix="m", dir=tmp_root))
+    sent = []
+    real_call = client_mod.MonitorClient.call
+
+    def call(self, op, **kw):
+        if op == "create":
+            sent.append(kw.get("init"))
+        return real_call(self, op, **kw)
+    monkeypatch.setattr(client_mod.MonitorClient, "call", call)
+    try:
+        path = os.path.join(h.state_dir, "monitor.json")
+        with open(path) as f:
+            info = json.load(f)
+        assert info["protocol"] == monitor.PROTOCOL >= 2 and h.client.ping()["protocol"] == monitor.PROTOCOL
+        h.client.create("new", b)
+        assert sent == ["follows"]
+        with open(path, "w") as f:  # as older code wrote it
+            json.dump({k: v for k, v in info.items() if k != "protocol"}, f)
+        client_mod.forget(h.client.socket_path)
+        h.client.create("old", b)
+        assert sent == ["follows", None]
+        for cid in ("new", "old"):  # both run as planned
+            h.client.start(cid)
+            assert h.client.wait(cid, timeout=10)["exit_code"] == 5
+    finally:
+        h.stop()
+
+
 def test_an_exec_planned_by_the_client_runs_when_made_for_the_container(monkeypatch, tmp_root, tmp_path, rootfs):
     """MonitorClient.exec(..., target=(pid, bundle)) plans and encodes the exec itself (client.prepare_exec)
     and the monitor runs that plan; one made for another process is not used (the monitor plans the exec)."""
