@@ -34,6 +34,7 @@ from pycri.sandboxes import Sandboxes
 from pycri.services.image_service import ImageService
 from pycri.services.runtime_service import RuntimeService
 from pycri.store import Store
+from pycri.topdir import ensure_top_dir
 from pycri.streaming.container_backend import streaming_server
 
 _log = log.get("daemon")
@@ -55,6 +56,7 @@ class Daemon:
         self.started_at = time.time()
         for d in (config.root_path, config.state_path):
             d.mkdir(parents=True, exist_ok=True, mode=0o711)
+        ensure_top_dir(config.root_path / "containers", 0o711)  # containers' writable layers (pycri/topdir.py)
         self.store = Store(config.db_path, sync_full=config.store_sync_full)
         self.cgroup_version = _cgroup_version()
         self._ensure_network_config()

@@ -9,11 +9,7 @@ a layer waits for the ones below only if it hardlinks into them. An extraction i
 away (it is local work in a thread that cannot be interrupted safely); the finished snapshot serves the retry.
 Extracted files are flushed with syncfs() before the snapshot is recorded.
 
-The snapshots directory is marked as a top of unrelated trees (ext2/3/4's `T` attribute; best effort, other file
-systems ignore it), so that ext4 places each extraction in a group of its own (the Orlov allocator) instead of
-every layer in the group of the directory. This matters most on ext4 without a journal: its inode allocator skips,
-one by one, the inodes freed in the last minutes, so after image removals every new entry in that group paid a scan
-(busybox's 282 entries: 60 ms to 400 ms to extract). See docs/performance.md.
+The snapshots directory is marked as a top of unrelated trees (pycri/topdir.py).
 """
 
 from __future__ import annotations
@@ -21,44 +17,19 @@ from __future__ import annotations
 import asyncio
 import ctypes
 import dataclasses
-import errno
-import fcntl
 import hashlib
 import os
 import shutil
-import struct
 import uuid
 from pathlib import Path
 
 from ..log import get as get_logger
 from ..store import Store, dumps, loads
+from ..topdir import ensure_top_dir
 from .unpack import LayerError, MissingLowers, UnpackOptions, UnpackResult, unpack_layer
 
 log = get_logger("images.snapshots")
 
-# linux/fs.h: FS_IOC_GETFLAGS/SETFLAGS = _IOR/_IOW('f', 1/2, long); the kernel reads and writes an int.
-_FS_IOC_GETFLAGS = 0x80086601
-_FS_IOC_SETFLAGS = 0x40086602
-_FS_TOPDIR_FL = 0x00020000
-
-
-def mark_top_of_trees(path: Path) -> bool:
-    """Set the `T` attribute (chattr +T) on a directory whose subdirectories are unrelated trees. False where the
-    file system refuses it (ext2/3/4 have it; tmpfs takes and ignores it)."""
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        buf = bytearray(8)
-        fcntl.ioctl(fd, _FS_IOC_GETFLAGS, buf)
-        (flags,) = struct.unpack_from("i", buf)
-        if not flags & _FS_TOPDIR_FL:
-            fcntl.ioctl(fd, _FS_IOC_SETFLAGS, struct.pack("i", flags | _FS_TOPDIR_FL) + bytes(4))
-        return True
-    except OSError as e:
-        if e.errno not in (errno.ENOTTY, errno.EOPNOTSUPP, errno.EINVAL, errno.EPERM):
-            raise
-        return False
-    finally:
-        os.close(fd)
 
 
 def chain_ids(diff_ids: list[str]) -> list[str]:
@@ -75,8 +46,7 @@ def chain_ids(diff_ids: list[str]) -> list[str]:
 class Snapshots:
     def __init__(self, root: Path, store: Store) -> None:
         self.dir = Path(root) / "snapshots"
-        self.dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        if not mark_top_of_trees(self.dir):
+        if not ensure_top_dir(self.dir, 0o700):
             log.debug("no top-of-trees attribute on this file system", path=str(self.dir))
         self.store = store
         self._inflight: dict[str, asyncio.Task] = {}

@@ -167,25 +167,3 @@ def test_parallel_extraction_waits_for_lowers_only_for_hardlinks(tmp_path):
     finally:
         store.close()
 
-
-def test_the_snapshots_directory_is_marked_as_a_top_of_unrelated_trees(tmp_path):
-    """ext4 then spreads each extraction over its own group (Orlov) instead of piling every layer, and the inodes
-    freed by image removals, into one group."""
-    import subprocess
-
-    from pycri.images.snapshots import Snapshots
-    from pycri.store import Store
-
-    fs_type = subprocess.run(["stat", "-f", "-c", "%T", str(tmp_path)], capture_output=True, text=True).stdout
-    if not fs_type.startswith("ext2/ext3"):  # stat's name for every ext* file system
-        pytest.skip(f"the T attribute is ext2/3/4's; {tmp_path} is on {fs_type.strip()}")
-    store = Store(tmp_path / "db")
-    try:
-        snaps = Snapshots(tmp_path / "root", store)
-        attrs = subprocess.run(["lsattr", "-d", str(snaps.dir)], capture_output=True, text=True, check=True).stdout
-        assert "T" in attrs.split()[0]
-        Snapshots(tmp_path / "root", store)  # a restart keeps it and does not fail on it
-        attrs = subprocess.run(["lsattr", "-d", str(snaps.dir)], capture_output=True, text=True, check=True).stdout
-        assert "T" in attrs.split()[0]
-    finally:
-        store.close()
