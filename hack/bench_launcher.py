@@ -1,5 +1,6 @@
 """Benchmark: create+start+wait of busybox `true` through our monitor (warm) vs `runc run` and `crun run`
-on the same bundle. Usage: python hack/bench_launcher.py [-n 50]. Needs root. Every runtime keeps its state on a
+on the same bundle. Creates are sent as the daemon sends them ("ready": "later": the start waits for the end of
+the set-up, see docs/runtime.md). Usage: python hack/bench_launcher.py [-n 50]. Needs root. Every runtime keeps its state on a
 tmpfs, as on a node's /run (see run_tmpfs); the bundle and rootfs stay on the disk.
 
 `--pod`: instead, the monitor operations in the shape pycri issues them for one pod (spawn, infra create/start,
@@ -38,7 +39,7 @@ def bench_ours(bundle: str, state_dir: str, n: int) -> list[float]:
     try:
         for i in range(n + 3):
             t = time.perf_counter()
-            c.create(f"b{i}", bundle)
+            c.create(f"b{i}", bundle, ready_later=True)  # as the daemon creates
             c.start(f"b{i}")
             ex = c.wait(f"b{i}", timeout=30)
             dt = time.perf_counter() - t
@@ -129,7 +130,7 @@ def bench_pod(tmp: str, n: int, run: str) -> dict[str, list[float]]:
                     ["sleep", "3600"], f"{cg_root}/pod{i}/infra", [{"type": "mount"}, {"type": "network", "path": netns},
                                                                  {"type": "ipc"}, {"type": "uts"}, {"type": "pid"}],
                     shm, readonly=True))
-                timed("infra create", c.create, "infra", ib, overlay=iov, log_path=os.devnull)
+                timed("infra create", c.create, "infra", ib, overlay=iov, log_path=os.devnull, ready_later=True)
                 ipid = timed("infra start", c.start, "infra")["pid"]
                 files = [{"destination": f"/etc/{f}", "type": "bind", "source": os.path.join(pod, f),
                           "options": ["rbind", "rprivate", "rw"]} for f in ("hostname", "hosts", "resolv.conf")]
@@ -138,7 +139,8 @@ def bench_pod(tmp: str, n: int, run: str) -> dict[str, list[float]]:
                     [{"type": "mount"}, {"type": "network", "path": netns},
                      {"type": "ipc", "path": f"/proc/{ipid}/ns/ipc"}, {"type": "uts", "path": f"/proc/{ipid}/ns/uts"},
                      {"type": "pid"}], shm + files, readonly=False))
-                timed("create", c.create, "app", ab, overlay=aov, log_path=os.path.join(pod, "app.log"))
+                timed("create", c.create, "app", ab, overlay=aov, log_path=os.path.join(pod, "app.log"),
+                      ready_later=True)
                 timed("start", c.start, "app")
                 r = timed("exec true", c.exec, "app", {"args": ["true"]})
                 assert r.exit_code == 0, r

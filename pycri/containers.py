@@ -175,7 +175,7 @@ class Containers:
 
         sent = self.ctx.monitors.call_now(sandbox.monitor_dir, "create", rec.id, rec.bundle, overlay=overlay,
                                           stdin=config.stdin, log_path=rec.log_path or os.devnull, spec=spec,
-                                          runtime=self.ctx.sandboxes.runtime_request(sandbox))
+                                          runtime=self.ctx.sandboxes.runtime_request(sandbox), ready_later=True)
 
         async def create() -> None:
             try:

@@ -157,8 +157,10 @@ class Sandboxes:
         if userns is not None:  # the pause image's layers idmapped into the pod's user namespace
             overlay["uidMappings"], overlay["gidMappings"] = userns
         try:
+            # answered before the set-up ends (the start waits for it), but where its namespaces are pinned next
             created = await ctx.monitors.call(rec.monitor_dir, "create", rec.id, str(bundle), overlay=overlay,
-                                              log_path=os.devnull, spec=spec, runtime=self.runtime_request(rec))
+                                              log_path=os.devnull, spec=spec, runtime=self.runtime_request(rec),
+                                              ready_later=not rec.userns)
             for warning in created.get("warnings", []):
                 _log.warning("infra container", pod_sandbox_id=rec.id, warning=warning)
             if rec.userns:

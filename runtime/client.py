@@ -214,7 +214,7 @@ class MonitorClient:
 
     def create(self, id: str, bundle: str, *, overlay: dict | None = None, stdin: bool = False,
                log_path: str | None = None, log_max_line: int | None = None, spec: dict | None = None,
-               runtime: dict | None = None) -> dict:
+               runtime: dict | None = None, ready_later: bool = False) -> dict:
         """Create (not start) a container from an OCI bundle; returns {"pid", "warnings"}.
 
         overlay: {"lower": [dirs, top first], "upper": dir, "work": dir} mounts root.path as overlayfs
@@ -224,12 +224,17 @@ class MonitorClient:
         With the built-in one, the container's init is planned and encoded here (see runtime/fastinit.py),
         after the request is sent: the monitor makes the container's pipes and state meanwhile (init_lines).
         A monitor of older code (monitor_protocol below 2) gets the create without it and plans it itself.
+        ready_later: answered once the child is launched, not set up (the built-in runtime of a monitor_protocol
+        3 monitor; others answer as usual): a set-up failure then fails the start. Warnings of the set-up are then logged by the
+        monitor, not returned. The pid is the container's either way (a joined pid namespace answers late).
         """
         args = {"id": id, "bundle": bundle, "overlay": overlay, "stdin": stdin, "log_path": log_path}
         if log_max_line:
             args["log_max_line"] = log_max_line
         if spec is not None:
             args["spec"] = spec
+        if ready_later and monitor_protocol(self.socket_path) >= 3:
+            args["ready"] = "later"
         if runtime is not None:
             args["runtime"] = runtime
         elif fastinit.enabled() and monitor_protocol(self.socket_path) >= 2:

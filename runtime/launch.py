@@ -499,6 +499,21 @@ class Process:
         """Wait for the child's "ready" (raises LaunchError when its set-up failed)."""
         self._wait_for("R")
 
+    def setup_outcome(self) -> str | None:
+        """For a child that ended (reaped) before its "ready" was read: the error its set-up reported, or a
+        generic one; None if it had got ready. Reads what it wrote, to the end (its end of the pipe is closed)."""
+        while True:
+            msg = self._chan.read()
+            if msg is None:
+                return "container process exited during set-up"
+            kind, payload = msg
+            if kind == "W":
+                self.warnings.append(payload)
+            elif kind == "R":
+                return None
+            elif kind == "E":
+                return payload
+
     def wait_hooks_point(self) -> None:
         """With plan.runtime_hooks: wait until the child stops for the prestart/createRuntime hooks (self.pid is
         then the container's); run them, then resume()."""

@@ -133,6 +133,8 @@ class Container:
         self.master: int | None = None        # pty master (terminal)
         self.spare_hint: bool | None = None   # fast init: the spare op_start keeps (in a new pid ns or not)
         self.init_lines: _InitLines | None = None  # during a create: its init's lines that follow
+        self.ready_pending = False  # created with "ready": "later": op_start waits for the end of the set-up
+        self.setup_error: str | None = None  # ... which failed before op_start came (read at the exit)
         self.waiters: list[Conn] = []
         self.attached: list[Conn] = []
         self.stdin_pending = b""
@@ -213,9 +215,10 @@ class _InitLines:
 INIT_LINES_WAIT_S = 10.0
 
 # What this monitor understands beyond the first requests, for a client of newer or older code (monitors
-# outlive a daemon upgrade): 2 = a create with "init": "follows" (_InitLines). Written to monitor.json; a
+# outlive a daemon upgrade): 2 = a create with "init": "follows" (_InitLines); 3 = a create with "ready": "later"
+# (answered once the child is launched: op_start waits for the end of its set-up). Written to monitor.json; a
 # monitor.json without it is older code, which plans every create itself (runtime/client.py: monitor_protocol).
-PROTOCOL = 2
+PROTOCOL = 3
 
 
 class Exec:
@@ -649,7 +652,10 @@ class Monitor:
             c.pid = c.proc.pid
             self._hooks(c, ("prestart", "createRuntime"), "creating", fatal=True)
             c.proc.resume()
-        c.proc.wait_ready()
+        if req.get("ready") == "later" and pid_known and not plan.runtime_hooks:
+            c.ready_pending = True  # answered now; the set-up goes on, and op_start waits for its end
+        else:
+            c.proc.wait_ready()
         if not pid_known:
             c.pid = c.proc.pid
             c.start_time = linux.proc_start_time(c.pid)
@@ -728,12 +734,16 @@ class Monitor:
 
     def op_start(self, conn, req):
         c = self._get(req)
+        if c.setup_error is not None:  # its set-up failed, and it was reaped, before this start
+            raise launch.LaunchError(c.setup_error)
         if c.status != "created":
             raise RequestError(f"container {c.id} is {c.status}, not created")
         started_at = time.time_ns()
         if c.oci is not None:
             c.oci.start()  # a failure leaves it created (OciError -> the request's error)
         else:
+            if c.ready_pending:
+                self._await_ready(c)
             c.proc.begin_start()
         # while the child drops privileges and execs: record "running" (before the answer, as always;
         # a failed exec below turns it into an exit file)
@@ -744,15 +754,33 @@ class Monitor:
             if c.proc is not None:
                 c.proc.wait_started()
         except launch.LaunchError:
-            c.status = "stopped"
-            c.exit = {"exit_code": 127, "signal": 0, "finished_at": time.time_ns(), "oom_killed": False}
-            self._finish(c)
+            self._failed_start(c, 127)
             raise
         self._later(self.log.info, "container.started", container_id=c.id, pid=c.pid)
         if c.spare_hint is not None:  # after the answer, while the container execs and runs: measured best
             self._later(self._keep_spare, c.spare_hint)  # (during create it slows the child; at wait, the exit)
         self._later(self._hooks, c, ("poststart",), "running", fatal=False)
         return {"pid": c.pid, "started_at": c.started_at}
+
+    def _await_ready(self, c: Container) -> None:
+        """The end of the set-up of a container created with "ready": "later". A failed set-up fails the start
+        with its error, and the container ends as a failed exec does (exit code 128, as containerd's
+        StartError)."""
+        c.ready_pending = False
+        known = len(c.proc.warnings)
+        try:
+            c.proc.wait_ready()
+        except launch.LaunchError:
+            self._failed_start(c, 128)
+            raise
+        for w in c.proc.warnings[known:]:
+            self._later(self.log.warning, "container.warning", container_id=c.id, warning=w)
+
+    def _failed_start(self, c: Container, exit_code: int) -> None:
+        """A start whose exec (127) or set-up (128) failed ends the container."""
+        c.status = "stopped"
+        c.exit = {"exit_code": exit_code, "signal": 0, "finished_at": time.time_ns(), "oom_killed": False}
+        self._finish(c)
 
     def op_kill(self, conn, req):
         c = self._get(req)
@@ -1062,6 +1090,11 @@ class Monitor:
             return
         for c in self.containers.values():
             if c.pid == pid and c.status in ("created", "running"):
+                if c.ready_pending:  # gone during a set-up nobody waited for yet: keep its error for op_start
+                    c.ready_pending = False
+                    c.setup_error = c.proc.setup_outcome()
+                    if c.setup_error is not None and not sig:
+                        exit_code = 128  # as op_start records a failed set-up (_await_ready)
                 oom = bool(c.cgroup and self._oom_kills(c) > c.oom_base)
                 c.exit = {"exit_code": exit_code, "signal": sig, "finished_at": time.time_ns(),
                           "oom_killed": oom}

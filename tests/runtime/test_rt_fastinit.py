@@ -646,9 +646,9 @@ def test_the_init_follows_the_create_and_is_read_when_needed(monkeypatch, tmp_ro
 
 def test_a_monitor_of_older_code_gets_creates_it_understands(monkeypatch, tmp_root, tmp_path, rootfs):
     """Monitors outlive a daemon upgrade. A monitor states what it understands in its monitor.json
-    ("protocol"); MonitorClient.create sends "init": "follows" only to one that says 2 or more, and to one
-    whose monitor.json has no protocol (older code, which took no such line) the create alone, which every
-    monitor plans itself."""
+    ("protocol"); MonitorClient.create sends "init": "follows" only to one that says 2 or more, "ready": "later"
+    only to one that says 3 or more, and to one whose monitor.json has no protocol (older code, which took no
+    such line) the create alone, which every monitor plans itself."""
     import json
     import tempfile
 
@@ -662,22 +662,25 @@ def test_a_monitor_of_older_code_gets_creates_it_understands(monkeypatch, tmp_ro
 
     def call(self, op, **kw):
         if op == "create":
-            sent.append(kw.get("init"))
+            sent.append((kw.get("init"), kw.get("ready")))
         return real_call(self, op, **kw)
     monkeypatch.setattr(client_mod.MonitorClient, "call", call)
     try:
         path = os.path.join(h.state_dir, "monitor.json")
         with open(path) as f:
             info = json.load(f)
-        assert info["protocol"] == monitor.PROTOCOL >= 2 and h.client.ping()["protocol"] == monitor.PROTOCOL
-        h.client.create("new", b)
-        assert sent == ["follows"]
-        with open(path, "w") as f:  # as older code wrote it
-            json.dump({k: v for k, v in info.items() if k != "protocol"}, f)
-        client_mod.forget(h.client.socket_path)
-        h.client.create("old", b)
-        assert sent == ["follows", None]
-        for cid in ("new", "old"):  # both run as planned
+        assert info["protocol"] == monitor.PROTOCOL >= 3 and h.client.ping()["protocol"] == monitor.PROTOCOL
+        h.client.create("new", b, ready_later=True)
+        assert sent == [("follows", "later")]
+        for older, expect in (({**info, "protocol": 2}, ("follows", None)), (
+                {k: v for k, v in info.items() if k != "protocol"}, (None, None))):
+            with open(path, "w") as f:  # as older code wrote it
+                json.dump(older, f)
+            client_mod.forget(h.client.socket_path)
+            sent.clear()
+            h.client.create(f"old{len(older)}", b, ready_later=True)
+            assert sent == [expect]
+        for cid in ("new", f"old{len(info)}", f"old{len(info) - 1}"):  # all run as planned
             h.client.start(cid)
             assert h.client.wait(cid, timeout=10)["exit_code"] == 5
     finally:

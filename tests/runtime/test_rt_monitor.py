@@ -415,3 +415,39 @@ def test_client_keeps_connections_and_notices_a_new_monitor(tmp_root):
     finally:
         h.stop()
     assert path not in client_mod._idle  # shutdown forgets the monitor's connections
+
+
+def _children(pid: int) -> set[int]:
+    with open(f"/proc/{pid}/task/{pid}/children") as f:
+        return {int(x) for x in f.read().split()}
+
+
+def test_create_answered_before_the_set_up_ends(mon, bundle, tmp_path):
+    """"ready": "later" (as the daemon creates): the start waits for the set-up; a failed set-up fails the start
+    with the child's error, whether the child is still there or was reaped before the start came, and the
+    container ends with exit code 128; one deleted before its start leaves no process."""
+    log = str(tmp_path / "ok.log")
+    mon.client.create("ok", bundle(["sh", "-c", "echo hello"]), log_path=log, ready_later=True)
+    assert mon.client.state("ok")["status"] == "created"
+    mon.client.start("ok")
+    assert mon.client.wait("ok", timeout=10)["exit_code"] == 0
+    assert log_text(log) == "hello\n"
+
+    mon_pid = mon.client.ping()["pid"]
+    for cid, reaped_first in (("bad1", False), ("bad2", True)):
+        mon.client.create(cid, bundle(["nope"]), ready_later=True)  # its set-up fails: no such executable
+        if reaped_first:
+            _wait_for(lambda: mon.client.state(cid)["status"] == "stopped")
+        with pytest.raises(MonitorError, match='"nope": executable file not found'):
+            mon.client.start(cid)
+        st = mon.client.state(cid)
+        assert (st["status"], st["exit_code"]) == ("stopped", 128)
+        assert mon.client.wait(cid, timeout=10)["exit_code"] == 128
+        mon.client.delete(cid)
+
+    before = _children(mon_pid)
+    created = mon.client.create("gone", bundle(["sleep", "100"]), ready_later=True)
+    assert created["pid"] in _children(mon_pid)
+    mon.client.delete("gone", force=True)
+    assert created["pid"] not in _children(mon_pid) and _children(mon_pid) <= before | {created["pid"]}
+    mon.client.delete("ok")
