@@ -1,6 +1,6 @@
 """Benchmark: create+start+wait of busybox `true` through our monitor (warm) vs `runc run` and `crun run`
 on the same bundle. Creates are sent as the daemon sends them ("ready": "later": the start waits for the end of
-the set-up, see docs/runtime.md). Usage: python hack/bench_launcher.py [-n 50]. Needs root. Every runtime keeps its state on a
+the set-up, see docs/runtime.md). Also prints the kernel's floor on this machine (hack/start_floor.c). Usage: python hack/bench_launcher.py [-n 50]. Needs root. Every runtime keeps its state on a
 tmpfs, as on a node's /run (see run_tmpfs); the bundle and rootfs stay on the disk.
 
 `--pod`: instead, the monitor operations in the shape pycri issues them for one pod (spawn, infra create/start,
@@ -66,6 +66,21 @@ def bench_oci(binary: str, bundle: str, root: str, n: int, extra: list[str]) -> 
         if i >= 3:
             out.append(dt)
     return out
+
+
+def bench_floor(rootfs: str, tmp: str, n: int) -> float | str:
+    """hack/start_floor.c, built here: the same namespaces and exec with no runtime around them (ms)."""
+    if not shutil.which("gcc"):
+        return "gcc not installed"
+    binary = os.path.join(tmp, "start_floor")
+    src = os.path.join(os.path.dirname(os.path.abspath(__file__)), "start_floor.c")
+    r = subprocess.run(["gcc", "-O2", "-o", binary, src], capture_output=True, text=True)
+    if r.returncode != 0:
+        return f"start_floor.c did not build: {r.stderr.strip()[:300]}"
+    r = subprocess.run([binary, rootfs, str(n)], capture_output=True, text=True)
+    if r.returncode != 0:
+        return f"start_floor failed (exit {r.returncode})"
+    return float(r.stdout)
 
 
 POD_OPS = ("spawn", "infra create", "infra start", "create", "start", "exec true", "kill+wait", "delete",
@@ -230,6 +245,7 @@ def main() -> int:
             "crun run": bench_oci("crun", bundle, os.path.join(run, "crun"), a.n, ["--cgroup-manager=disabled"]),
             "runc run": bench_oci("runc", bundle, os.path.join(run, "runc"), a.n, []),
         }
+        floor = bench_floor(rootfs, tmp, a.n)
     finally:
         release_tmpfs(run)
         shutil.rmtree(tmp, ignore_errors=True)
@@ -249,6 +265,11 @@ def main() -> int:
         med = statistics.median(xs)
         summary[name] = {"median_ms": round(med * 1000, 2), "p95_ms": round(pct(xs, 95) * 1000, 2)}
         print(f"{name:32} {med * 1000:8.2f} {pct(xs, 95) * 1000:8.2f} {med / ours:7.2f}x")
+    if isinstance(floor, str):
+        print(f"{'kernel floor (start_floor.c)':32} {floor}")
+    else:
+        print(f"{'kernel floor (start_floor.c)':32} {floor:8.2f} {'':>8} {floor / (ours * 1000):7.2f}x")
+        summary["kernel floor (start_floor.c)"] = {"median_ms": round(floor, 2)}
     print(json.dumps(summary))
     return 0
 
