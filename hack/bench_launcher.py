@@ -1,7 +1,8 @@
 """Benchmark: create+start+wait of busybox `true` through our monitor (warm) vs `runc run` and `crun run`
 on the same bundle. Creates are sent as the daemon sends them ("ready": "later": the start waits for the end of
-the set-up, see docs/runtime.md). Also prints the kernel's floor on this machine (hack/start_floor.c). Usage: python hack/bench_launcher.py [-n 50]. Needs root. Every runtime keeps its state on a
-tmpfs, as on a node's /run (see run_tmpfs); the bundle and rootfs stay on the disk.
+the set-up, see docs/runtime.md). Also prints the kernel's floor on this machine (hack/start_floor.c).
+Usage: python hack/bench_launcher.py [-n 50]. Needs root. Every runtime keeps its state on a tmpfs, as on a
+node's /run (see run_tmpfs); the bundle and rootfs stay on the disk.
 
 `--pod`: instead, the monitor operations in the shape pycri issues them for one pod (spawn, infra create/start,
 app create/start in the infra's namespaces, exec, kill+wait, delete, shutdown), each timed client-side, with
