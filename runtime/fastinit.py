@@ -114,7 +114,8 @@ def _eligible(plan) -> bool:
             flags, _, _ = rootfs_mod.parse_options(opts)
             src = m.get("source") or ""
             if (m.get("type") == "bind" or flags & MS_BIND) and \
-                    (os.path.realpath(src) + "/").startswith(plan.rootfs.rstrip("/") + "/"):
+                    ((_source(plan, src) or (os.path.realpath(src),))[0] + "/").startswith(
+                        plan.rootfs.rstrip("/") + "/"):
                 return False  # a bind source inside the rootfs: the parent cannot see what the child would
         for d in lin.get("devices") or []:
             if not isinstance(d, dict) or not isinstance(d.get("path"), str) or d.get("type") not in _DEV_KINDS:
@@ -140,6 +141,17 @@ def _eligible(plan) -> bool:
     if any("\0" in a for a in proc["args"]):
         return False
     return True
+
+
+def _source(plan, path: str) -> tuple[str, bool] | None:
+    """linux.resolve(path) of a bind mount source, once per plan (eligible() and the encoding both need it);
+    None where it does not exist."""
+    if path not in plan.sources:
+        try:
+            plan.sources[path] = linux.resolve(path)
+        except OSError:
+            plan.sources[path] = None
+    return plan.sources[path]
 
 
 _U8 = [bytes((i,)) for i in range(256)]
@@ -556,10 +568,11 @@ def _encode_mount(e: _Enc, plan, m: dict) -> None:
     opts = m.get("options") or []
     flags, props, data = rootfs_mod.parse_options(opts)
     if mtype == "bind" or flags & MS_BIND:
-        if not os.path.exists(source):
+        resolved = _source(plan, source)
+        if resolved is None:
             e.op(OP_FAIL, f"bind mount source {source!r} does not exist")
             return
-        e.u8(OP_MKDIRS if os.path.isdir(source) else OP_TOUCH)
+        e.u8(OP_MKDIRS if resolved[1] else OP_TOUCH)
         e.path(REG1, "")
         e.mount(source, REG1, "", None, flags & (MS_BIND | MS_REC), None)
         rest = flags & ~(MS_BIND | MS_REC)

@@ -82,6 +82,8 @@ class Plan:
     runtime_hooks: bool = False
     # LSM labels for the execve: ((paths to try, first that exists wins), bytes to write), see _plan_lsm
     lsm_exec: list[tuple[tuple[str, ...], bytes]] = field(default_factory=list)
+    # bind mount sources seen by the fast-init planning: path -> linux.resolve(path), or None where missing
+    sources: dict = field(default_factory=dict)
 
 
 def plan_container(spec: dict, bundle: str, cid: str, *, overlay: dict | None = None,
@@ -125,14 +127,18 @@ def plan_from_spec(spec: dict, bundle: str | None, *, overlay: dict | None = Non
         if bundle is None:
             raise LaunchError("root.path is relative but no bundle directory was given")
         root_path = os.path.join(bundle, root_path)
-    if not os.path.isdir(root_path):
+    try:
+        real_root, is_dir = linux.resolve(root_path)
+    except OSError:
+        is_dir = False
+    if not is_dir:
         raise LaunchError(f"rootfs {root_path!r} is not a directory")
     linux_cfg = spec.get("linux") or {}
     try:
         overlay = rootfs_mod.check_overlay(overlay)
     except ValueError as exc:
         raise LaunchError(str(exc)) from None
-    plan = Plan(spec=spec, rootfs=os.path.realpath(root_path), overlay=overlay, stdio=stdio,
+    plan = Plan(spec=spec, rootfs=real_root, overlay=overlay, stdio=stdio,
                 console_fd=console_fd)
     seen = set()
     for ns in linux_cfg.get("namespaces") or []:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import ctypes
 import os
 import platform
+import stat
 
 libc = ctypes.CDLL(None, use_errno=True)
 libc.syscall.restype = ctypes.c_long
@@ -213,6 +214,18 @@ def cap_last_cap() -> int:
 
 def pidfd_open(pid: int) -> int:
     return _check(libc.syscall(SYS["pidfd_open"], ctypes.c_int(pid), ctypes.c_uint(0)), "pidfd_open")
+
+
+def resolve(path: str) -> tuple[str, bool]:
+    """(os.path.realpath(path), whether it is a directory) of an existing path, from the kernel: an O_PATH open
+    and /proc/self/fd, a third of realpath's time (which lstats every component in Python; the planning of a
+    container with a few bind mounts spent a third of its time there). OSError if it does not exist (a dangling
+    symlink included, where realpath would still answer)."""
+    fd = os.open(path, os.O_PATH | os.O_CLOEXEC)
+    try:
+        return os.readlink(f"/proc/self/fd/{fd}"), stat.S_ISDIR(os.fstat(fd).st_mode)
+    finally:
+        os.close(fd)
 
 
 def _b(s: str | None) -> bytes | None:

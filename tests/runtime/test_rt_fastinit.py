@@ -100,6 +100,21 @@ def _plan(spec, bundle_dir):
     return launch.plan_from_spec(spec, bundle_dir, stdio=(0, 1, 2))
 
 
+def test_resolve_is_realpath_for_existing_paths(tmp_path):
+    """linux.resolve, the planning's faster realpath: the same answer, whether a directory, and OSError where
+    realpath would still answer for a path that is not there."""
+    from runtime import linux
+    (tmp_path / "d" / "e").mkdir(parents=True)
+    (tmp_path / "f").write_text("")
+    os.symlink(tmp_path / "d", tmp_path / "link")
+    os.symlink(tmp_path / "gone", tmp_path / "dangling")
+    for path, is_dir in ((tmp_path / "link" / "e", True), (tmp_path / "f", False), (tmp_path / "link/../f", False)):
+        assert linux.resolve(str(path)) == (os.path.realpath(path), is_dir), path
+    for path in (tmp_path / "dangling", tmp_path / "missing"):
+        with pytest.raises(OSError):
+            linux.resolve(str(path))
+
+
 def test_eligibility(tmp_path, rootfs):
     b = write_bundle(str(tmp_path / "b"), make_spec(["true"]), rootfs)
     for name, mutate in _variants(tmp_path).items():
@@ -115,6 +130,9 @@ def test_eligibility(tmp_path, rootfs):
                                                "uidMappings": [{"containerID": 0, "hostID": 1, "size": 1}],
                                                "gidMappings": [{"containerID": 0, "hostID": 1, "size": 1}]}),
     }
+    os.symlink(os.path.join(rootfs, "etc"), tmp_path / "into-rootfs")
+    not_eligible["bind source in the rootfs, through a symlink"] = lambda s: s["mounts"].append(
+        {"destination": "/m", "type": "bind", "source": str(tmp_path / "into-rootfs"), "options": ["bind"]})
     for name, mutate in not_eligible.items():
         assert not fastinit.eligible(_plan(_spec(mutate), b)), name
     plan = _plan(make_spec(["true"], hooks={"createContainer": [{"path": "/bin/true"}]}), b)
