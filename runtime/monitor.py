@@ -90,6 +90,12 @@ STREAM_OUTBUF_MAX = 8 * 1024 * 1024
 # How long a spare pycri-init (fastinit.Spare) is kept after a container's create: long enough for the rest of a
 # pod's containers (the kubelet creates them one after another), short enough that an idle pod holds none.
 SPARE_KEEP_S = 5.0
+# When op_start's spare is made: at the started container's exit, or this long after its start, whichever
+# comes first. Not at once: the spare's clone then competed with the container's exec and first instructions
+# (on two CPUs, a short-lived container's whole life: -0.1 to -0.3 ms on create+start+wait of `true`). The
+# kubelet's next create in the pod comes later than this (an ImageStatus and a CreateContainer round trip);
+# a create that comes sooner has the spare made first.
+SPARE_AFTER_START_S = 0.002
 
 
 class Conn:
@@ -253,6 +259,7 @@ class Monitor:
         self.spare: fastinit.Spare | None = None  # see _keep_spare
         self.spare_factory: fastinit.SpareFactory | None = None  # makes the spares, while there are any
         self.spare_until = 0.0
+        self.spare_due: tuple[float, bool, str] | None = None  # (when, new pid ns, container): see op_start
 
     # ---------------------------------------------------------------- set-up and loop
     def prepare(self) -> None:
@@ -302,6 +309,9 @@ class Monitor:
             if self.spare is not None or self.spare_factory is not None:
                 left = max(0.0, self.spare_until - time.monotonic())
                 timeout = left if timeout is None else min(timeout, left)
+            if self.spare_due is not None:
+                left = max(0.0, self.spare_due[0] - time.monotonic())
+                timeout = left if timeout is None else min(timeout, left)
             # an OOM kill's event before the exit it caused, when both come in one batch (see _oom_event)
             for key, mask in sorted(self.sel.select(timeout), key=lambda km: km[0].data == "signal"):
                 try:
@@ -311,6 +321,8 @@ class Monitor:
                 if self._after:  # e.g. an exit's log line, after its waiters were answered
                     self._run_after()
             self._check_deadlines()
+            if self.spare_due is not None and time.monotonic() >= self.spare_due[0]:
+                self._make_due_spare()
             if (self.spare is not None or self.spare_factory is not None) and time.monotonic() >= self.spare_until:
                 self._drop_spare()
                 self._drop_spare_factory()
@@ -547,6 +559,8 @@ class Monitor:
         sdir = os.path.join(self.state_dir, cid)
         if os.path.exists(sdir):
             raise RequestError(f"container {cid} has state left in {sdir}; delete it first")
+        if self.spare_due is not None:  # a create sooner than SPARE_AFTER_START_S: the spare first
+            self._make_due_spare()
         c = Container(cid, bundle, spec, sdir)
         c.init_lines = lines
         if req.get("runtime") is not None:
@@ -757,8 +771,8 @@ class Monitor:
             self._failed_start(c, 127)
             raise
         self._later(self.log.info, "container.started", container_id=c.id, pid=c.pid)
-        if c.spare_hint is not None:  # after the answer, while the container execs and runs: measured best
-            self._later(self._keep_spare, c.spare_hint)  # (during create it slows the child; at wait, the exit)
+        if c.spare_hint is not None:  # once its start-up is over (SPARE_AFTER_START_S)
+            self.spare_due = (time.monotonic() + SPARE_AFTER_START_S, c.spare_hint, c.id)
         self._later(self._hooks, c, ("poststart",), "running", fatal=False)
         return {"pid": c.pid, "started_at": c.started_at}
 
@@ -1120,6 +1134,8 @@ class Monitor:
         for w in c.waiters:
             self._reply(w, {"ok": True, **c.exit})
         c.waiters.clear()
+        if self.spare_due is not None and self.spare_due[2] == c.id:
+            self._later(self._make_due_spare)
         for conn in list(c.attached):
             self._stream_end(conn, c.exit)
         c.attached.clear()
@@ -1246,6 +1262,12 @@ class Monitor:
             c.oom_watch.close()
             c.oom_watch = None
 
+    def _make_due_spare(self) -> None:
+        if self.spare_due is not None:
+            new_pidns = self.spare_due[1]
+            self.spare_due = None
+            self._keep_spare(new_pidns)
+
     def _keep_spare(self, new_pidns: bool) -> None:
         """After a fast-init start (answered): have a pycri-init ready for the pod's next container, in a
         new pid namespace if this one had one, for SPARE_KEEP_S."""
@@ -1275,6 +1297,7 @@ class Monitor:
 
     def _end_spare(self) -> None:
         """Release the spare and its factory and wait for their exits (shutdown)."""
+        self.spare_due = None
         pids = []
         if self.spare is not None:
             try:
