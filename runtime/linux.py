@@ -261,16 +261,34 @@ def is_alive(pid: int, start_time: int | None) -> bool:
 
 
 IN_MODIFY = 0x00000002
+IN_CLOSE_WRITE = 0x00000008
+IN_MOVED_TO = 0x00000080
+IN_Q_OVERFLOW = 0x00004000
+IN_IGNORED = 0x00008000
+IN_ONLYDIR = 0x01000000
 IN_NONBLOCK = os.O_NONBLOCK
 IN_CLOEXEC = os.O_CLOEXEC
 
 
+def inotify_init() -> int:
+    """A non-blocking, close-on-exec inotify fd (readable when an event is queued)."""
+    return _check(libc.inotify_init1(ctypes.c_int(IN_NONBLOCK | IN_CLOEXEC)), "inotify_init1")
+
+
+def inotify_add_watch(fd: int, path: str, mask: int) -> int:
+    return _check(libc.inotify_add_watch(ctypes.c_int(fd), os.fsencode(path), ctypes.c_uint32(mask)),
+                  f"inotify_add_watch {path}")
+
+
+def inotify_rm_watch(fd: int, wd: int) -> None:
+    _check(libc.inotify_rm_watch(ctypes.c_int(fd), ctypes.c_int(wd)), "inotify_rm_watch")
+
+
 def inotify_watch(path: str, mask: int = IN_MODIFY) -> int:
     """A non-blocking, close-on-exec inotify fd watching path (readable when an event is queued)."""
-    fd = _check(libc.inotify_init1(ctypes.c_int(IN_NONBLOCK | IN_CLOEXEC)), "inotify_init1")
+    fd = inotify_init()
     try:
-        _check(libc.inotify_add_watch(ctypes.c_int(fd), os.fsencode(path), ctypes.c_uint32(mask)),
-               f"inotify_add_watch {path}")
+        inotify_add_watch(fd, path, mask)
     except OSError:
         os.close(fd)
         raise
