@@ -281,20 +281,27 @@ class Containers:
         _log.info("container started", container_id=rec.id, pid=rec.pid)
 
     def _watch(self, rec: ContainerRecord) -> None:
-        sandbox = self.ctx.records.sandboxes.get(rec.sandbox_id)
+        """Have a running container's end recorded as soon as its monitor records it (Daemon.take_exits), or at
+        once when it has ended already or its monitor is gone."""
+        monitor_dir = self.ctx.records.sandboxes[rec.sandbox_id].monitor_dir
+        exits = self.ctx.monitors.exits
+        if not exits.monitor(monitor_dir) or exits.container(monitor_dir, rec.id) is not None:
+            self.exited(rec.id)
 
-        async def watch() -> None:
-            exit_info = await self.ctx.monitors.wait_exit(sandbox.monitor_dir, rec.id)
-            if exit_info is None:
-                exit_info = self.ctx.monitors.status_from_disk(sandbox.monitor_dir, rec.id)
-            self._record_exit(rec.id, exit_info)
-
-        self.ctx.background(watch())
+    def exited(self, cid: str) -> None:
+        """A running container has ended: record it as its monitor's state on disk says (Daemon.take_exits)."""
+        rec = self.ctx.records.containers.get(cid)
+        if rec is None or rec.state != C_RUNNING:
+            return
+        monitor_dir = self.ctx.records.sandboxes[rec.sandbox_id].monitor_dir
+        self._record_exit(cid, self.ctx.monitors.status_from_disk(monitor_dir, cid))
 
     def _record_exit(self, cid: str, info: dict) -> None:
         rec = self.ctx.records.containers.get(cid)
         if rec is None or rec.state != C_RUNNING:
             return
+        if (sandbox := self.ctx.records.sandboxes.get(rec.sandbox_id)) is not None:
+            self.ctx.monitors.exits.forget_container(sandbox.monitor_dir, cid)
         code = info.get("exit_code")
         rec.state = C_EXITED
         rec.finished_at = int(info.get("finished_at") or time.time_ns())
@@ -359,6 +366,8 @@ class Containers:
         if (task := self._monitor_creates.pop(rec.id, None)) is not None:
             await asyncio.wait([task])  # its outcome does not matter: the container goes
         sandbox = self.ctx.records.sandboxes.get(rec.sandbox_id)
+        if sandbox is not None:
+            self.ctx.monitors.exits.forget_container(sandbox.monitor_dir, rec.id)
         if sandbox is not None and self.ctx.monitors.alive(sandbox.monitor_dir):
             try:
                 await self.ctx.monitors.call(sandbox.monitor_dir, "delete", rec.id, force=True)
@@ -519,8 +528,9 @@ class Containers:
     # ---- Recovery ----
 
     async def recover(self) -> None:
-        """At start: undo half-made containers; re-watch running ones; report exits that happened meanwhile;
-        sweep writable layers whose container is gone (removed just before a crash)."""
+        """At start, before the socket serves: undo half-made containers; record the exits that happened
+        meanwhile and watch the running containers; sweep writable layers whose container is gone (removed just
+        before a crash)."""
         layers = self.ctx.config.root_path / "containers"
         if layers.is_dir():
             known = set(self.ctx.records.containers)
@@ -535,12 +545,8 @@ class Containers:
             if rec.state == C_CREATED and self.ctx.monitors.alive(sandbox.monitor_dir):
                 self._adopt_start(rec, sandbox)
                 continue
-            if rec.state != C_RUNNING:
-                continue
-            if self.ctx.monitors.alive(sandbox.monitor_dir):
+            if rec.state == C_RUNNING:
                 self._watch(rec)
-            else:
-                self._record_exit(rec.id, self.ctx.monitors.status_from_disk(sandbox.monitor_dir, rec.id))
 
     def _adopt_start(self, rec: ContainerRecord, sandbox: SandboxRecord) -> None:
         """A CREATED container its monitor has started: the daemon died between the monitor's answer to
@@ -552,7 +558,7 @@ class Containers:
         rec.state, rec.started_at, rec.pid = C_RUNNING, int(st["started_at"]), int(st.get("pid") or rec.pid)
         self.ctx.records.save_container(rec)
         _log.info("container started before a restart; recorded running", container_id=rec.id, pid=rec.pid)
-        self._watch(rec)  # reports the exit at once if it has ended meanwhile
+        self._watch(rec)  # records the exit at once if it has ended meanwhile
 
 
 def _remove_dirs(*dirs: str) -> None:

@@ -88,13 +88,36 @@ class Daemon:
         await self.sandboxes.recover()
         await self.containers.recover()
 
+    def take_exits(self) -> None:
+        """Record every end the monitors have recorded since the last call: a container's exit, an infra
+        container's (the pod is not ready), a monitor's own (both). Runs before every RuntimeService call, so no
+        answer contradicts a record made before the call came, and whenever the watch's fd is readable
+        (docs/design.md, "Exits")."""
+        containers, monitors = self.monitors.exits.ended()
+        for _monitor_dir, cid in containers:
+            record = self.sandboxes.infra_exited if cid in self.records.sandboxes else self.containers.exited
+            self._taking(record, cid, container_id=cid)
+        for monitor_dir in monitors:
+            self._taking(self.sandboxes.monitor_exited, monitor_dir, monitor_dir=monitor_dir)
+
+    @staticmethod
+    def _taking(record, arg: str, **ids: str) -> None:
+        """One end taken; a failure (say, a full disk under the store) is logged and the other ends still taken:
+        the record in memory is made first, and a restart finds the end again on disk."""
+        try:
+            record(arg)
+        except Exception as exc:  # noqa: BLE001
+            _log.error("recording an end failed", error=f"{type(exc).__name__}: {exc}", **ids)
+
     async def aclose(self) -> None:
+        asyncio.get_running_loop().remove_reader(self.monitors.exits.fileno())
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         await self.images.close()
         if self.spawner is not None:
             await asyncio.to_thread(self.spawner.close)
+        self.monitors.exits.close()
         self.store.close()
 
     def _ensure_network_config(self) -> None:
@@ -161,7 +184,8 @@ async def serve(config: Config, spawner=None, config_path: str | None = None) ->
     """Serve until SIGTERM/SIGINT; SIGHUP re-reads the config file `config_path` (see pycri/reload.py)."""
     reload_path = reloadmod.config_path(config_path)
     daemon = Daemon(config, spawner)
-    await daemon.recover()
+    await daemon.recover()  # every exit that happened while no daemon ran is recorded before the socket serves
+    asyncio.get_running_loop().add_reader(daemon.monitors.exits.fileno(), daemon.take_exits)
     daemon.background(trim_when_quiet())
     sock = Path(config.listen)
     prepare_socket(sock)
@@ -185,7 +209,7 @@ async def serve(config: Config, spawner=None, config_path: str | None = None) ->
         ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
     ])
     server.add_generic_rpc_handlers((
-        service_handler("RuntimeService", RuntimeService(daemon)),
+        service_handler("RuntimeService", RuntimeService(daemon), before=daemon.take_exits),
         service_handler("ImageService", ImageService(daemon.images, daemon.containers.fs_usage)),
     ))
     old_umask = os.umask(0o117)  # the socket is born 0660: root (and the socket's group) only, no window

@@ -1,21 +1,21 @@
 """The daemon's side of the per-pod monitors: spawning them, calling them off the event loop, watching exits.
 
-Blocking monitor calls (runtime.client.MonitorClient) run in worker threads; exits are watched with one asyncio
-connection per running container (the monitor answers `wait` when the process ends), so a node with hundreds
-of containers costs sockets, not threads.
+Blocking monitor calls (runtime.client.MonitorClient) run in worker threads. Ends are watched through one
+runtime.exitwatch.ExitWatch: the exit records of running containers and the monitors themselves, learnt from the
+kernel as soon as a monitor records them (the daemon takes them in Daemon.take_exits; docs/design.md, "Exits").
 """
 
 from __future__ import annotations
 
 import asyncio
 import functools
-import json
 import os
 import time
 from typing import Any, Awaitable
 
 from runtime import state as rtstate
 from runtime.client import MonitorClient, MonitorError
+from runtime.exitwatch import ExitWatch
 from runtime.monitor import SOCKET_NAME
 
 from pycri import log, metrics
@@ -31,6 +31,7 @@ class MonitorUnavailable(CRIError):
 class Monitors:
     def __init__(self, spawner) -> None:
         self.spawner = spawner
+        self.exits = ExitWatch()
 
     @staticmethod
     def socket_path(monitor_dir: str) -> str:
@@ -76,28 +77,6 @@ class Monitors:
             if not self.alive(monitor_dir):
                 raise MonitorUnavailable(f"the pod's monitor is not running: {exc}") from None
             raise
-
-    async def wait_exit(self, monitor_dir: str, container_id: str) -> dict | None:
-        """Wait for the container's exit; None when the monitor went away before it answered."""
-        try:
-            reader, writer = await asyncio.open_unix_connection(self.socket_path(monitor_dir))
-        except OSError:
-            return None
-        try:
-            writer.write(json.dumps({"op": "wait", "id": container_id}).encode() + b"\n")
-            await writer.drain()
-            line = await reader.readline()
-        except OSError:
-            return None
-        finally:
-            writer.close()
-        if not line:
-            return None
-        answer = json.loads(line)
-        if not answer.get("ok"):
-            _log.warning("wait refused", container_id=container_id, error=answer.get("error"))
-            return None
-        return answer
 
     @staticmethod
     def status_from_disk(monitor_dir: str, container_id: str) -> dict:

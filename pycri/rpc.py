@@ -30,8 +30,10 @@ _POLLS = {
 }
 
 
-def service_handler(service_name: str, servicer: Any) -> grpc.GenericRpcHandler:
-    """A generic handler for `runtime.v1.<service_name>` whose methods call `servicer.<Method>(request, context)`."""
+def service_handler(service_name: str, servicer: Any, before: Callable[[], None] | None = None
+                    ) -> grpc.GenericRpcHandler:
+    """A generic handler for `runtime.v1.<service_name>` whose methods call `servicer.<Method>(request, context)`,
+    each after `before()` when it is given (errors in it are the call's)."""
     service = api_pb2.DESCRIPTOR.services_by_name[service_name]
     handlers = {}
     for method in service.methods:
@@ -43,18 +45,21 @@ def service_handler(service_name: str, servicer: Any) -> grpc.GenericRpcHandler:
         if method.client_streaming:
             raise AssertionError(f"{method.full_name}: client streaming is not part of CRI")
         if method.server_streaming:
-            handlers[method.name] = grpc.unary_stream_rpc_method_handler(_streaming(method.name, impl), **kwargs)
+            handlers[method.name] = grpc.unary_stream_rpc_method_handler(_streaming(method.name, impl, before),
+                                                                         **kwargs)
         else:
-            handlers[method.name] = grpc.unary_unary_rpc_method_handler(_unary(method.name, impl), **kwargs)
+            handlers[method.name] = grpc.unary_unary_rpc_method_handler(_unary(method.name, impl, before), **kwargs)
     return grpc.method_handlers_generic_handler(service.full_name, handlers)
 
 
-def _unary(name: str, impl: Callable | None) -> Callable:
+def _unary(name: str, impl: Callable | None, before: Callable[[], None] | None) -> Callable:
     async def handler(request, context):
         started = time.perf_counter()
         if impl is None:
             await _abort_unimplemented(name, request, context, started)
         try:
+            if before is not None:
+                before()
             response = await impl(request, context)
         except BaseException as exc:  # noqa: BLE001 - every outcome is logged and mapped, then re-raised/aborted
             await _fail(name, request, context, started, exc)
@@ -65,12 +70,14 @@ def _unary(name: str, impl: Callable | None) -> Callable:
     return handler
 
 
-def _streaming(name: str, impl: Callable | None) -> Callable:
+def _streaming(name: str, impl: Callable | None, before: Callable[[], None] | None) -> Callable:
     async def handler(request, context):
         started = time.perf_counter()
         if impl is None:
             await _abort_unimplemented(name, request, context, started)
         try:
+            if before is not None:
+                before()
             async for item in impl(request, context):
                 yield item
         except BaseException as exc:  # noqa: BLE001

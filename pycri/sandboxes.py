@@ -194,15 +194,29 @@ class Sandboxes:
                               port_mappings=ports, dns=dns, bandwidth=_bandwidth(config.annotations))
 
     def _watch_infra(self, rec: SandboxRecord) -> None:
-        async def watch() -> None:
-            await self.ctx.monitors.wait_exit(rec.monitor_dir, rec.id)
-            current = self.ctx.records.sandboxes.get(rec.id)
-            if current is not None and current.state == SB_READY and not self._lock(rec.id).locked():
-                _log.warning("infra container exited; sandbox not ready", pod_sandbox_id=rec.id)
-                current.state = SB_NOTREADY
-                self.ctx.records.save_sandbox(current)
+        """Have the end of a READY pod's infra container, or of its monitor, make the pod NOTREADY as soon as it
+        is recorded (Daemon.take_exits), or at once when it has happened already."""
+        exits = self.ctx.monitors.exits
+        if not exits.monitor(rec.monitor_dir) or exits.container(rec.monitor_dir, rec.id) is not None:
+            self.infra_exited(rec.id)
 
-        self.ctx.background(watch())
+    def infra_exited(self, sandbox_id: str) -> None:
+        rec = self.ctx.records.sandboxes.get(sandbox_id)
+        if rec is None:
+            return
+        self.ctx.monitors.exits.forget_container(rec.monitor_dir, rec.id)
+        if rec.state == SB_READY and not self._lock(rec.id).locked():  # (a stop makes it NOTREADY itself)
+            _log.warning("infra container exited; sandbox not ready", pod_sandbox_id=rec.id)
+            rec.state = SB_NOTREADY
+            self.ctx.records.save_sandbox(rec)
+
+    def monitor_exited(self, monitor_dir: str) -> None:
+        """A pod's monitor has exited: the pod is not ready, its running containers have ended."""
+        for rec in [s for s in self.ctx.records.sandboxes.values() if s.monitor_dir == monitor_dir]:
+            _log.warning("the pod's monitor exited", pod_sandbox_id=rec.id)
+            self.infra_exited(rec.id)
+            for c in self.ctx.records.containers_of(rec.id):
+                self.ctx.containers.exited(c.id)
 
     # ---- Stop / Remove ----
 
@@ -266,6 +280,8 @@ class Sandboxes:
             raise TeardownError(f"pod sandbox {rec.id} teardown incomplete: " + "; ".join(errors))
         if not remove:
             return
+        ctx.monitors.exits.forget_container(rec.monitor_dir, rec.id)
+        ctx.monitors.exits.forget_monitor(rec.monitor_dir)
         if monitor_up:
             try:
                 await ctx.monitors.call(rec.monitor_dir, "delete", rec.id, force=True)
@@ -411,7 +427,8 @@ class Sandboxes:
     # ---- Recovery ----
 
     async def recover(self) -> None:
-        """At start: finish or undo half-made sandboxes; a sandbox whose monitor is gone is not ready."""
+        """At start, before the socket serves: finish or undo half-made sandboxes; watch the monitors; a sandbox
+        whose infra container or monitor has ended is not ready."""
         for rec in list(self.ctx.records.sandboxes.values()):
             if rec.state == SB_CREATING:
                 _log.info("undoing a sandbox creation interrupted by a restart", pod_sandbox_id=rec.id)
@@ -422,14 +439,9 @@ class Sandboxes:
                                error=str(exc))
                 continue
             if rec.state == SB_READY:
-                if self.ctx.monitors.alive(rec.monitor_dir) and \
-                        self.ctx.monitors.status_from_disk(rec.monitor_dir, rec.id).get("status") == "running":
-                    self._watch_infra(rec)
-                else:
-                    _log.warning("sandbox lost its infra container while the daemon was down",
-                                 pod_sandbox_id=rec.id)
-                    rec.state = SB_NOTREADY
-                    self.ctx.records.save_sandbox(rec)
+                self._watch_infra(rec)
+            else:  # a pod that is not ready may still have running containers
+                self.ctx.monitors.exits.monitor(rec.monitor_dir)
 
 
 def _resources_json(text: str) -> dict | None:

@@ -57,6 +57,7 @@ class PodNotReady(Exception):
 
 def running_container(daemon, container_id: str) -> tuple[ContainerRecord, SandboxRecord]:
     """The container and its sandbox; NotFound for an unknown one, FailedPrecondition unless it is running."""
+    daemon.take_exits()
     rec = daemon.records.find_container(container_id)
     if rec is None or rec.state == C_CREATING:
         raise NotFound(f"container {container_id!r} not found")
@@ -70,6 +71,7 @@ def running_container(daemon, container_id: str) -> tuple[ContainerRecord, Sandb
 
 def ready_sandbox(daemon, pod_sandbox_id: str) -> SandboxRecord:
     """The sandbox; NotFound for an unknown one, FailedPrecondition unless it is ready."""
+    daemon.take_exits()
     sandbox = daemon.records.find_sandbox(pod_sandbox_id)
     if sandbox is None or sandbox.state == SB_CREATING:
         raise NotFound(f"pod sandbox {pod_sandbox_id!r} not found")

@@ -6,6 +6,7 @@ import concurrent.futures
 import json
 import os
 import socket
+import threading
 import time
 import urllib.request
 
@@ -177,6 +178,64 @@ def pod_cgroup():
         cg = open_cgroup(p)
         if cg.exists():
             cg.remove()
+
+
+def test_status_never_contradicts_an_exit_its_monitor_has_recorded(kubelet):
+    """The moment the monitor's exit record of a container is written (seen here through inotify, as by any
+    observer), the next ContainerStatus and ListContainers already tell the end, 20 times, with other clients
+    keeping the daemon busy meanwhile; so does PodSandboxStatus for the infra container's end."""
+    sid, pod = kubelet.run_pod("truth")
+    pod_dir = kubelet.d.state / "p" / sid[:16]
+    busy = kubelet.start(sid, pod, "busy", command=["sleep", "3600"])
+    done = threading.Event()
+
+    def load() -> None:
+        while not done.is_set():
+            kubelet.rt.ExecSync(cri.ExecSyncRequest(container_id=busy, cmd=["true"], timeout=10), timeout=30)
+            kubelet.rt.ListContainers(cri.ListContainersRequest())
+
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        loads = [pool.submit(load) for _ in range(4)]
+        try:
+            for i in range(20):
+                cid = kubelet.start(sid, pod, f"c{i}", command=["sleep", "3600"])
+                info = kubelet.rt.ContainerStatus(cri.ContainerStatusRequest(container_id=cid, verbose=True)).info
+                _kill_until_recorded(json.loads(info["info"])["pid"], pod_dir / cid)
+                st = kubelet.status(cid)
+                listed = kubelet.rt.ListContainers(cri.ListContainersRequest(filter=cri.ContainerFilter(id=cid)))
+                assert (st.state, st.exit_code, st.reason) == (cri.CONTAINER_EXITED, 137, "Error"), (i, st)
+                assert [c.state for c in listed.containers] == [cri.CONTAINER_EXITED]
+        finally:
+            done.set()
+        for f in loads:
+            f.result()
+    info = kubelet.rt.PodSandboxStatus(cri.PodSandboxStatusRequest(pod_sandbox_id=sid, verbose=True)).info
+    _kill_until_recorded(json.loads(info["info"])["pid"], pod_dir / sid)
+    assert kubelet.pod_status(sid).state == cri.SANDBOX_NOTREADY
+
+
+def _kill_until_recorded(pid: int, state_dir, timeout: float = 10) -> None:
+    """SIGKILL a container's process; return the moment its monitor has written the exit record (inotify)."""
+    import select
+    import struct
+
+    from runtime import linux
+
+    fd = linux.inotify_watch(str(state_dir), linux.IN_CLOSE_WRITE | linux.IN_MOVED_TO)
+    try:
+        os.kill(pid, 9)
+        deadline = time.monotonic() + timeout
+        while select.select([fd], [], [], max(0.0, deadline - time.monotonic()))[0]:
+            buf = os.read(fd, 4096)
+            pos = 0
+            while pos < len(buf):
+                _wd, _mask, _cookie, length = struct.unpack_from("iIII", buf, pos)
+                if buf[pos + 16:pos + 16 + length].rstrip(b"\0") == b"exit.json":
+                    return
+                pos += 16 + length
+    finally:
+        os.close(fd)
+    raise AssertionError(f"no exit record in {state_dir} within {timeout}s")
 
 
 def test_oom_killed_reason_with_exit_137(kubelet, pod_cgroup):

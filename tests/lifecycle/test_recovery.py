@@ -13,6 +13,8 @@ import grpc
 import pytest
 
 from pycri.api import api_pb2 as cri
+from pycri.api import api_pb2_grpc
+from tests.fixtures.daemon import wait_accepting
 
 
 def _monitor_pid(daemon, sid: str) -> int:
@@ -53,6 +55,43 @@ def test_containers_keep_running_across_restarts_and_kill_9(kubelet):
     assert [s.id for s in kubelet.rt.ListPodSandbox(cri.ListPodSandboxRequest()).items] == [sid]
     assert sorted(c.id for c in kubelet.rt.ListContainers(cri.ListContainersRequest()).containers) == \
         sorted([cid, short])
+
+
+def test_the_first_answer_after_a_restart_has_the_exit_that_happened_while_down(kubelet):
+    """The daemon is killed, a container exits (its monitor records the exit), the daemon is started again and
+    ContainerStatus is sent the instant its socket accepts: EXITED with that exit code, every time; also while
+    the pod's monitor is too busy to answer anything (stopped, every other time). Recovery used to re-watch
+    running containers in the background after the socket served, and answered RUNNING until the monitor
+    answered its `wait`."""
+    d = kubelet.d
+    sid, pod = kubelet.run_pod("firstanswer")
+    monitor = _monitor_pid(d, sid)
+    for code in range(1, 21):
+        cid = kubelet.start(sid, pod, f"c{code}", command=["sh", "-c", f"sleep 3600 & trap 'kill $!; exit {code}' "
+                                                                       "TERM; wait"])
+        pid = json.loads(kubelet.rt.ContainerStatus(cri.ContainerStatusRequest(container_id=cid, verbose=True))
+                         .info["info"])["pid"]
+        exit_file = d.state / "p" / sid[:16] / cid / "exit.json"
+        d.kill()
+        os.kill(pid, signal.SIGTERM)
+        kubelet.until(lambda: exit_file.exists() and exit_file.stat().st_size > 0, what="the monitor's exit record")
+        busy = code % 2 == 0
+        if busy:
+            os.kill(monitor, signal.SIGSTOP)
+        d.spawn()
+        try:
+            wait_accepting(d.socket)
+            with grpc.insecure_channel(f"unix:{d.socket}") as channel:
+                rt = api_pb2_grpc.RuntimeServiceStub(channel)
+                st = rt.ContainerStatus(cri.ContainerStatusRequest(container_id=cid), timeout=30).status
+                listed = rt.ListContainers(cri.ListContainersRequest(filter=cri.ContainerFilter(id=cid))).containers
+        finally:
+            if busy:
+                os.kill(monitor, signal.SIGCONT)
+            d.wait_serving()  # (the fixture's clean-up needs the daemon's channel)
+            kubelet.rt, kubelet.img = d.runtime, d.image
+        assert (st.state, st.exit_code, st.reason) == (cri.CONTAINER_EXITED, code, "Error"), (code, busy, st)
+        assert [c.state for c in listed] == [cri.CONTAINER_EXITED]
 
 
 def test_a_killed_monitor_leaves_its_containers_exited_and_cleanable(kubelet):
