@@ -317,8 +317,9 @@ class Containers:
 
     async def stop(self, container_id: str, timeout: int) -> None:
         rec = self.ctx.records.find_container(container_id)
-        if rec is None:
-            raise NotFound(f"container {container_id!r} not found")
+        if rec is None:  # idempotent, as the CRI asks: an unknown container is stopped already (containerd >= 1.7)
+            _log.info("stop of an unknown container: nothing to stop", container_id=container_id)
+            return
         if rec.state != C_RUNNING:
             return  # idempotent
         sandbox = self.ctx.records.sandboxes.get(rec.sandbox_id)

@@ -302,10 +302,18 @@ def test_stop_and_remove_are_idempotent_and_unknown_ids_succeed(kubelet):
     rt.StopPodSandbox(cri.StopPodSandboxRequest(pod_sandbox_id="f" * 64))
     rt.RemovePodSandbox(cri.RemovePodSandboxRequest(pod_sandbox_id="f" * 64))
     rt.RemoveContainer(cri.RemoveContainerRequest(container_id="e" * 64))
+    rt.StopContainer(cri.StopContainerRequest(container_id="d" * 64, timeout=0))  # as containerd >= 1.7
+    assert any(e.get("event") == "stop of an unknown container: nothing to stop" and e.get("container_id") == "d" * 64
+               for e in kubelet.d.log_events())
     sid, pod = kubelet.run_pod("idem")
+    stopped = kubelet.start(sid, pod, "stopped", command=["sleep", "3600"])
+    for _ in range(2):
+        rt.StopContainer(cri.StopContainerRequest(container_id=stopped, timeout=0))
+    assert kubelet.status(stopped).state == cri.CONTAINER_EXITED
     cid = kubelet.start(sid, pod, "c", command=["sleep", "3600"])
     rt.RemoveContainer(cri.RemoveContainerRequest(container_id=cid))  # while running
     rt.RemoveContainer(cri.RemoveContainerRequest(container_id=cid))
+    rt.StopContainer(cri.StopContainerRequest(container_id=cid, timeout=0))  # removed: unknown by now
     for _ in range(2):
         rt.StopPodSandbox(cri.StopPodSandboxRequest(pod_sandbox_id=sid))
     assert kubelet.pod_status(sid).state == cri.SANDBOX_NOTREADY
