@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import json
 import os
 import random
@@ -53,6 +54,7 @@ import grpc  # noqa: E402
 
 from pycri.api import api_pb2 as cri  # noqa: E402
 from pycri.api import api_pb2_grpc  # noqa: E402
+from runtime import state as rtstate  # noqa: E402
 from tests.fixtures import leaks  # noqa: E402
 from tests.fixtures.daemon import DaemonProcess  # noqa: E402
 
@@ -582,6 +584,7 @@ class Chaos:
         self.checks += 1
         m = self.model
         rt = self.rt
+        ended = self.recorded_ends()  # before the lists: what they must not show as READY / RUNNING
         sbs = {s.id: s for s in rt.ListPodSandbox(cri.ListPodSandboxRequest(), timeout=RPC_TIMEOUT).items}
         cs = {c.id: c for c in rt.ListContainers(cri.ListContainersRequest(), timeout=RPC_TIMEOUT).containers}
         with m.lock:
@@ -621,18 +624,15 @@ class Chaos:
                 self.fail(f"{when}: sandbox {sb.metadata.name} {sid[:12]} was never requested")
             if sb.state != cri.SANDBOX_READY:
                 continue
-            try:
-                info = json.loads(rt.PodSandboxStatus(cri.PodSandboxStatusRequest(pod_sandbox_id=sid, verbose=True),
-                                                      timeout=RPC_TIMEOUT).info["info"])
-            except grpc.RpcError as exc:
-                self.fail(f"{when}: PodSandboxStatus of listed READY sandbox {sid[:12]}: {exc.details()}")
+            info = self._live(when, f"sandbox {sb.metadata.name} {sid[:12]}", sid, sid, ended,
+                              functools.partial(rt.PodSandboxStatus, cri.PodSandboxStatusRequest(
+                                  pod_sandbox_id=sid, verbose=True)), "READY",
+                              lambda resp: resp.status.state == cri.SANDBOX_READY)
+            if info is None:
                 continue
             netns = info.get("netNamespacePath")
             if not netns or not _is_mount(netns):
                 self.fail(f"{when}: READY sandbox {sb.metadata.name} {sid[:12]} has no pinned netns ({netns!r})")
-            if not info.get("pid") or not _alive(info["pid"]):
-                self.fail(f"{when}: READY sandbox {sb.metadata.name} {sid[:12]} has no live infra "
-                          f"(pid {info.get('pid')})")
         for cid, c in cs.items():
             owner = sbs.get(c.pod_sandbox_id)
             if cid not in conts and (owner is None or f"{owner.metadata.name}/{c.metadata.name}" not in uncertain):
@@ -643,14 +643,65 @@ class Chaos:
                 self._check_exited(when, c, pods)
             if c.state != cri.CONTAINER_RUNNING:
                 continue
+            self._live(when, f"container {cid[:12]}", cid, c.pod_sandbox_id, ended,
+                       functools.partial(rt.ContainerStatus, cri.ContainerStatusRequest(container_id=cid,
+                                                                                        verbose=True)),
+                       "RUNNING", lambda resp: resp.status.state == cri.CONTAINER_RUNNING)
+
+    def _live(self, when: str, what: str, oid: str, sid: str, ended: dict, status, live: str, is_live
+              ) -> dict | None:
+        """An object the list showed `live` (READY / RUNNING; `ended` was read before the list): its end must not
+        have been recorded before the list nor before its status (`status`, verbose) answers live; a process
+        that ended meanwhile must be reported ended soon. The verbose info of a live answer, else None."""
+        if oid in ended:
+            self.fail(f"{when}: {what} listed {live} after its monitor had recorded its end ({ended[oid]})")
+        try:
+            before = self.recorded_ends(sid[:16])
+            resp = status(timeout=RPC_TIMEOUT)
+        except grpc.RpcError as exc:
+            self.fail(f"{when}: status of {what}, listed {live}: {exc.details()}")
+            return None
+        if not is_live(resp):
+            return None
+        if oid in before:
+            self.fail(f"{when}: {what} {live} after its monitor had recorded its end ({before[oid]})")
+        info = json.loads(resp.info["info"])
+        if not info.get("pid"):
+            self.fail(f"{when}: {live} {what} has no pid")
+        elif not _alive(info["pid"]):
+            self._end_reported(when, f"{live} {what}", info["pid"],
+                               lambda: not is_live(status(timeout=RPC_TIMEOUT)))
+        return info
+
+    def recorded_ends(self, pod: str = "*") -> dict[str, str]:
+        """The containers (infra ones under the sandbox's id) whose end their monitor has recorded, read from the
+        state dir now: an exit file (written once the output is in the log), or the pod's monitor gone. Read
+        before a request, what it names must not be answered READY / RUNNING."""
+        out = {}
+        for pod_dir in (self.daemon.state / "p").glob(pod):
+            monitor_gone = not rtstate.monitor_alive(str(pod_dir))
             try:
-                info = json.loads(rt.ContainerStatus(cri.ContainerStatusRequest(container_id=cid, verbose=True),
-                                                     timeout=RPC_TIMEOUT).info["info"])
-            except grpc.RpcError as exc:
-                self.fail(f"{when}: ContainerStatus of listed RUNNING container {cid[:12]}: {exc.details()}")
+                subs = [p for p in pod_dir.iterdir() if p.is_dir()]
+            except OSError:
                 continue
-            if not info.get("pid") or not _alive(info["pid"]):
-                self.fail(f"{when}: RUNNING container {cid[:12]} has no live process (pid {info.get('pid')})")
+            for sub in subs:
+                ex = rtstate.read_json(str(sub / "exit.json"))
+                if ex is not None:
+                    out[sub.name] = f"exit file: {ex}"
+                elif monitor_gone and (sub / "state.json").exists():
+                    out[sub.name] = "its monitor is gone"
+        return out
+
+    def _end_reported(self, when: str, what: str, pid: int, reported, within: float = 10) -> None:
+        """A process that was answered alive and is gone now ended during the check (an interrupted stop's
+        SIGTERM, say): its end must be reported within `within` s (not READY / RUNNING any more)."""
+        self.stats.bump("ended_during_check")
+        deadline = time.monotonic() + within
+        while time.monotonic() < deadline:
+            if reported():
+                return
+            time.sleep(0.02)
+        self.fail(f"{when}: {what}: process {pid} ended and the runtime still reports it alive after {within}s")
 
     def _check_exited(self, when: str, c, pods: dict) -> None:
         """An EXITED container has no process left in its cgroup (a half-recorded start or stop would leave one);
