@@ -307,7 +307,8 @@ class Containers:
         rec.finished_at = int(info.get("finished_at") or time.time_ns())
         if code is None:  # the monitor died with the process: nothing recorded its end
             rec.exit_code, rec.reason = 255, "Unknown"
-            rec.message = "the container's monitor exited before the container; its exit status is unknown"
+            rec.message = ("no exit status was recorded: the container's monitor exited before it, or its state "
+                           "is gone")
         else:
             rec.exit_code = int(code)
             rec.reason = "OOMKilled" if info.get("oom_killed") else ("Completed" if code == 0 else "Error")

@@ -78,7 +78,8 @@ class Daemon:
             yield from rec.chain_ids
 
     def background(self, coro) -> asyncio.Task:
-        """Run a daemon-lifetime task (exit watchers); kept referenced until done, cancelled at shutdown."""
+        """Run a daemon-lifetime task (clean-ups after an answer); kept referenced until done, cancelled at
+        shutdown."""
         task = asyncio.get_running_loop().create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
@@ -94,20 +95,21 @@ class Daemon:
         answer contradicts a record made before the call came, and whenever the watch's fd is readable
         (docs/design.md, "Exits")."""
         containers, monitors = self.monitors.exits.ended()
-        for _monitor_dir, cid in containers:
-            record = self.sandboxes.infra_exited if cid in self.records.sandboxes else self.containers.exited
-            self._taking(record, cid, container_id=cid)
-        for monitor_dir in monitors:
-            self._taking(self.sandboxes.monitor_exited, monitor_dir, monitor_dir=monitor_dir)
-
-    @staticmethod
-    def _taking(record, arg: str, **ids: str) -> None:
-        """One end taken; a failure (say, a full disk under the store) is logged and the other ends still taken:
-        the record in memory is made first, and a restart finds the end again on disk."""
-        try:
-            record(arg)
-        except Exception as exc:  # noqa: BLE001
-            _log.error("recording an end failed", error=f"{type(exc).__name__}: {exc}", **ids)
+        ends = [cid for _monitor_dir, cid in containers]
+        for monitor_dir in monitors:  # the end of a monitor is the end of its pod's infra and containers
+            for sandbox in [s for s in self.records.sandboxes.values() if s.monitor_dir == monitor_dir]:
+                _log.warning("the pod's monitor exited", pod_sandbox_id=sandbox.id)
+                ends += [sandbox.id] + [c.id for c in self.records.containers_of(sandbox.id)]
+        for oid in ends:
+            # each on its own: a failure (say, a full disk under the store) is logged and the other ends are still
+            # taken; the record in memory is changed first, and a restart finds the end on disk again
+            try:
+                if oid in self.records.sandboxes:
+                    self.sandboxes.infra_exited(oid)
+                else:
+                    self.containers.exited(oid)
+            except Exception as exc:  # noqa: BLE001
+                _log.error("recording an end failed", id=oid, error=f"{type(exc).__name__}: {exc}")
 
     async def aclose(self) -> None:
         asyncio.get_running_loop().remove_reader(self.monitors.exits.fileno())

@@ -31,7 +31,7 @@ class MonitorUnavailable(CRIError):
 class Monitors:
     def __init__(self, spawner) -> None:
         self.spawner = spawner
-        self.exits = ExitWatch()
+        self.exits = ExitWatch(warn=_log.warning)
 
     @staticmethod
     def socket_path(monitor_dir: str) -> str:

@@ -210,14 +210,6 @@ class Sandboxes:
             rec.state = SB_NOTREADY
             self.ctx.records.save_sandbox(rec)
 
-    def monitor_exited(self, monitor_dir: str) -> None:
-        """A pod's monitor has exited: the pod is not ready, its running containers have ended."""
-        for rec in [s for s in self.ctx.records.sandboxes.values() if s.monitor_dir == monitor_dir]:
-            _log.warning("the pod's monitor exited", pod_sandbox_id=rec.id)
-            self.infra_exited(rec.id)
-            for c in self.ctx.records.containers_of(rec.id):
-                self.ctx.containers.exited(c.id)
-
     # ---- Stop / Remove ----
 
     async def stop(self, sandbox_id: str) -> None:

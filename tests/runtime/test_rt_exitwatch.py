@@ -5,6 +5,7 @@ import os
 import select
 import shutil
 import signal
+import time
 
 from runtime import state
 from runtime.exitwatch import ExitWatch
@@ -63,15 +64,52 @@ def test_a_deleted_state_dir_and_a_missing_one_are_no_error(tmp_path):
         assert not watch.monitor(str(tmp_path))  # no monitor.json
         state.write_json(str(tmp_path / "monitor.json"), {"pid": 2 ** 22 + 1, "start_time": 1})
         assert not watch.monitor(str(tmp_path))  # no such process
-        assert watch.container(str(tmp_path), "gone") is None  # no state dir: not watched
         (tmp_path / "c").mkdir()
         assert watch.container(str(tmp_path), "c") is None
         shutil.rmtree(tmp_path / "c")
         assert _readable(watch)
-        assert watch.ended() == ([], [])  # the kernel dropped the watch with the dir
+        assert watch.ended() == ([(str(tmp_path), "c")], [])  # gone while watched: ended, with no record
         (tmp_path / "c").mkdir()
         state.write_json(str(tmp_path / "c" / "exit.json"), {"exit_code": 0})
-        assert watch.ended() == ([], [])  # not watched any more
+        assert watch.ended() == ([], [])  # the kernel dropped the watch with the dir
         assert watch.container(str(tmp_path), "c") == {"exit_code": 0}
+        assert watch.container(str(tmp_path), "gone") == {}  # no state dir: ended, with no record
+    finally:
+        watch.close()
+
+
+def test_where_the_kernel_refuses_a_watch_the_end_is_polled(mon, bundle, monkeypatch):
+    """inotify's per-user watch limit reached (ENOSPC), no fd left for a pidfd (EMFILE): the container's exit
+    file and the monitor are looked at on every ended() instead, with a warning; nothing is missed."""
+    import errno
+
+    from runtime import linux
+
+    def refuse(*_args):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    def no_fd(_pid):
+        raise OSError(errno.EMFILE, "Too many open files")
+
+    warnings = []
+    watch = ExitWatch(warn=lambda event, **fields: warnings.append(event))
+    try:
+        monkeypatch.setattr(linux, "inotify_add_watch", refuse)
+        monkeypatch.setattr(os, "pidfd_open", no_fd)
+        assert watch.monitor(mon.state_dir)
+        _start(mon, "c", bundle(["sleep", "1000"]))
+        assert watch.container(mon.state_dir, "c") is None
+        assert len(warnings) == 2
+        assert watch.ended() == ([], [])
+        mon.client.kill("c", "KILL")
+        mon.client.wait("c", timeout=10)
+        assert watch.ended() == ([(mon.state_dir, "c")], [])
+        assert watch.ended() == ([], [])
+        mon.client.delete("c")
+        os.kill(mon.pid, signal.SIGKILL)
+        deadline = time.monotonic() + 10
+        while not (ended := watch.ended())[1] and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert ended == ([], [mon.state_dir])
     finally:
         watch.close()
