@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Run one test (or several) N times in a row, optionally with both cores kept busy, and count the failures.
 
-    .venv/bin/python hack/loop_test.py -n 50 tests/lifecycle/test_chaos.py::test_chaos_kills_lose_nothing_and_leak_nothing
+    .venv/bin/python hack/loop_test.py -n 50 tests/lifecycle/test_chaos.py
     .venv/bin/python hack/loop_test.py -n 20 --hog 2 TEST...     # plus 2 busy-looping processes (like `stress -c 2`)
 
 Each run is a fresh pytest process under the suite's lock (/tmp/pycri-tests.lock, as `make test` takes it). The
