@@ -186,7 +186,9 @@ async def serve(config: Config, spawner=None, config_path: str | None = None) ->
     """Serve until SIGTERM/SIGINT; SIGHUP re-reads the config file `config_path` (see pycri/reload.py)."""
     reload_path = reloadmod.config_path(config_path)
     daemon = Daemon(config, spawner)
+    started = time.perf_counter()
     await daemon.recover()  # every exit that happened while no daemon ran is recorded before the socket serves
+    recovery_ms = round((time.perf_counter() - started) * 1000, 1)
     asyncio.get_running_loop().add_reader(daemon.monitors.exits.fileno(), daemon.take_exits)
     daemon.background(trim_when_quiet())
     sock = Path(config.listen)
@@ -221,7 +223,9 @@ async def serve(config: Config, spawner=None, config_path: str | None = None) ->
     finally:
         os.umask(old_umask)
     os.chmod(sock, 0o660)
-    _log.info("serving", socket=str(sock), version=__version__, root=config.root, state=config.state, pid=os.getpid())
+    _log.info("serving", socket=str(sock), version=__version__, root=config.root, state=config.state, pid=os.getpid(),
+              recovery_ms=recovery_ms, sandboxes=len(daemon.records.sandboxes),
+              containers=len(daemon.records.containers))
 
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()
