@@ -19,11 +19,8 @@ Needs root.
 from __future__ import annotations
 
 import argparse
-import os
 import shlex
-import shutil
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -90,52 +87,21 @@ def run_runtime(name: str, env: BenchEnv, args) -> Results:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    if os.geteuid() != 0:
-        print("hack/bench.py needs root (containers, mounts, netns, cgroups)", file=sys.stderr)
+    why_not = common.preflight("hack/bench.py")
+    if why_not:
+        print(why_not, file=sys.stderr)
         return 2
-    if common.link_exists(common.BRIDGE):
-        print(f"a link named {common.BRIDGE} exists already (another bench run, or a leftover: "
-              f"`ip link del {common.BRIDGE}`)", file=sys.stderr)
-        return 2
-    common.install_signal_handlers()
-    stale = common.remove_stale_cgroup_trees()
-    if stale:
-        log(f"removed {stale} empty cgroup dirs left by an earlier run")
-    import registry as registry_mod  # hack/registry.py
-
     names = ["containerd", "pycri"] if args.runtime == "both" else [args.runtime]
     date = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     out_md = args.out or HACK / "results" / f"bench-{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}.md"
-    base = Path(tempfile.mkdtemp(prefix="pycri-bench-", dir="/tmp"))
-    os.chmod(base, 0o755)
-    log(f"work dir {base}")
-    reg = None
     results: list[Results] = []
     try:
-        with common.signals_deferred():
-            reg = registry_mod.RegistryServer(base / "registry")
-            reg.start()
-        log(f"registry on {reg.url}; pushing the test images")
-        images = reg.push_test_images()
-        reg.push_pause_mirror()
-        env = BenchEnv(base=base, registry_host=reg.host, images=images)
-        common.write_conflist(env)
-        for name in names:
-            results.append(run_runtime(name, env, args))
+        with common.environment(keep=args.keep) as env:
+            for name in names:
+                results.append(run_runtime(name, env, args))
     except KeyboardInterrupt:
         log("interrupted; cleaned up")
         return 130
-    finally:
-        with common.signals_deferred():
-            if reg is not None:
-                reg.stop()
-            left = common.mounts_under(base)
-            if left:
-                log(f"warning: mounts left under {base}: {left[:5]}")
-            if args.keep or left:
-                log(f"kept {base}")
-            else:
-                shutil.rmtree(base, ignore_errors=True)
     meta = {"date": date, "machine": report.machine(), "command": shlex.join(["hack/bench.py"] + sys.argv[1:]),
             "iterations": args.iterations, "warmup": args.warmup, "skip_110": args.skip_110,
             "runtimes": names}

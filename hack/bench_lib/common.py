@@ -11,9 +11,11 @@ import ctypes
 import ctypes.util
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -95,6 +97,54 @@ class BenchEnv:
     @property
     def registry_url(self) -> str:
         return f"http://{self.registry_host}"
+
+
+def preflight(script: str) -> str | None:
+    """Why the bench cannot run here (not root, the bench bridge exists), else None; then installs the signal
+    handlers and removes empty cgroup trees of earlier runs."""
+    if os.geteuid() != 0:
+        return f"{script} needs root (containers, mounts, netns, cgroups)"
+    if link_exists(BRIDGE):
+        return f"a link named {BRIDGE} exists already (another bench run, or a leftover: `ip link del {BRIDGE}`)"
+    install_signal_handlers()
+    stale = remove_stale_cgroup_trees()
+    if stale:
+        log(f"removed {stale} empty cgroup dirs left by an earlier run")
+    return None
+
+
+@contextlib.contextmanager
+def environment(keep: bool = False):
+    """A BenchEnv in a new /tmp/pycri-bench-XXXX: the registry with the test images (and pause as
+    registry.k8s.io/pause:3.10 via mirror config) and the CNI conflist. Removed at the end (kept with `keep`, or
+    when something is still mounted under it)."""
+    import registry as registry_mod  # hack/registry.py
+
+    base = Path(tempfile.mkdtemp(prefix="pycri-bench-", dir="/tmp"))
+    os.chmod(base, 0o755)
+    log(f"work dir {base}")
+    reg = None
+    try:
+        with signals_deferred():
+            reg = registry_mod.RegistryServer(base / "registry")
+            reg.start()
+        log(f"registry on {reg.url}; pushing the test images")
+        images = reg.push_test_images()
+        reg.push_pause_mirror()
+        env = BenchEnv(base=base, registry_host=reg.host, images=images)
+        write_conflist(env)
+        yield env
+    finally:
+        with signals_deferred():
+            if reg is not None:
+                reg.stop()
+            left = mounts_under(base)
+            if left:
+                log(f"warning: mounts left under {base}: {left[:5]}")
+            if keep or left:
+                log(f"kept {base}")
+            else:
+                shutil.rmtree(base, ignore_errors=True)
 
 
 def conflist(env: BenchEnv) -> dict:

@@ -17,7 +17,7 @@ from .memory import PycriPodProbe
 PYTHON = str(common.REPO_ROOT / ".venv" / "bin" / "python")
 
 
-def config_toml(env: BenchEnv, root: Path, state: Path, sock: Path) -> str:
+def config_toml(env: BenchEnv, root: Path, state: Path, sock: Path, log_level: str = "warning") -> str:
     mirror = f'mirrors = ["{env.registry_url}"]\nfallback_to_host = false'
     return f"""\
 # pycri config written by hack/bench.py (a private instance for the CRI benchmark)
@@ -25,7 +25,7 @@ root = "{root}"
 state = "{state}"
 listen = "{sock}"
 sandbox_image = "{common.SANDBOX_IMAGE}"
-log_level = "warning"
+log_level = "{log_level}"
 
 [cni]
 conf_dir = "{env.cni_conf_dir}"
@@ -50,9 +50,10 @@ insecure = true
 class Pycri:
     name = "pycri"
 
-    def __init__(self, env: BenchEnv, keep: bool = False):
+    def __init__(self, env: BenchEnv, keep: bool = False, log_level: str = "warning"):
         self.env = env
         self.keep = keep
+        self.log_level = log_level
         self.dir = env.base / "pycri"
         self.root = self.dir / "root"
         self.state = self.dir / "state"
@@ -77,7 +78,7 @@ class Pycri:
 
     def start(self) -> None:
         self.dir.mkdir(parents=True, exist_ok=True)
-        self.config_path.write_text(config_toml(self.env, self.root, self.state, self.socket))
+        self.config_path.write_text(config_toml(self.env, self.root, self.state, self.socket, self.log_level))
         log(f"starting pycri ({self.config_path})")
         with open(self.log_path, "ab") as logf:
             self.proc = subprocess.Popen([PYTHON, "-m", "pycri", "--config", str(self.config_path)],
