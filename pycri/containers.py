@@ -276,9 +276,9 @@ class Containers:
             rec.started_at = int(started.get("started_at") or time.time_ns())
             rec.pid = started.get("pid", rec.pid)
             self.ctx.records.save_container(rec)
-        self._watch(rec)
         self.ctx.events.emit(rec.id, cri.ContainerEventType.CONTAINER_STARTED_EVENT)
         _log.info("container started", container_id=rec.id, pid=rec.pid)
+        self._watch(rec)  # after the started event: a container that has ended already is recorded here
 
     def _watch(self, rec: ContainerRecord) -> None:
         """Have a running container's end recorded as soon as its monitor records it (Daemon.take_exits), or at
