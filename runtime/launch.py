@@ -660,6 +660,12 @@ def _wait_byte(fd: int, want: bytes) -> None:
 
 def _child(plan: Plan, p2c: int, c2p: int) -> None:
     gc.disable()  # a collection would touch (and copy-on-write) every page of the parent's heap
+    # Before anything of the container can see this process: non-dumpable, so that no process in there opens its
+    # /proc/<pid>/exe (the interpreter: CVE-2019-5736) or fds (the execve makes the container's program dumpable
+    # again), and holding only the fds it was given (the monitor's logs, sockets and pipes stay out: CVE-2024-21626)
+    linux.prctl(linux.PR_SET_DUMPABLE, 0)
+    linux.close_all_but({p2c, c2p, *(plan.stdio or ()), plan.console_fd, plan.userns_fd, plan.overlay_fd,
+                         *plan.mount_fds.values()})
     signal.set_wakeup_fd(-1)
     for sig in (signal.SIGPIPE, signal.SIGXFSZ, signal.SIGINT, signal.SIGTERM, signal.SIGCHLD, signal.SIGHUP):
         signal.signal(sig, signal.SIG_DFL)
@@ -748,6 +754,7 @@ def _child(plan: Plan, p2c: int, c2p: int) -> None:
     cwd = proc.get("cwd") or "/"
     with _Stage(f"changing to cwd {cwd!r}"):
         os.chdir(cwd)
+        _check_cwd_inside(cwd)
     filt = plan.seccomp
     user = proc.get("user") or {}
     os.umask(int(user.get("umask", 0o022)))
@@ -777,6 +784,15 @@ def _child(plan: Plan, p2c: int, c2p: int) -> None:
         os.closerange(3, c2p)
         os.closerange(c2p + 1, 65536)
         os.execve(path, proc["args"], env_map)
+
+
+def _check_cwd_inside(cwd: str) -> None:
+    """The working directory must be inside the container's root: one reached through an fd of the host
+    ("/proc/self/fd/<n>") is not, and then the kernel's getcwd answers "(unreachable)..." (ENOENT here)."""
+    try:
+        os.getcwd()
+    except FileNotFoundError:
+        raise LaunchError(f"the working directory {cwd!r} is outside the container") from None
 
 
 def _hook_state(plan: Plan, status: str) -> dict:
@@ -849,6 +865,8 @@ def _stdio_sources(plan: Plan, proc: dict) -> list[int]:
 
 
 def _setup_stdio(plan: Plan, proc: dict, sources: list[int]) -> None:
+    """Put the stdio on 0-2 and close where it came from: from here on only 0-2 and the pipes to the monitor
+    are open."""
     if proc.get("terminal") and plan.console_fd is not None:
         os.setsid()
         fcntl.ioctl(plan.console_fd, termios.TIOCSCTTY, 0)
@@ -857,6 +875,9 @@ def _setup_stdio(plan: Plan, proc: dict, sources: list[int]) -> None:
     else:
         for i, fd in enumerate(sources):
             os.dup2(fd, i)
+    for fd in {*sources, *(plan.stdio or ()), plan.console_fd}:
+        if fd is not None and fd > 2:
+            os.close(fd)
 
 
 def _find_executable(arg0: str, path_var: str) -> str:

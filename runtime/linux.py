@@ -57,6 +57,7 @@ MS_LAZYTIME = 1 << 25
 MNT_DETACH = 2
 
 PR_SET_PDEATHSIG = 1
+PR_SET_DUMPABLE = 4
 PR_SET_KEEPCAPS = 8
 PR_SET_NAME = 15
 PR_CAPBSET_DROP = 24
@@ -214,6 +215,24 @@ def cap_last_cap() -> int:
 
 def pidfd_open(pid: int) -> int:
     return _check(libc.syscall(SYS["pidfd_open"], ctypes.c_int(pid), ctypes.c_uint(0)), "pidfd_open")
+
+
+def close_all_but(keep) -> None:
+    """Close every fd of this process but those in keep (None and negative numbers are ignored), and put
+    /dev/null on 0-2 unless they are kept."""
+    keep = sorted({fd for fd in keep if fd is not None and fd >= 0})
+    null = os.open("/dev/null", os.O_RDWR | os.O_CLOEXEC)
+    for fd in range(3):
+        if fd not in keep:
+            os.dup2(null, fd)
+    if null > 2 and null not in keep:
+        os.close(null)
+    low = 3
+    for fd in keep:
+        if fd >= low:
+            os.closerange(low, fd)
+            low = fd + 1
+    os.closerange(low, 1 << 20)
 
 
 def resolve(path: str) -> tuple[str, bool]:

@@ -17,6 +17,12 @@
  * (SCM_RIGHTS). The spare is cloned with CLONE_PARENT: the monitor's child, as a spawned one, that it reaps
  * and whose container's exit it waits for. Answer: the spare's pid, an i32 (-errno if the clone failed).
  * EOF: exit 0.
+ *
+ * What the container could reach of this process (CVE-2019-5736, CVE-2024-21626): it is made non-dumpable first
+ * thing, so that no process of the container can open its /proc/<pid>/exe or fds (its execve of the container's
+ * program makes that one dumpable again); every fd but the ones it was given is closed before it joins
+ * anything; the monitor runs it from a sealed memfd copy (fastinit.py), never from the file on the host; and
+ * the working directory it ends in must be inside the container's root.
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -349,6 +355,36 @@ static void pivot(const char *root) {
     if (chdir("/") < 0) die_path("/", errno);
 }
 
+/* close every fd but those in keep[0..n) (sorted), and put /dev/null on 0-2 unless kept */
+static void close_all_but(const int *keep, int n) {
+    int null = open("/dev/null", O_RDWR | O_CLOEXEC);
+    for (int fd = 0; fd < 3; fd++) {
+        int kept = 0;
+        for (int i = 0; i < n; i++) kept |= keep[i] == fd;
+        if (!kept && null >= 0 && dup2(null, fd) < 0) _exit(1);
+    }
+    int from = 3;
+    for (int i = 0; i < n; i++) {
+        if (keep[i] < from) continue;
+        if (keep[i] > from) syscall(SYS_close_range, from, keep[i] - 1, 0);
+        from = keep[i] + 1;
+    }
+    syscall(SYS_close_range, from, ~0U, 0);
+}
+
+/* OP_CHDIR: the working directory must be inside the container's root (a cwd reached through an fd of the host,
+ * "/proc/self/fd/<n>", is outside it: the kernel's getcwd then starts with "(unreachable)") */
+static void chdir_inside(const char *dir) {
+    char cwd[PATH_BUF];
+    if (chdir(dir) < 0) die_path(dir, errno);
+    long n = syscall(SYS_getcwd, cwd, sizeof cwd);
+    if (n < 0) die("getcwd: %s", strerror(errno));
+    if (cwd[0] != '/') {
+        char r[PATH_BUF];
+        die("the working directory %s is outside the container", pyrepr(dir, r, sizeof r));
+    }
+}
+
 static void find_exe(const char *arg0, const char *path_var) {
     struct stat st;
     if (strchr(arg0, '/')) {
@@ -462,6 +498,8 @@ static void next_part(void) {
     read_full(plan_sock, buf, n);
     blen = n;
     bpos = 0;
+    close(plan_sock);  /* the whole plan is here */
+    plan_sock = -1;
 }
 
 /* recvmsg of len bytes (flags as recvmsg's) with up to 5 fds (SCM_RIGHTS, close-on-exec) into fds: the number
@@ -485,8 +523,8 @@ static int recv_with_fds(int sock, void *data, size_t len, int flags, int fds[5]
     return (int)nfds;
 }
 
-/* spare mode: the message that assigns this process its container (see the top) */
-static void receive_plan(int sock) {
+/* spare mode: the message that assigns this process its container (see the top); returns the number of fds */
+static int receive_plan(int sock) {
     uint32_t n = 0;
     int fds[5];
     int got = recv_with_fds(sock, &n, sizeof n, MSG_WAITALL, fds);
@@ -505,6 +543,7 @@ static void receive_plan(int sock) {
     if (!buf) _exit(1);
     read_full(sock, buf, blen);
     plan_sock = sock;  /* close-on-exec; OP_EXEC closes it anyway */
+    return (int)nfds;
 }
 
 static void read_plan(int fd) {
@@ -550,25 +589,43 @@ static int factory(int ctl, char *mode_arg) {
 
 int main(int argc, char **argv) {
     int spare_sock = -1;
+    if (prctl(PR_SET_DUMPABLE, 0, 0, 0, 0) < 0) _exit(1);
     if (argc == 3 && strcmp(argv[1], "spare") == 0)
         spare_sock = atoi(argv[2]);
     else if (argc == 3 && strcmp(argv[1], "factory") == 0)
         spare_sock = factory(atoi(argv[2]), argv[1]);
+    int nfds, first;  /* what was given: first .. first + nfds - 1 (p2c, c2p, then the stdio, if any) */
     if (spare_sock >= 0) {
         int sock = spare_sock;
         if (fcntl(sock, F_SETFD, FD_CLOEXEC) < 0) _exit(1);
-        receive_plan(sock);
+        nfds = receive_plan(sock);
         p2c = SPARE_BASE + 1;
         c2p = SPARE_BASE + 2;
+        first = p2c;
     } else if (argc == 2) {
         int base = atoi(argv[1]);
         p2c = base + 1;
         c2p = base + 2;
         if (fcntl(c2p, F_SETFD, FD_CLOEXEC) < 0 || fcntl(p2c, F_SETFD, FD_CLOEXEC) < 0) _exit(1);
         read_plan(base);
+        first = p2c;
+        nfds = 5;  /* p2c, c2p and three stdio fds where the plan has them (closed ones stay closed) */
     } else {
         fprintf(stderr, "pycri-init is started by the pycri monitor only\n");
         return 2;
+    }
+    {
+        int keep[6], n = 0;
+        if (plan_sock >= 0) keep[n++] = plan_sock;
+        for (int i = 0; i < nfds; i++) keep[n++] = first + i;
+        for (int i = 1; i < n; i++) {  /* insertion sort: plan_sock may be below the others */
+            for (int j = i; j > 0 && keep[j - 1] > keep[j]; j--) {
+                int t = keep[j];
+                keep[j] = keep[j - 1];
+                keep[j - 1] = t;
+            }
+        }
+        close_all_but(keep, n);
     }
     {
         int sigs[] = {SIGPIPE, SIGXFSZ, SIGINT, SIGTERM, SIGCHLD, SIGHUP};
@@ -772,6 +829,8 @@ int main(int argc, char **argv) {
             for (int i = 0; i < 3; i++) fds[i] = (int)get_i64();
             for (int i = 0; i < 3; i++)
                 if (dup2(fds[i], i) < 0) die("%s", strerror(errno));
+            for (int i = 0; i < 3; i++)  /* from here on only 0-2 and the pipes to the monitor are open */
+                if (fds[i] > 2) close(fds[i]);
             break;
         }
         case OP_FINDEXE: {
@@ -780,11 +839,9 @@ int main(int argc, char **argv) {
             find_exe(arg0, pathv);
             break;
         }
-        case OP_CHDIR: {
-            char *dir = get_str();
-            if (chdir(dir) < 0) die_path(dir, errno);
+        case OP_CHDIR:
+            chdir_inside(get_str());
             break;
-        }
         case OP_READY:
             write_all(c2p, "R \n", 3);
             wait_byte('S');
