@@ -44,6 +44,7 @@ from runtime import hooks, linux, rootfs as rootfs_mod
 from runtime.linux import MS_BIND, MS_RDONLY, MS_REC, MS_REMOUNT
 
 BINARY = os.path.join(os.path.dirname(os.path.abspath(__file__)), "initc", "pycri-init")
+_sealed: str | None = None  # "/proc/self/fd/<n>" of this process's sealed copy of BINARY, once made
 
 (OP_STAGE, OP_WAIT_G, OP_CGJOIN, OP_JOINNS, OP_UNSHARE, OP_FAIL, OP_MOUNT, OP_RESOLVE, OP_MKDIRS, OP_TOUCH,
  OP_REMOUNT_RO, OP_SETATTR, OP_MKNOD, OP_UMASK, OP_UMASK_RESTORE, OP_SYMLINK, OP_PIVOT, OP_WRITEFILE, OP_MASK,
@@ -58,6 +59,22 @@ _RLIM_INF = resource.RLIM_INFINITY
 
 def enabled() -> bool:
     return os.environ.get("PYCRI_FASTINIT") != "0" and os.access(BINARY, os.X_OK)
+
+
+def sealed_binary() -> str:
+    """The path to execute pycri-init by: a sealed memfd copy of BINARY, made once per process (the spawner
+    makes it before it forks monitors, which share it), as runc runs itself since CVE-2019-5736. A process of
+    the container that opened the exe of one it sees start would get that copy, which no one can write, not
+    the file on the host (and pycri-init makes itself non-dumpable besides, so that it cannot be opened)."""
+    global _sealed
+    if _sealed is None:  # (above the fds a spawn dup2s to: SPARE_SOCK, BASE..BASE+5)
+        _sealed = linux.sealed_copy(BINARY, "pycri-init", min_fd=BASE + 6)
+    return _sealed
+
+
+def sealed_fd() -> int | None:
+    """The fd of that copy, if this process has made it (a process that closes its fds keeps this one)."""
+    return int(_sealed.rsplit("/", 1)[1]) if _sealed is not None else None
 
 
 def eligible(plan) -> bool:
@@ -758,7 +775,8 @@ class Spare:
                     own_ns = os.open("/proc/self/ns/pid", os.O_RDONLY | os.O_CLOEXEC)
                     linux.unshare(linux.CLONE_NEWPID)
                 try:
-                    self._pid = os.posix_spawn(BINARY, [BINARY, "spare", str(SPARE_SOCK)], _environ(),
+                    self._pid = os.posix_spawn(sealed_binary(), [BINARY, "spare", str(SPARE_SOCK)],
+                                               _environ(),
                                                file_actions=[(os.POSIX_SPAWN_DUP2, theirs.fileno(), SPARE_SOCK)])
                 finally:
                     if own_ns >= 0:
@@ -824,7 +842,7 @@ class SpareFactory:
     def __init__(self):
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
         try:
-            self.pid = os.posix_spawn(BINARY, [BINARY, "factory", str(SPARE_SOCK)], _environ(),
+            self.pid = os.posix_spawn(sealed_binary(), [BINARY, "factory", str(SPARE_SOCK)], _environ(),
                                       file_actions=[(os.POSIX_SPAWN_DUP2, theirs.fileno(), SPARE_SOCK)])
         except BaseException:
             ours.close()
@@ -882,6 +900,7 @@ def spawn(plan, c2p_w: int, p2c_r: int, parts=None) -> int:
     head, tail = parts if parts is not None else encode_parts(plan)
     if callable(tail):
         tail = tail()
+    exe = sealed_binary()
     memfd = os.memfd_create("pycri-plan", os.MFD_CLOEXEC)
     own_ns = -1
     try:
@@ -889,7 +908,7 @@ def spawn(plan, c2p_w: int, p2c_r: int, parts=None) -> int:
         # the fds go to BASE.. (where the plan expects the stdio): first above every source, so that no dup2
         # overwrites a source still to be moved
         srcs = [memfd, p2c_r, c2p_w, *stdio]
-        high = max(*srcs, BASE + len(srcs)) + 1
+        high = max(*srcs, BASE + len(srcs), sealed_fd()) + 1  # (nor the binary's fd)
         actions = [(os.POSIX_SPAWN_DUP2, fd, high + i) for i, fd in enumerate(srcs)]
         actions += [(os.POSIX_SPAWN_DUP2, high + i, BASE + i) for i in range(len(srcs))]
         actions += [(os.POSIX_SPAWN_CLOSE, high + i) for i in range(len(srcs))]
@@ -899,7 +918,7 @@ def spawn(plan, c2p_w: int, p2c_r: int, parts=None) -> int:
         try:
             # the monitor's environment, as a cloned child would have until its execve (the tests' leak check
             # finds containers by it)
-            return os.posix_spawn(BINARY, [BINARY, str(BASE)], _environ(), file_actions=actions)
+            return os.posix_spawn(exe, [BINARY, str(BASE)], _environ(), file_actions=actions)
         finally:
             if own_ns >= 0:
                 linux.setns(own_ns, linux.CLONE_NEWPID)

@@ -1431,14 +1431,7 @@ def _spare_main(assign_r: int, ready_w: int) -> None:
     try:
         os.chdir("/")
         linux.set_comm("pycri-monitor")
-        null = os.open("/dev/null", os.O_RDWR)
-        for i in range(3):
-            os.dup2(null, i)
-        os.close(null)
-        lo, hi = sorted((assign_r, ready_w))
-        os.closerange(3, lo)
-        os.closerange(lo + 1, hi)
-        os.closerange(hi + 1, 65536)
+        linux.close_all_but({assign_r, ready_w, fastinit.sealed_fd()})  # the spawner's copy of pycri-init stays
         m = Monitor("/", "")
         m.prepare()
         line = b""

@@ -62,13 +62,25 @@ class Spawner:
 
 
 def start() -> Spawner:
-    """Start the spawner process; returns once it has imported the monitor code and is ready."""
+    """Start the spawner process; returns once it has imported the monitor code and is ready.
+
+    It runs from a sealed memfd copy of the interpreter, and so do the monitors it forks and the Python children
+    they clone into containers: a process of a container that opened one's /proc/<pid>/exe would get that copy,
+    which no one can write, not the host's interpreter (CVE-2019-5736; the children are non-dumpable as well)."""
     import subprocess
+    from runtime import linux
+    exe = linux.sealed_copy(os.path.realpath(sys.executable), "python")
+    exe_fd = int(exe.rsplit("/", 1)[1])
     parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-    code = f"import sys; sys.path.insert(0, {_ROOT!r}); from runtime.spawner import main; main({child.fileno()})"
-    proc = subprocess.Popen([sys.executable, "-S", "-c", code], pass_fds=[child.fileno()],
-                            stdin=subprocess.DEVNULL, close_fds=True)
-    child.close()
+    code = (f"import os; os.close({exe_fd}); import sys; sys.path.insert(0, {_ROOT!r}); "
+            f"from runtime.spawner import main; main({child.fileno()})")
+    try:
+        # argv[0] stays the interpreter's path: Python finds its standard library from it
+        proc = subprocess.Popen([sys.executable, "-S", "-c", code], executable=exe,
+                                pass_fds=[child.fileno(), exe_fd], stdin=subprocess.DEVNULL, close_fds=True)
+    finally:
+        os.close(exe_fd)
+        child.close()
     sp = Spawner(parent, proc)
     ready = sp._file.readline()
     if ready != b"READY\n":
@@ -93,6 +105,8 @@ def main(fd: int) -> None:
     from runtime import fastinit
     from runtime.monitor import SOCKET_NAME, prefork
     linux.set_comm("pycri-spawner")
+    if fastinit.enabled():
+        fastinit.sealed_binary()  # one copy, shared by every monitor forked from here
     fastinit.warm()
     sock = socket.socket(fileno=fd)
     spare = prefork()
