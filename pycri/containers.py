@@ -17,12 +17,13 @@ from runtime.linux import MNT_DETACH, mount_setattr_supported, umount2
 from pycri import cdi, log
 from pycri.api import api_pb2 as cri
 from pycri.errors import DeadlineExceeded, FailedPrecondition, InvalidArgument, NotFound
+from pycri.dirs import private_dir, write_private
 from pycri.hostmounts import SharedMounts
 from pycri.monitors import MonitorUnavailable
 from pycri.records import (C_CREATED, C_CREATING, C_EXITED, C_RUNNING, CONTAINER_STATE, SB_READY, ContainerRecord,
                            SandboxRecord, matches, pb)
 from pycri.reservations import Reservations
-from pycri.sandboxes import remove_cgroup
+from pycri.sandboxes import pod_root_group, remove_cgroup
 from pycri.spec import PodPaths, container_spec, resources as oci_resources, userns_mappings
 from pycri.users import resolve as resolve_user
 
@@ -141,8 +142,11 @@ class Containers:
         rec.stop_signal = self._stop_signal(config, image)
         bundle = Path(rec.bundle)
         layer = Path(rec.layer_dir)
+        group = pod_root_group(sandbox_config)
+        private_dir(private_dir(bundle.parent, group) / bundle.name, group)  # (pycri/dirs.py)
+        private_dir(layer)
         for d in (bundle / "rootfs", layer / "upper", layer / "work"):
-            d.mkdir(parents=True, exist_ok=True)
+            d.mkdir(exist_ok=True)
         if rec.log_path:
             os.makedirs(os.path.dirname(rec.log_path), exist_ok=True)
         # config.json is for recovery (a create redone after a restart) and OCI runtimes; the monitor got the
@@ -151,9 +155,7 @@ class Containers:
         oci = self.ctx.sandboxes.runtime_request(sandbox) is not None
         if not oci:
             self._begin_monitor_create(rec, sandbox, image.lowerdirs, spec)
-        tmp = bundle / "config.json.tmp"
-        tmp.write_text(json.dumps(spec))
-        os.replace(tmp, bundle / "config.json")
+        write_private(bundle / "config.json", json.dumps(spec))
         if oci:
             self._begin_monitor_create(rec, sandbox, image.lowerdirs, spec)
 

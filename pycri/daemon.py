@@ -17,7 +17,7 @@ from pathlib import Path
 
 import grpc
 
-from pycri import __version__, log, status
+from pycri import __version__, dirs, log, status
 from pycri import reload as reloadmod
 from pycri.config import Config
 from pycri.containers import Containers
@@ -54,9 +54,9 @@ class Daemon:
     def __init__(self, config: Config, spawner=None) -> None:
         self.config = config
         self.started_at = time.time()
-        for d in (config.root_path, config.state_path):
-            d.mkdir(parents=True, exist_ok=True, mode=0o711)
-        ensure_top_dir(config.root_path / "containers", 0o711)  # containers' writable layers (pycri/topdir.py)
+        dirs.secure_roots(config.root_path, config.state_path)  # (pycri/dirs.py)
+        ensure_top_dir(config.root_path / "containers", 0o700)  # containers' writable layers (pycri/topdir.py)
+        dirs.private_dir(config.root_path / "cni")
         self.store = Store(config.db_path, sync_full=config.store_sync_full)
         self.cgroup_version = _cgroup_version()
         self._ensure_network_config()

@@ -26,6 +26,8 @@ import structlog
 
 from runtime import linux
 
+from pycri.dirs import write_private
+
 _log = structlog.get_logger("pycri.hostmounts")
 
 
@@ -86,9 +88,7 @@ class SharedMounts:
 
     def _save(self, state: dict[str, list[str]]) -> None:
         self.state_file.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.state_file.with_suffix(".tmp")
-        tmp.write_text(json.dumps(state, sort_keys=True))
-        os.replace(tmp, self.state_file)
+        write_private(self.state_file, json.dumps(state, sort_keys=True))
 
     def ensure(self, container_id: str, source: str, propagation: str, rootfs_dir: str) -> None:
         """Make `source` fit for `propagation` ("rslave" or "rshared"); rootfs_dir: where the rootfs is mounted."""

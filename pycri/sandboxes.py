@@ -23,6 +23,7 @@ from runtime.client import MonitorError
 from pycri import log
 from pycri.api import api_pb2 as cri
 from pycri.cadvisor_metrics import read_net_dev
+from pycri.dirs import private_dir, write_private
 from pycri.errors import FailedPrecondition, InvalidArgument, NotFound, TeardownError
 from pycri.network.cni import CNIError, PodNetworkArgs, pod_ips
 from pycri.network.cniconf import load_network_config
@@ -105,8 +106,8 @@ class Sandboxes:
         network, the pod's /dev/shm, the monitor and the bundle are made in parallel; then the infra container."""
         ctx = self.ctx
         opts = config.linux.security_context.namespace_options
-        pod_dir = Path(rec.pod_dir)
-        pod_dir.mkdir(parents=True, exist_ok=True, mode=0o711)
+        group = pod_root_group(config)
+        pod_dir = private_dir(Path(rec.pod_dir), group)  # (pycri/dirs.py)
         files = write_pod_files(pod_dir, config, host_network=opts.network == cri.NamespaceMode.NODE)
         net = None
         if opts.network != cri.NamespaceMode.NODE:
@@ -125,7 +126,7 @@ class Sandboxes:
             # network is set up then (see docs/design.md, "User namespaces")
             if not userns_supported():
                 raise FailedPrecondition("user namespaces with idmapped mounts are not supported by this kernel")
-            _check_searchable(pod_dir)
+            _check_searchable(pod_dir, group)
             rec.userns = str(ctx.config.state_path / "ns" / f"{rec.id[:16]}.user")
         rec.cgroup_path = spec["linux"]["cgroupsPath"]
         ctx.records.save_sandbox(rec)
@@ -149,7 +150,8 @@ class Sandboxes:
                 await asyncio.to_thread(podns.mount_shm, rec.shm_dir)
 
         results = await asyncio.gather(network(), shm(), ctx.monitors.spawn(rec.id, rec.monitor_dir),
-                                       asyncio.to_thread(_write_bundle, bundle, spec), return_exceptions=True)
+                                       asyncio.to_thread(_write_bundle, bundle, spec, group),
+                                       return_exceptions=True)
         for result in results:
             if isinstance(result, BaseException):
                 raise result
@@ -505,23 +507,30 @@ def _cgroup_mount_points() -> list[str]:
     return out
 
 
-def _check_searchable(path: Path) -> None:
+def pod_root_group(config: cri.PodSandboxConfig) -> int | None:
+    """The host gid of a user-namespaced pod's root group, which alone may traverse the pod's dirs to its rootfs
+    mount points (as containerd gives a remapped root its bundle dirs); None for a pod without a user namespace."""
+    mappings = userns_mappings(config.linux.security_context.namespace_options)
+    return None if mappings is None else int(mappings[1][0]["hostID"])
+
+
+def _check_searchable(path: Path, group: int | None) -> None:
     """The root of a pod's user namespace is an unprivileged host uid: it must be able to reach the rootfs mount
-    points below the pod dir (as with runc and containerd, whose state dirs are 0711; ours are made so)."""
+    points below the pod dir (whose dirs give it traversal through their group; the state dirs above are 0711,
+    as runc's and containerd's)."""
     for d in [path, *path.parents]:
-        if not os.stat(d).st_mode & 0o001:
-            raise FailedPrecondition(f"{d} is not searchable by others (mode {os.stat(d).st_mode & 0o777:o}): the "
-                                     "root of a pod's user namespace could not reach its rootfs; make it 0711")
+        st = os.stat(d)
+        if not (st.st_mode & 0o001 or (st.st_mode & 0o010 and st.st_gid == group)):
+            raise FailedPrecondition(f"{d} is not searchable by others (mode {st.st_mode & 0o777:o}): the root of "
+                                     "a pod's user namespace could not reach its rootfs; make it 0711")
 
 
-def _write_bundle(bundle: Path, spec: dict) -> None:
-    bundle.mkdir(parents=True, exist_ok=True, mode=0o711)
+def _write_bundle(bundle: Path, spec: dict, group: int | None) -> None:
+    private_dir(bundle, group)
     (bundle / "rootfs").mkdir(exist_ok=True)
     for sub in ("upper", "work"):
         (bundle / sub).mkdir(exist_ok=True)
-    tmp = bundle / "config.json.tmp"
-    tmp.write_text(json.dumps(spec))
-    os.replace(tmp, bundle / "config.json")
+    write_private(bundle / "config.json", json.dumps(spec))
 
 
 def _bandwidth(annotations) -> dict | None:

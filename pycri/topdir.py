@@ -43,6 +43,7 @@ def mark_top_of_trees(path: Path) -> bool:
 
 
 def ensure_top_dir(path: Path, mode: int) -> bool:
-    """Make path (and its parents) if missing, then mark it (mark_top_of_trees)."""
+    """Make path (and its parents) if missing, give it mode, then mark it (mark_top_of_trees)."""
     path.mkdir(parents=True, exist_ok=True, mode=mode)
+    os.chmod(path, mode)
     return mark_top_of_trees(path)

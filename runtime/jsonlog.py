@@ -6,6 +6,7 @@ process that imported it; monitors fork on the container hot path, so they use t
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 import traceback
@@ -16,7 +17,11 @@ _stream = sys.stderr
 def configure(path: str | None) -> None:
     """Send log lines to path (appended, line-buffered) or stderr."""
     global _stream
-    _stream = open(path, "a", buffering=1) if path else sys.stderr  # noqa: SIM115 - lives with the process
+    if path:  # (root's alone: what a pod's containers did)
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        _stream = os.fdopen(fd, "a", buffering=1)  # noqa: SIM115 - lives with the process
+    else:
+        _stream = sys.stderr
 
 
 class Logger:

@@ -277,7 +277,8 @@ class OciRuntime:
     def write_config(self) -> None:
         """<bundle>/config.json as the runtime reads it (the daemon writes its own before asking us)."""
         tmp = os.path.join(self.bundle, f".config.json.{os.getpid()}.tmp")
-        with open(tmp, "w") as f:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)  # the env: root's alone
+        with os.fdopen(fd, "w") as f:
             json.dump(self.spec, f)
         os.replace(tmp, os.path.join(self.bundle, "config.json"))
 

@@ -35,7 +35,7 @@ def _loopback_up() -> None:
 
 def create_netns(pin_path: str) -> None:
     """Create a network namespace with lo up and pin it at pin_path (a file created here)."""
-    os.makedirs(os.path.dirname(pin_path), mode=0o711, exist_ok=True)
+    os.makedirs(os.path.dirname(pin_path), mode=0o700, exist_ok=True)
     fd = os.open(pin_path, os.O_RDONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o444)
     os.close(fd)
     error: list[BaseException] = []
@@ -65,7 +65,7 @@ def pin_from_pid(pid: int, kind: str, pin_path: str) -> None:
 
     For a pod with a user namespace, the infra container makes the user namespace and the network namespace inside
     it (so that it belongs to it); the daemon pins both from the infra process, as it pins a netns it made."""
-    os.makedirs(os.path.dirname(pin_path), mode=0o711, exist_ok=True)
+    os.makedirs(os.path.dirname(pin_path), mode=0o700, exist_ok=True)
     fd = os.open(pin_path, os.O_RDONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o444)
     os.close(fd)
     try:
