@@ -820,18 +820,21 @@ def _setup_rootfs(plan: Plan, spec: dict, lin: dict, go_fd: int, c2p: int, p2c: 
     rootfs = plan.rootfs
     with _Stage("mounting rootfs"):
         rootfs_mod.mount_rootfs(rootfs, plan.overlay, lin.get("rootfsPropagation"), overlay_fd=plan.overlay_fd)
+        # what is made and mounted in the rootfs is resolved from this fd (rootfs.open_in_root), never as a string
+        root_fd = os.open(rootfs, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
     dev_is_ours = False
     in_userns = plan.userns_fd != -1
     for i, m in enumerate(spec.get("mounts") or []):
         with _Stage(f"mounting {m.get('destination')}"):
-            rootfs_mod.mount_one(rootfs, m, plan.cgroup_v2, plan.cgroup_v1, mount_fd=plan.mount_fds.get(i, -1),
+            rootfs_mod.mount_one(root_fd, m, plan.cgroup_v2, plan.cgroup_v1, mount_fd=plan.mount_fds.get(i, -1),
                                  in_userns=in_userns)
             if m.get("destination") == "/dev" and m.get("type") != "bind":
                 dev_is_ours = True
     with _Stage("creating devices"):
-        rootfs_mod.create_devices(rootfs, lin.get("devices") or [], dev_is_ours, bind=in_userns)
+        rootfs_mod.create_devices(root_fd, lin.get("devices") or [], dev_is_ours, bind=in_userns)
         if plan.console_path:
-            rootfs_mod.bind_console(rootfs, plan.console_path)
+            rootfs_mod.bind_console(root_fd, plan.console_path)
+    os.close(root_fd)
     if go_fd >= 0:  # go_stage "late": the parent has made the cgroup meanwhile; join it (host paths: before pivot)
         _wait_byte(go_fd, b"G")
         if plan.cgroup_tasks:

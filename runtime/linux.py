@@ -71,10 +71,10 @@ PR_CAP_AMBIENT_CLEAR_ALL = 4
 _ARCH = platform.machine()
 if _ARCH == "x86_64":
     SYS = {"clone": 56, "pivot_root": 155, "capget": 125, "capset": 126, "setns": 308,
-           "pidfd_open": 434, "gettid": 186, "mount_setattr": 442}
+           "pidfd_open": 434, "gettid": 186, "mount_setattr": 442, "openat2": 437}
 elif _ARCH == "aarch64":
     SYS = {"clone": 220, "pivot_root": 41, "capget": 90, "capset": 91, "setns": 268,
-           "pidfd_open": 434, "gettid": 178, "mount_setattr": 442}
+           "pidfd_open": 434, "gettid": 178, "mount_setattr": 442, "openat2": 437}
 else:  # pragma: no cover - we only ship for these two
     raise ImportError(f"runtime.linux: unsupported architecture {_ARCH}")
 
@@ -106,11 +106,13 @@ def setns(fd: int, nstype: int = 0) -> None:
     _check(libc.setns(ctypes.c_int(fd), ctypes.c_int(nstype)), "setns")
 
 
-def mount(source: str | None, target: str, fstype: str | None, flags: int = 0, data: str | None = None) -> None:
+def mount(source: str | None, target: str, fstype: str | None, flags: int = 0, data: str | None = None,
+          shown: str | None = None) -> None:
+    """mount(2); an error names the target as `shown` when given (a container path, where target is an fd's)."""
     ret = libc.mount(_b(source), _b(target), _b(fstype), ctypes.c_ulong(flags), _b(data))
     if ret < 0:
         err = ctypes.get_errno()
-        raise OSError(err, f"mount {source!r} on {target!r} (type {fstype!r}, flags {flags:#x}, "
+        raise OSError(err, f"mount {source!r} on {shown or target!r} (type {fstype!r}, flags {flags:#x}, "
                            f"data {data!r}): {os.strerror(err)}")
 
 
@@ -140,6 +142,36 @@ def mount_setattr_supported() -> bool:
     ret = libc.syscall(SYS["mount_setattr"], ctypes.c_int(-1), b"", ctypes.c_uint(0), ctypes.byref(attr),
                        ctypes.c_size_t(ctypes.sizeof(attr)))
     return not (ret < 0 and ctypes.get_errno() == 38)  # ENOSYS
+
+
+RESOLVE_NO_MAGICLINKS = 0x02
+RESOLVE_IN_ROOT = 0x10
+
+
+class _OpenHow(ctypes.Structure):
+    _fields_ = [("flags", ctypes.c_uint64), ("mode", ctypes.c_uint64), ("resolve", ctypes.c_uint64)]
+
+
+def openat2(dir_fd: int, path: str, flags: int, resolve: int, mode: int = 0) -> int:
+    """openat2(2): path resolved by the kernel under the rules of `resolve` (RESOLVE_IN_ROOT: dir_fd is "/" for
+    absolute symlinks and ".." alike, nothing resolves outside it). OSError (ENOSYS before Linux 5.6)."""
+    how = _OpenHow(flags, mode, resolve)
+    ret = libc.syscall(SYS["openat2"], ctypes.c_int(dir_fd), os.fsencode(path), ctypes.byref(how),
+                       ctypes.c_size_t(ctypes.sizeof(how)))
+    return _check(ret, f"openat2 {path!r}")
+
+
+_HAVE: dict[str, bool] = {}
+
+
+def openat2_supported() -> bool:
+    if "openat2" not in _HAVE:
+        try:
+            os.close(openat2(-100, "/", os.O_PATH | os.O_CLOEXEC, RESOLVE_IN_ROOT))
+            _HAVE["openat2"] = True
+        except OSError:
+            _HAVE["openat2"] = False
+    return _HAVE["openat2"]
 
 
 def umount2(target: str, flags: int = 0) -> None:

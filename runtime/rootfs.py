@@ -2,6 +2,8 @@
 masked and read-only paths. Runs in the container child before exec; raises on any failure."""
 from __future__ import annotations
 
+import contextlib
+import errno
 import os
 import stat
 
@@ -73,53 +75,118 @@ def parse_recursive(options: list[str]) -> tuple[int, int]:
     return attr_set, attr_clr
 
 
-def secure_join(root: str, unsafe: str) -> str:
-    """Resolve unsafe (a path inside the container) under root, following symlinks without escaping root."""
+_MAX_LINKS = 255
+
+
+def open_in_root(root_fd: int, unsafe: str, make: str | None = None) -> int:
+    """An O_PATH fd of `unsafe`, a path inside the container, resolved under the rootfs root_fd by the kernel and
+    through fds, never by a path string that a process racing on it could redirect between the check and the use
+    (another container renaming a symlink into a shared volume: CVE-2021-30465). Symlinks and ".." stay under
+    the root. make: "dir" makes what is missing as directories, "file" its parent directories and an empty file.
+
+    openat2(RESOLVE_IN_ROOT) finds a path that exists in one call; otherwise (or before Linux 5.6) the walk goes
+    component by component from root_fd: each opened with O_NOFOLLOW from its parent's fd, a symlink read
+    through its own fd and followed within the root, what is missing made at its parent's fd."""
     parts = [p for p in unsafe.split("/") if p not in ("", ".")]
-    resolved: list[str] = []
-    links = 0
-    while parts:
-        part = parts.pop(0)
-        if part == "..":
-            if resolved:
-                resolved.pop()
-            continue
-        candidate = os.path.join(root, *resolved, part)
-        try:
-            st = os.lstat(candidate)
-        except FileNotFoundError:
-            resolved.append(part)
-            continue
-        if stat.S_ISLNK(st.st_mode):
-            links += 1
-            if links > 255:
-                raise OSError(40, f"too many symlinks resolving {unsafe!r}")
-            target = os.readlink(candidate)
-            if target.startswith("/"):
-                resolved = []
-            parts = [p for p in target.split("/") if p not in ("", ".")] + parts
-            continue
-        resolved.append(part)
-    return os.path.join(root, *resolved)
+    try:
+        if linux.openat2_supported():
+            try:
+                return linux.openat2(root_fd, "/".join(parts) or ".", os.O_PATH | os.O_CLOEXEC,
+                                     linux.RESOLVE_IN_ROOT | linux.RESOLVE_NO_MAGICLINKS)
+            except FileNotFoundError:
+                if make is None:
+                    raise
+        return _walk_in_root(root_fd, parts, make, unsafe)
+    except OSError as exc:  # named by the container's path (pycri-init.c's open_in_root says the same)
+        if exc.errno is None:
+            raise
+        raise OSError(exc.errno, os.strerror(exc.errno), unsafe) from None
 
 
-def _mkdirs(path: str) -> None:
-    os.makedirs(path, mode=0o755, exist_ok=True)
+def _walk_in_root(root_fd: int, parts: list[str], make: str | None, unsafe: str) -> int:
+    stack = [os.dup(root_fd)]  # the directories walked through, root first: ".." pops, never past the root
+    links = retries = 0
+    try:
+        while parts:
+            part = parts.pop(0)
+            if part == "..":
+                if len(stack) > 1:
+                    os.close(stack.pop())
+                continue
+            try:
+                fd = os.open(part, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=stack[-1])
+            except FileNotFoundError:
+                retries += 1
+                if make is None or retries > 100:  # (100: a component removed as often as it is made)
+                    raise
+                if make == "file" and not parts:
+                    os.close(os.open(part, os.O_CREAT | os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644,
+                                     dir_fd=stack[-1]))
+                else:
+                    try:
+                        os.mkdir(part, 0o755, dir_fd=stack[-1])
+                    except FileExistsError:
+                        pass  # made meanwhile: opened (without following) and looked at as any other
+                parts.insert(0, part)
+                continue
+            st = os.fstat(fd)
+            if stat.S_ISLNK(st.st_mode):
+                links += 1
+                target = os.readlink("", dir_fd=fd)  # the link's own, read through the fd opened above
+                os.close(fd)
+                if links > _MAX_LINKS:
+                    raise OSError(errno.ELOOP, os.strerror(errno.ELOOP))
+                if target.startswith("/"):
+                    while len(stack) > 1:
+                        os.close(stack.pop())
+                parts[:0] = [p for p in target.split("/") if p not in ("", ".")]
+            elif stat.S_ISDIR(st.st_mode):
+                stack.append(fd)
+            elif parts:
+                os.close(fd)
+                raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR))
+            else:
+                stack.append(fd)
+        return stack.pop()
+    finally:
+        for fd in stack:
+            os.close(fd)
 
 
-def _touch(path: str) -> None:
-    _mkdirs(os.path.dirname(path))
-    if not os.path.exists(path):
-        os.close(os.open(path, os.O_CREAT | os.O_WRONLY | os.O_CLOEXEC, 0o644))
+def fd_path(fd: int) -> str:
+    """The path by which a mount call acts on exactly what fd is (the kernel follows it, nothing else)."""
+    return f"/proc/self/fd/{fd}"
 
 
-def remount_ro(path: str, extra: int = 0) -> None:
+def reopen_mounted(root_fd: int, unsafe: str, under: int) -> int:
+    """An O_PATH fd of the mount just made on `under` (an fd from open_in_root): for what acts on the mount rather
+    than on its mount point (a remount, propagation, recursive attributes). The path is resolved again, which
+    crosses into mounts; it must lead to a mount on top of `under`, or the destination was swapped meanwhile."""
+    over = open_in_root(root_fd, unsafe)
+    if os.readlink(fd_path(over)) != os.readlink(fd_path(under)) or _mnt_id(over) == _mnt_id(under):
+        os.close(over)
+        raise OSError(errno.EAGAIN, f"mount destination {unsafe!r} changed while it was set up")
+    return over
+
+
+def _mnt_id(fd: int) -> int:
+    with open(f"/proc/self/fdinfo/{fd}") as f:
+        for line in f:
+            if line.startswith("mnt_id:"):
+                return int(line.split()[1])
+    return -1
+
+
+def remount_ro(path: str, extra: int = 0, shown: str | None = None) -> None:
     """Remount a bind mount read-only, preserving flags the kernel would refuse to drop."""
-    st = os.statvfs(path)
+    try:
+        st = os.statvfs(path)
+    except OSError as exc:
+        raise OSError(exc.errno, exc.strerror, shown or path) from None
     keep = st.f_flag & _ST_KEEP
     if st.f_flag & _ST_RELATIME:
         keep |= linux.MS_RELATIME
-    linux.mount(None, path, None, MS_BIND | MS_REMOUNT | MS_RDONLY | keep | extra)
+    linux.mount(None, path, None, MS_BIND | MS_REMOUNT | MS_RDONLY | keep | extra, shown=shown)
 
 
 def check_overlay(overlay) -> dict | None:
@@ -192,9 +259,10 @@ def mount_point_of(path: str) -> str:
     return best
 
 
-def mount_one(rootfs: str, m: dict, cgroup_v2: bool, v1_hier: list[tuple[str, str]] | None = None,
+def mount_one(root_fd: int, m: dict, cgroup_v2: bool, v1_hier: list[tuple[str, str]] | None = None,
               mount_fd: int = -1, in_userns: bool = False) -> None:
-    """Mount one OCI mount entry under rootfs.
+    """Mount one OCI mount entry in the rootfs root_fd (an O_PATH fd of it): its destination is made and opened
+    by open_in_root, mounted on through its fd, and what follows the mount acts on the fd of the mount made.
 
     mount_fd: a detached copy of the bind source made by the parent (runtime/userns.py; idmapped when the mount
     has uidMappings), attached here in place of the bind. in_userns: what cannot be mounted from a user namespace
@@ -202,70 +270,90 @@ def mount_one(rootfs: str, m: dict, cgroup_v2: bool, v1_hier: list[tuple[str, st
     dest_rel = m.get("destination")
     if not isinstance(dest_rel, str) or not dest_rel.startswith("/"):
         raise ValueError(f"mount destination must be an absolute path: {dest_rel!r}")
-    dest = secure_join(rootfs, dest_rel)
     mtype = m.get("type") or ""
     source = m.get("source") or mtype or "none"
     flags, props, data = parse_options(m.get("options") or [])
-    if mtype == "bind" or flags & MS_BIND:
+    bind = mtype == "bind" or flags & MS_BIND
+    if bind:
         if mount_fd >= 0:  # opened by the parent: the source path may not be reachable from here
             is_dir = stat.S_ISDIR(os.fstat(mount_fd).st_mode)
         elif not os.path.exists(source):
             raise FileNotFoundError(2, f"bind mount source {source!r} does not exist")
         else:
             is_dir = os.path.isdir(source)
-        if is_dir:
-            _mkdirs(dest)
+    under = open_in_root(root_fd, dest_rel, "dir" if not bind or is_dir else "file")
+    dest = fd_path(under)
+    try:
+        if bind:
+            if mount_fd >= 0:
+                userns.move_mount(mount_fd, under, shown=dest_rel)
+                os.close(mount_fd)
+            else:
+                linux.mount(source, dest, None, flags & (MS_BIND | MS_REC), shown=dest_rel)
+            # as runc: "ro" (and nosuid...) applies to the bind mount itself only, so with "rbind" the submounts
+            # keep their own flags; "rro" (below) makes the whole tree read-only
+            rest = flags & ~(MS_BIND | MS_REC)
+            if rest & ~MS_REMOUNT:
+                with _mounted(root_fd, dest_rel, under) as over:
+                    if rest & MS_RDONLY:
+                        remount_ro(fd_path(over), rest & ~MS_RDONLY & ~MS_REMOUNT, shown=dest_rel)
+                    else:
+                        linux.mount(None, fd_path(over), None, MS_BIND | MS_REMOUNT | (rest & ~MS_REMOUNT),
+                                    shown=dest_rel)
+        elif mtype == "cgroup":
+            try:
+                _mount_cgroup(root_fd, dest_rel, under, flags, cgroup_v2, v1_hier)
+            except PermissionError:
+                if not in_userns:
+                    raise
+                _userns_fallback(root_fd, dest_rel, under, "/sys/fs/cgroup", flags)
         else:
-            _touch(dest)
-        if mount_fd >= 0:
-            userns.move_mount(mount_fd, dest)
-            os.close(mount_fd)
-        else:
-            linux.mount(source, dest, None, flags & (MS_BIND | MS_REC))
-        # as runc: "ro" (and nosuid...) applies to the bind mount itself only, so with "rbind" the submounts keep
-        # their own flags; "rro" (below) makes the whole tree read-only
-        rest = flags & ~(MS_BIND | MS_REC)
-        if rest & MS_RDONLY:
-            remount_ro(dest, rest & ~MS_RDONLY & ~MS_REMOUNT)
-        elif rest & ~MS_REMOUNT:
-            linux.mount(None, dest, None, MS_BIND | MS_REMOUNT | (rest & ~MS_REMOUNT))
-    elif mtype == "cgroup":
-        try:
-            _mount_cgroup(dest, flags, cgroup_v2, v1_hier)
-        except PermissionError:
-            if not in_userns:
-                raise
-            _userns_fallback(dest, "/sys/fs/cgroup", flags)
-    else:
-        _mkdirs(dest)
-        try:
-            linux.mount(source, dest, mtype, flags, data or None)
-        except PermissionError:
-            if not (in_userns and mtype == "sysfs"):
-                raise
-            _userns_fallback(dest, "/sys", flags)
-    for prop in props:
-        linux.mount(None, dest, None, prop)
-    attr_set, attr_clr = parse_recursive(m.get("options") or [])
-    if attr_set or attr_clr:
-        _set_recursive(dest, attr_set, attr_clr)
+            try:
+                linux.mount(source, dest, mtype, flags, data or None, shown=dest_rel)
+            except PermissionError:
+                if not (in_userns and mtype == "sysfs"):
+                    raise
+                _userns_fallback(root_fd, dest_rel, under, "/sys", flags)
+        attr_set, attr_clr = parse_recursive(m.get("options") or [])
+        if props or attr_set or attr_clr:
+            with _mounted(root_fd, dest_rel, under) as over:
+                for prop in props:
+                    linux.mount(None, fd_path(over), None, prop, shown=dest_rel)
+                if attr_set or attr_clr:
+                    _set_recursive(fd_path(over), attr_set, attr_clr)
+    finally:
+        os.close(under)
 
 
-def _userns_fallback(dest: str, host_path: str, flags: int) -> None:
+@contextlib.contextmanager
+def _mounted(root_fd: int, dest_rel: str, under: int):
+    """with _mounted(root_fd, dest_rel, under) as fd: an fd of the mount made on under (reopen_mounted)."""
+    fd = reopen_mounted(root_fd, dest_rel, under)
+    try:
+        yield fd
+    finally:
+        os.close(fd)
+
+
+def _userns_fallback(root_fd: int, dest_rel: str, under: int, host_path: str, flags: int) -> None:
     """A filesystem a user namespace may not mount: a recursive bind of the host's instead, as runc does for sysfs
     (sysfs needs the network namespace to belong to the user namespace; with the host's network it does not) and
     for cgroup (v1 hierarchies, and v2 without a cgroup namespace of its own). The options' nosuid/nodev/noexec
     and read-only apply to the whole tree (mount_setattr AT_RECURSIVE)."""
-    if os.path.ismount(dest):  # the cgroup v1 tmpfs made before a hierarchy failed
-        linux.umount2(dest, MNT_DETACH)
-    linux.mount(host_path, dest, None, MS_BIND | MS_REC)
+    try:  # the cgroup v1 tmpfs made before a hierarchy failed
+        with _mounted(root_fd, dest_rel, under) as over:
+            linux.umount2(fd_path(over), MNT_DETACH)
+    except OSError:
+        pass  # nothing mounted there
+    linux.mount(host_path, fd_path(under), None, MS_BIND | MS_REC, shown=dest_rel)
     attrs = 0
     for flag, attr in ((MS_RDONLY, linux.MOUNT_ATTR_RDONLY), (MS_NOSUID, linux.MOUNT_ATTR_NOSUID),
                        (MS_NODEV, linux.MOUNT_ATTR_NODEV), (MS_NOEXEC, linux.MOUNT_ATTR_NOEXEC)):
         if flags & flag:
             attrs |= attr
     if attrs:
-        linux.mount_setattr_recursive(dest, attrs)
+        with _mounted(root_fd, dest_rel, under) as over:
+            linux.mount_setattr_recursive(fd_path(over), attrs)
 
 
 def _set_recursive(dest: str, attr_set: int, attr_clr: int) -> None:
@@ -279,19 +367,23 @@ def _set_recursive(dest: str, attr_set: int, attr_clr: int) -> None:
         raise
 
 
-def _mount_cgroup(dest: str, flags: int, cgroup_v2: bool, v1_hier: list[tuple[str, str]] | None = None) -> None:
-    _mkdirs(dest)
+def _mount_cgroup(root_fd: int, dest_rel: str, under: int, flags: int, cgroup_v2: bool,
+                  v1_hier: list[tuple[str, str]] | None = None) -> None:
     if cgroup_v2:
-        linux.mount("cgroup2", dest, "cgroup2", flags)
+        linux.mount("cgroup2", fd_path(under), "cgroup2", flags, shown=dest_rel)
         return
     # v1: a tmpfs with one cgroup mount per host hierarchy (the cgroup namespace, if any, scopes them)
-    linux.mount("tmpfs", dest, "tmpfs", flags & ~MS_RDONLY, "mode=755")
-    for name, opts in v1_hier if v1_hier is not None else v1_hierarchies():
-        sub = os.path.join(dest, name)
-        _mkdirs(sub)
-        linux.mount("cgroup", sub, "cgroup", flags, opts)
-    if flags & MS_RDONLY:
-        linux.mount(None, dest, None, MS_REMOUNT | MS_RDONLY | (flags & ~MS_RDONLY), "mode=755")
+    linux.mount("tmpfs", fd_path(under), "tmpfs", flags & ~MS_RDONLY, "mode=755", shown=dest_rel)
+    with _mounted(root_fd, dest_rel, under) as tmpfs:
+        for name, opts in v1_hier if v1_hier is not None else v1_hierarchies():
+            sub = open_in_root(tmpfs, name, "dir")  # in the tmpfs just made
+            try:
+                linux.mount("cgroup", fd_path(sub), "cgroup", flags, opts, shown=f"{dest_rel}/{name}")
+            finally:
+                os.close(sub)
+        if flags & MS_RDONLY:
+            linux.mount(None, fd_path(tmpfs), None, MS_REMOUNT | MS_RDONLY | (flags & ~MS_RDONLY), "mode=755",
+                        shown=dest_rel)
 
 
 def v1_hierarchies() -> list[tuple[str, str]]:
@@ -309,11 +401,11 @@ def v1_hierarchies() -> list[tuple[str, str]]:
     return list(out.items())
 
 
-def create_devices(rootfs: str, devices: list[dict], with_defaults: bool, bind: bool = False) -> None:
-    """mknod the default devices (when /dev is ours) and linux.devices, plus the standard /dev symlinks.
+def create_devices(root_fd: int, devices: list[dict], with_defaults: bool, bind: bool = False) -> None:
+    """mknod the default devices (when /dev is ours) and linux.devices, plus the standard /dev symlinks, each at
+    the fd of its directory (open_in_root).
 
     bind: bind-mount the host's nodes instead (inside a user namespace mknod is not allowed)."""
-    dev = secure_join(rootfs, "/dev")
     wanted = []
     if with_defaults:
         wanted = [{"path": f"/dev/{n}", "type": "c", "major": ma, "minor": mi, "fileMode": 0o666}
@@ -322,34 +414,58 @@ def create_devices(rootfs: str, devices: list[dict], with_defaults: bool, bind: 
     old_umask = os.umask(0)
     try:
         for d in wanted:
-            path = secure_join(rootfs, d["path"])
             kind = {"c": stat.S_IFCHR, "u": stat.S_IFCHR, "b": stat.S_IFBLK, "p": stat.S_IFIFO}.get(d.get("type"))
             if kind is None:
                 raise ValueError(f"bad device type in {d!r}")
             mode = (d.get("fileMode") or 0o666) & 0o7777
-            _mkdirs(os.path.dirname(path))
             if bind:
-                _touch(path)
-                linux.mount(d["path"], path, None, MS_BIND)
+                node = open_in_root(root_fd, d["path"], "file")
+                try:
+                    linux.mount(d["path"], fd_path(node), None, MS_BIND, shown=d["path"])
+                finally:
+                    os.close(node)
                 continue
-            if os.path.lexists(path):
-                os.unlink(path)
-            os.mknod(path, kind | mode, os.makedev(d.get("major", 0), d.get("minor", 0)))
-            if d.get("uid") is not None or d.get("gid") is not None:
-                os.chown(path, d.get("uid", 0) or 0, d.get("gid", 0) or 0)
+            parent, name = _parent_in_root(root_fd, d["path"])
+            try:
+                try:
+                    os.unlink(name, dir_fd=parent)
+                except FileNotFoundError:
+                    pass
+                os.mknod(name, kind | mode, os.makedev(d.get("major", 0), d.get("minor", 0)), dir_fd=parent)
+                if d.get("uid") is not None or d.get("gid") is not None:
+                    os.chown(name, d.get("uid", 0) or 0, d.get("gid", 0) or 0, dir_fd=parent, follow_symlinks=False)
+            except OSError as exc:
+                raise OSError(exc.errno, exc.strerror, d["path"]) from None
+            finally:
+                os.close(parent)
     finally:
         os.umask(old_umask)
     if with_defaults:
-        for target, name in _DEV_LINKS:
-            link = os.path.join(dev, name)
-            if not os.path.lexists(link):
-                os.symlink(target, link)
+        dev = open_in_root(root_fd, "/dev", "dir")
+        try:
+            for target, name in _DEV_LINKS:
+                try:
+                    os.symlink(target, name, dir_fd=dev)
+                except FileExistsError:
+                    pass
+        finally:
+            os.close(dev)
 
 
-def bind_console(rootfs: str, pty_path: str) -> None:
-    console = secure_join(rootfs, "/dev/console")
-    _touch(console)
-    linux.mount(pty_path, console, None, MS_BIND)
+def _parent_in_root(root_fd: int, unsafe: str) -> tuple[int, str]:
+    """(an fd of the directory of unsafe, made if missing; its last name): for what is made at a directory's fd."""
+    head, _, name = unsafe.rstrip("/").rpartition("/")
+    if name in ("", ".", ".."):
+        raise ValueError(f"{unsafe!r} names no file")
+    return open_in_root(root_fd, head or "/", "dir"), name
+
+
+def bind_console(root_fd: int, pty_path: str) -> None:
+    console = open_in_root(root_fd, "/dev/console", "file")
+    try:
+        linux.mount(pty_path, fd_path(console), None, MS_BIND, shown="/dev/console")
+    finally:
+        os.close(console)
 
 
 def pivot(rootfs: str) -> None:

@@ -36,6 +36,7 @@ AT_EMPTY_PATH = 0x1000
 AT_RECURSIVE = 0x8000
 MOUNT_ATTR_IDMAP = 0x00100000
 MOVE_MOUNT_F_EMPTY_PATH = 0x4
+MOVE_MOUNT_T_EMPTY_PATH = 0x40
 FSOPEN_CLOEXEC = 1
 FSMOUNT_CLOEXEC = 1
 FSCONFIG_SET_FLAG = 0
@@ -184,13 +185,16 @@ def chown_upper(overlay: dict, uid_mappings: list[dict], gid_mappings: list[dict
     os.chown(overlay["upper"], uid, gid)
 
 
-def move_mount(fd: int, target: str) -> None:
-    """Attach a detached mount (an fd from open_tree/fsmount) at target."""
+def move_mount(fd: int, target: str | int, shown: str | None = None) -> None:
+    """Attach a detached mount (an fd from open_tree/fsmount) at target: a path, or an fd of the mount point."""
+    if isinstance(target, int):
+        to_fd, to_path, flags = target, b"", MOVE_MOUNT_F_EMPTY_PATH | MOVE_MOUNT_T_EMPTY_PATH
+    else:
+        to_fd, to_path, flags = -100, os.fsencode(target), MOVE_MOUNT_F_EMPTY_PATH
     try:
-        _call("move_mount", ctypes.c_int(fd), b"", ctypes.c_int(-100), os.fsencode(target),
-              ctypes.c_uint(MOVE_MOUNT_F_EMPTY_PATH))
+        _call("move_mount", ctypes.c_int(fd), b"", ctypes.c_int(to_fd), to_path, ctypes.c_uint(flags))
     except OSError as exc:
-        raise OSError(exc.errno, f"move_mount onto {target!r}: {exc.strerror}") from None
+        raise OSError(exc.errno, f"move_mount onto {shown or target!r}: {exc.strerror}") from None
 
 
 _SUPPORTED: dict[str, bool] = {}

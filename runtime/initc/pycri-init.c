@@ -70,7 +70,11 @@ enum {
 static int c2p = -1, p2c = -1;
 static const char *stage = "";
 static char *rootfs;
-static char reg[3][PATH_BUF];  /* path registers 1 and 2 (0 unused) */
+/* path registers 1 and 2 (0: an absolute path): a path in the container (OP_RESOLVE), resolved under root_fd
+ * through fds (open_in_root); fd: its O_PATH fd once OP_MKDIRS / OP_TOUCH made it, what OP_MOUNT mounts on */
+static char reg[3][PATH_BUF];
+static int regfd[3] = {-1, -1, -1};
+static int root_fd = -1;  /* the rootfs, opened at the first OP_RESOLVE (after it is mounted); closed at OP_PIVOT */
 static char exe[PATH_BUF];
 static mode_t saved_umask;
 
@@ -172,25 +176,36 @@ static char *get_str_len(uint32_t *len_out) {
 
 static char *get_str(void) { return get_str_len(NULL); }
 
-/* a path argument: u8 register (0: absolute), then a string appended to it */
-static char *get_path(char *out) {
+/* a path argument: u8 register (0: an absolute path), then a string appended to the register's path (a path in
+ * the container, resolved by open_in_root); the register in *r and that string in *suffix, where asked */
+static char *get_path_at(char *out, int *r_out, const char **suffix) {
     uint8_t r = get_u8();
     char *s = get_str();
     if (r > 2 || !s) bad_plan();
     if (snprintf(out, PATH_BUF, "%s%s", r ? reg[r] : "", s) >= PATH_BUF) die("path too long");
+    if (r_out) *r_out = r;
+    if (suffix) *suffix = s;
     return out;
 }
 
+static char *get_path(char *out) { return get_path_at(out, NULL, NULL); }
+
 /* ---- helpers mirroring runtime/rootfs.py ---- */
-static void do_mount(const char *src, const char *target, const char *fstype, unsigned long flags,
-                     const char *data) {
+/* mount(2); an error names the target as shown (a container path where target is an fd's) */
+static void mount_as(const char *src, const char *target, const char *shown, const char *fstype,
+                     unsigned long flags, const char *data) {
     if (mount(src, target, fstype, flags, data) < 0) {
         int err = errno;
         char a[PATH_BUF], b[PATH_BUF], c[256], d[PATH_BUF];
         die("mount %s on %s (type %s, flags 0x%lx, data %s): %s", pyrepr(src, a, sizeof a),
-            pyrepr(target, b, sizeof b), pyrepr(fstype, c, sizeof c), flags, pyrepr(data, d, sizeof d),
+            pyrepr(shown, b, sizeof b), pyrepr(fstype, c, sizeof c), flags, pyrepr(data, d, sizeof d),
             strerror(err));
     }
+}
+
+static void do_mount(const char *src, const char *target, const char *fstype, unsigned long flags,
+                     const char *data) {
+    mount_as(src, target, target, fstype, flags, data);
 }
 
 /* os.path.join(a, b) for a relative b */
@@ -200,12 +215,31 @@ static void path_join(char *out, const char *a, const char *b) {
     else snprintf(out, PATH_BUF, "%s/%s", a, b);
 }
 
-/* rootfs.secure_join */
-static void secure_join(const char *root, const char *unsafe, char *out) {
-    /* a work list of components: start with unsafe's */
+/* ---- rootfs.open_in_root: a path of the container resolved under root_fd through fds, never as a string that
+ * a process racing on it could redirect (CVE-2021-30465); errors name the container path ---- */
+enum { MAKE_NONE, MAKE_DIR, MAKE_FILE };
+
+#ifndef RESOLVE_IN_ROOT
+struct open_how { uint64_t flags, mode, resolve; };
+#define RESOLVE_NO_MAGICLINKS 0x02
+#define RESOLVE_IN_ROOT 0x10
+#endif
+#ifndef SYS_openat2
+#define SYS_openat2 437
+#endif
+
+static int dup_fd(int fd) {
+    int d = fcntl(fd, F_DUPFD_CLOEXEC, 0);
+    if (d < 0) die("%s", strerror(errno));
+    return d;
+}
+
+/* the walk (rootfs._walk_in_root): each component opened with O_NOFOLLOW from its parent's fd, a symlink read
+ * through its own fd and followed within the root, what is missing made at its parent's fd */
+static int walk_in_root(int root, const char *unsafe, int make) {
     static char work[PATH_BUF * 4];
-    char resolved[PATH_BUF] = "";  /* "/a/b" relative to root, "" for root itself */
-    int links = 0;
+    int stack[256], depth = 0, links = 0, retries = 0;
+    stack[depth++] = dup_fd(root);
     snprintf(work, sizeof work, "%s", unsafe);
     char *p = work;
     for (;;) {
@@ -214,49 +248,111 @@ static void secure_join(const char *root, const char *unsafe, char *out) {
         char *end = strchr(p, '/');
         size_t n = end ? (size_t)(end - p) : strlen(p);
         char part[PATH_BUF];
-        if (n >= sizeof part) die("path component too long");
+        if (n >= sizeof part) die_path(unsafe, ENAMETOOLONG);
         memcpy(part, p, n); part[n] = 0;
+        char *start = p;
         p += n;
         if (!strcmp(part, ".")) continue;
         if (!strcmp(part, "..")) {
-            char *slash = strrchr(resolved, '/');
-            if (slash) *slash = 0;
+            if (depth > 1) close(stack[--depth]);
             continue;
         }
-        char cand[PATH_BUF];
-        if (snprintf(cand, sizeof cand, "%s%s/%s", root, resolved, part) >= (int)sizeof cand) die("path too long");
-        struct stat st;
-        if (lstat(cand, &st) < 0) {
-            if (errno != ENOENT) die_path(cand, errno);
-            strcat(resolved, "/"); strcat(resolved, part);
-            continue;
-        }
-        if (S_ISLNK(st.st_mode)) {
-            if (++links > 255) {
-                char r[PATH_BUF];
-                die("too many symlinks resolving %s", pyrepr(unsafe, r, sizeof r));
+        int parent = stack[depth - 1];
+        int fd = openat(parent, part, O_PATH | O_NOFOLLOW | O_CLOEXEC);
+        if (fd < 0) {
+            if (errno != ENOENT || make == MAKE_NONE) die_path(unsafe, errno);
+            if (++retries > 100) die_path(unsafe, EAGAIN);
+            const char *rest = p;
+            while (*rest == '/') rest++;
+            if (make == MAKE_FILE && !*rest) {
+                int f = openat(parent, part, O_CREAT | O_WRONLY | O_NOFOLLOW | O_CLOEXEC, 0644);
+                if (f < 0) die_path(unsafe, errno);
+                close(f);
+            } else if (mkdirat(parent, part, 0755) < 0 && errno != EEXIST) {
+                die_path(unsafe, errno);
             }
-            char target[PATH_BUF];
-            ssize_t tl = readlink(cand, target, sizeof target - 1);
-            if (tl < 0) die_path(cand, errno);
+            p = start;  /* once more, now that it exists: opened and looked at as any other */
+            continue;
+        }
+        struct stat st;
+        if (fstat(fd, &st) < 0) die_path(unsafe, errno);
+        if (S_ISLNK(st.st_mode)) {
+            char target[PATH_BUF], tmp[PATH_BUF * 4];
+            ssize_t tl = readlinkat(fd, "", target, sizeof target - 1);
+            close(fd);
+            if (tl < 0) die_path(unsafe, errno);
+            if (++links > 255) die_path(unsafe, ELOOP);
             target[tl] = 0;
-            if (target[0] == '/') resolved[0] = 0;
-            /* new work = target + "/" + rest */
-            size_t rest = strlen(p);
-            if ((size_t)tl + 1 + rest + 1 > sizeof work) die("path too long");
-            char tmp[PATH_BUF * 4];
+            if (target[0] == '/')
+                while (depth > 1) close(stack[--depth]);
+            if ((size_t)tl + 1 + strlen(p) + 1 > sizeof work) die_path(unsafe, ENAMETOOLONG);
             snprintf(tmp, sizeof tmp, "%s/%s", target, p);
             snprintf(work, sizeof work, "%s", tmp);
             p = work;
             continue;
         }
-        if (strlen(resolved) + n + 2 > sizeof resolved) die("path too long");
-        strcat(resolved, "/"); strcat(resolved, part);
+        const char *rest = p;
+        while (*rest == '/') rest++;
+        if (!S_ISDIR(st.st_mode) && *rest) {
+            close(fd);
+            die_path(unsafe, ENOTDIR);
+        }
+        if (depth == (int)(sizeof stack / sizeof stack[0])) die_path(unsafe, ENAMETOOLONG);
+        stack[depth++] = fd;
     }
-    /* os.path.join(root, *resolved) */
-    if (!resolved[0]) snprintf(out, PATH_BUF, "%s", root);
-    else if (root[strlen(root) - 1] == '/') snprintf(out, PATH_BUF, "%s%s", root, resolved + 1);
-    else snprintf(out, PATH_BUF, "%s%s", root, resolved);
+    int out = stack[--depth];
+    while (depth) close(stack[--depth]);
+    return out;
+}
+
+static int open_in_root(int root, const char *unsafe, int make) {
+    const char *rel = unsafe;
+    while (*rel == '/') rel++;
+    struct open_how how = {O_PATH | O_CLOEXEC, 0, RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS};
+    int fd = (int)syscall(SYS_openat2, root, *rel ? rel : ".", &how, sizeof how);
+    if (fd >= 0) return fd;
+    if (errno == ENOSYS || (errno == ENOENT && make != MAKE_NONE)) return walk_in_root(root, unsafe, make);
+    die_path(unsafe, errno);
+}
+
+static void fd_path(int fd, char *out) { snprintf(out, 64, "/proc/self/fd/%d", fd); }
+
+static int mnt_id(int fd) {
+    char path[64], line[256];
+    snprintf(path, sizeof path, "/proc/self/fdinfo/%d", fd);
+    FILE *f = fopen(path, "re");
+    int id = -1;
+    if (!f) return -1;
+    while (fgets(line, sizeof line, f))
+        if (!strncmp(line, "mnt_id:", 7)) id = atoi(line + 7);
+    fclose(f);
+    return id;
+}
+
+/* rootfs.reopen_mounted: an fd of the mount just made on `under`, for what acts on the mount itself */
+static int reopen_mounted(const char *unsafe, int under) {
+    int over = open_in_root(root_fd, unsafe, MAKE_NONE);
+    char a[64], b[64], la[PATH_BUF], lb[PATH_BUF];
+    fd_path(over, a);
+    fd_path(under, b);
+    ssize_t na = readlink(a, la, sizeof la - 1), nb = readlink(b, lb, sizeof lb - 1);
+    if (na < 0 || nb < 0 || na != nb || memcmp(la, lb, (size_t)na) || mnt_id(over) == mnt_id(under)) {
+        char r[PATH_BUF];
+        die("mount destination %s changed while it was set up", pyrepr(unsafe, r, sizeof r));
+    }
+    return over;
+}
+
+/* an O_PATH fd of a register path argument: the register's own (made by OP_MKDIRS / OP_TOUCH) when it names the
+ * register's path, else resolved now (a path below it); *own says which (an own fd is not to be closed) */
+static int target_fd(int r, const char *suffix, const char *path, int *own) {
+    *own = !suffix[0] && regfd[r] >= 0;
+    return *own ? regfd[r] : open_in_root(root_fd, path, MAKE_NONE);
+}
+
+static void set_regfd(int r, int fd) {
+    if (regfd[r] >= 0) close(regfd[r]);
+    regfd[r] = fd;
 }
 
 static int is_dir(const char *path) {
@@ -308,13 +404,15 @@ static void touch(const char *path) {
 
 #define ST_KEEP (MS_NOSUID | MS_NODEV | MS_NOEXEC | MS_NOATIME | MS_NODIRATIME)
 
-static void remount_ro(const char *path, unsigned long extra) {
+static void remount_ro_as(const char *path, const char *shown, unsigned long extra) {
     struct statvfs sv;
-    if (statvfs(path, &sv) < 0) die_path(path, errno);
+    if (statvfs(path, &sv) < 0) die_path(shown, errno);
     unsigned long keep = sv.f_flag & ST_KEEP;
     if (sv.f_flag & 4096) keep |= MS_RELATIME;
-    do_mount(NULL, path, NULL, MS_BIND | MS_REMOUNT | MS_RDONLY | keep | extra, NULL);
+    mount_as(NULL, path, shown, NULL, MS_BIND | MS_REMOUNT | MS_RDONLY | keep | extra, NULL);
 }
+
+static void remount_ro(const char *path, unsigned long extra) { remount_ro_as(path, path, extra); }
 
 static void wait_byte(char want) {
     char b;
@@ -686,59 +784,143 @@ int main(int argc, char **argv) {
             break;
         case OP_MOUNT: {
             char *src = get_str();
-            get_path(pa);
+            int r;
+            const char *suffix;
+            get_path_at(pa, &r, &suffix);
             char *fstype = get_str();
             unsigned long flags = (unsigned long)get_i64();
             char *data = get_str();
-            do_mount(src, pa, fstype, flags, data);
+            if (!r) {
+                do_mount(src, pa, fstype, flags, data);
+                break;
+            }
+            int own, under = target_fd(r, suffix, pa, &own);
+            char fdp[64];
+            if ((flags & MS_REMOUNT) || (!src && !fstype)) {  /* acts on the mount made there */
+                int over = reopen_mounted(pa, under);
+                fd_path(over, fdp);
+                mount_as(src, fdp, pa, fstype, flags, data);
+                close(over);
+            } else {
+                fd_path(under, fdp);
+                mount_as(src, fdp, pa, fstype, flags, data);
+            }
+            if (!own) close(under);
             break;
         }
         case OP_RESOLVE: {
             uint8_t r = get_u8();
             char *rel = get_str();
             if (r < 1 || r > 2 || !rel) bad_plan();
-            secure_join(rootfs, rel, reg[r]);
+            if (root_fd < 0) {
+                root_fd = open(rootfs, O_PATH | O_DIRECTORY | O_CLOEXEC);
+                if (root_fd < 0) die_path(rootfs, errno);
+            }
+            if (snprintf(reg[r], PATH_BUF, "%s", rel) >= PATH_BUF) die("path too long");
+            set_regfd(r, -1);
             break;
         }
-        case OP_MKDIRS:
-            mkdirs(get_path(pa));
+        case OP_MKDIRS: {
+            int r;
+            const char *suffix;
+            get_path_at(pa, &r, &suffix);
+            if (!r) {
+                mkdirs(pa);
+                break;
+            }
+            int fd = open_in_root(root_fd, pa, MAKE_DIR);
+            if (suffix[0]) close(fd);
+            else set_regfd(r, fd);
             break;
-        case OP_MKDIRS_PARENT:
-            dirname_of(get_path(pa), pb);
-            if (pb[0]) mkdirs(pb);
+        }
+        case OP_MKDIRS_PARENT: {
+            int r;
+            dirname_of(get_path_at(pa, &r, NULL), pb);
+            if (!pb[0]) break;
+            if (r) close(open_in_root(root_fd, pb, MAKE_DIR));
+            else mkdirs(pb);
             break;
-        case OP_TOUCH:
-            touch(get_path(pa));
+        }
+        case OP_TOUCH: {
+            int r;
+            const char *suffix;
+            get_path_at(pa, &r, &suffix);
+            if (!r) {
+                touch(pa);
+                break;
+            }
+            int fd = open_in_root(root_fd, pa, MAKE_FILE);
+            if (suffix[0]) close(fd);
+            else set_regfd(r, fd);
             break;
+        }
         case OP_REMOUNT_RO: {
-            get_path(pa);
-            remount_ro(pa, (unsigned long)get_i64());
+            int r;
+            const char *suffix;
+            get_path_at(pa, &r, &suffix);
+            unsigned long extra = (unsigned long)get_i64();
+            if (!r) {
+                remount_ro(pa, extra);
+                break;
+            }
+            int own, under = target_fd(r, suffix, pa, &own);
+            int over = reopen_mounted(pa, under);
+            char fdp[64];
+            fd_path(over, fdp);
+            remount_ro_as(fdp, pa, extra);
+            close(over);
+            if (!own) close(under);
             break;
         }
         case OP_SETATTR: {
-            get_path(pa);
+            int r;
+            const char *suffix;
+            get_path_at(pa, &r, &suffix);
             struct mount_attr attr = {0};
             attr.attr_set = (uint64_t)get_i64();
             attr.attr_clr = (uint64_t)get_i64();
-            if (syscall(SYS_mount_setattr, AT_FDCWD, pa, AT_RECURSIVE, &attr, sizeof attr) < 0) {
+            int over = -1, own = 1, under = -1;
+            char fdp[64];
+            if (r) {
+                under = target_fd(r, suffix, pa, &own);
+                over = reopen_mounted(pa, under);
+                fd_path(over, fdp);
+            } else {
+                snprintf(fdp, sizeof fdp, "%s", pa);
+            }
+            if (syscall(SYS_mount_setattr, AT_FDCWD, fdp, AT_RECURSIVE, &attr, sizeof attr) < 0) {
                 int err = errno;
-                char r[PATH_BUF];
+                char rr[PATH_BUF];
                 if (err == ENOSYS)
                     die("recursive mount options (rro) on %s need mount_setattr(2), Linux 5.12 or later",
-                        pyrepr(pa, r, sizeof r));
-                die("mount_setattr %s: %s", pyrepr(pa, r, sizeof r), strerror(err));
+                        pyrepr(pa, rr, sizeof rr));
+                die("mount_setattr %s: %s", pyrepr(pa, rr, sizeof rr), strerror(err));
             }
+            if (over >= 0) close(over);
+            if (!own) close(under);
             break;
         }
         case OP_MKNOD: {
-            get_path(pa);
+            int r;
+            get_path_at(pa, &r, NULL);
             mode_t mode = (mode_t)get_i64();
             unsigned maj = (unsigned)get_i64(), min = (unsigned)get_i64();
             int64_t uid = get_i64(), gid = get_i64();
             struct stat st;
-            if (lstat(pa, &st) == 0 && unlink(pa) < 0) die_path(pa, errno);
-            if (mknod(pa, mode, makedev(maj, min)) < 0) die_path(pa, errno);
-            if (uid >= 0 && chown(pa, (uid_t)uid, (gid_t)gid) < 0) die_path(pa, errno);
+            if (!r) {
+                if (lstat(pa, &st) == 0 && unlink(pa) < 0) die_path(pa, errno);
+                if (mknod(pa, mode, makedev(maj, min)) < 0) die_path(pa, errno);
+                if (uid >= 0 && chown(pa, (uid_t)uid, (gid_t)gid) < 0) die_path(pa, errno);
+                break;
+            }
+            /* at the fd of its directory (rootfs.create_devices) */
+            dirname_of(pa, pb);
+            const char *name = strrchr(pa, '/') ? strrchr(pa, '/') + 1 : pa;
+            int dir = open_in_root(root_fd, pb[0] ? pb : "/", MAKE_DIR);
+            if (fstatat(dir, name, &st, AT_SYMLINK_NOFOLLOW) == 0 && unlinkat(dir, name, 0) < 0) die_path(pa, errno);
+            if (mknodat(dir, name, mode, makedev(maj, min)) < 0) die_path(pa, errno);
+            if (uid >= 0 && fchownat(dir, name, (uid_t)uid, (gid_t)gid, AT_SYMLINK_NOFOLLOW) < 0) die_path(pa, errno);
+            close(dir);
             break;
         }
         case OP_UMASK:
@@ -749,12 +931,24 @@ int main(int argc, char **argv) {
             break;
         case OP_SYMLINK: {
             char *target = get_str();
-            get_path(pa);
+            int r;
+            get_path_at(pa, &r, NULL);
             struct stat st;
-            if (lstat(pa, &st) < 0 && symlink(target, pa) < 0) die_path(target, errno);
+            if (!r) {
+                if (lstat(pa, &st) < 0 && symlink(target, pa) < 0) die_path(target, errno);
+                break;
+            }
+            dirname_of(pa, pb);
+            const char *name = strrchr(pa, '/') ? strrchr(pa, '/') + 1 : pa;
+            int dir = open_in_root(root_fd, pb[0] ? pb : "/", MAKE_DIR);
+            if (symlinkat(target, dir, name) < 0 && errno != EEXIST) die_path(target, errno);
+            close(dir);
             break;
         }
         case OP_PIVOT:
+            for (int r = 1; r < 3; r++) set_regfd(r, -1);
+            if (root_fd >= 0) close(root_fd);
+            root_fd = -1;
             pivot(rootfs);
             break;
         case OP_WRITEFILE: {

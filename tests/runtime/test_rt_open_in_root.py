@@ -1,0 +1,81 @@
+"""rootfs.open_in_root: paths of a container resolved under its root by the kernel (openat2 RESOLVE_IN_ROOT) or,
+without openat2, by the walk through fds; both must agree, stay in the root, and make what is missing."""
+from __future__ import annotations
+
+import errno
+import os
+
+import pytest
+
+from runtime import linux, rootfs
+
+CASES = [  # (path in the container, where it must lead, relative to the root; None: ENOENT)
+    ("/a/b", "a/b"),
+    ("/abs-link/b", "a/b"),             # an absolute symlink: from the container's root
+    ("/a/rel-link", "a/b"),             # a relative one
+    ("/a/up-link/a", "a"),              # "../.." past the root stays at the root
+    ("/../../a/./b/../b", "a/b"),
+    ("/escape/x", None),                # -> /../../../../x: the root's x, which does not exist
+    ("/hostname", "etc/hostname"),      # a link to a file
+]
+
+
+@pytest.fixture
+def tree(tmp_path):
+    root = tmp_path / "root"
+    (root / "a" / "b").mkdir(parents=True)
+    (root / "etc").mkdir()
+    (root / "etc" / "hostname").write_text("h")
+    os.symlink("/a", root / "abs-link")
+    os.symlink("b", root / "a" / "rel-link")
+    os.symlink("../../..", root / "a" / "up-link")
+    os.symlink("../../../../x", root / "escape")
+    os.symlink("/etc/hostname", root / "hostname")
+    (tmp_path / "x").mkdir()  # what /escape would reach if it were not kept in the root
+    fd = os.open(root, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    yield root, fd
+    os.close(fd)
+
+
+@pytest.fixture(params=["openat2", "walk"])
+def method(request, monkeypatch):
+    if request.param == "openat2" and not linux.openat2_supported():
+        pytest.skip("no openat2 on this kernel")
+    monkeypatch.setitem(linux._HAVE, "openat2", request.param == "openat2")
+    return request.param
+
+
+def _where(fd: int) -> str:
+    try:
+        return os.readlink(f"/proc/self/fd/{fd}")
+    finally:
+        os.close(fd)
+
+
+@pytest.mark.parametrize("path,want", CASES)
+def test_resolution_stays_in_the_root(tree, method, path, want):
+    root, fd = tree
+    if want is None:
+        with pytest.raises(FileNotFoundError):
+            rootfs.open_in_root(fd, path)
+    else:
+        assert _where(rootfs.open_in_root(fd, path)) == str(root / want)
+
+
+def test_what_is_missing_is_made_inside(tree, method):
+    root, fd = tree
+    assert _where(rootfs.open_in_root(fd, "/abs-link/new/dir", "dir")) == str(root / "a" / "new" / "dir")
+    assert (root / "a" / "new" / "dir").is_dir()
+    assert _where(rootfs.open_in_root(fd, "/escape/made/file", "file")) == str(root / "x" / "made" / "file")
+    assert (root / "x" / "made" / "file").is_file() and not (tree[0].parent / "x" / "made").exists()
+
+
+def test_errors_name_the_container_path(tree, method):
+    root, fd = tree
+    os.symlink("loop", root / "loop")
+    with pytest.raises(OSError) as err:
+        rootfs.open_in_root(fd, "/loop/x", "dir")
+    assert err.value.errno == errno.ELOOP and err.value.filename == "/loop/x"
+    with pytest.raises(NotADirectoryError) as err:
+        rootfs.open_in_root(fd, "/etc/hostname/x", "dir")
+    assert err.value.filename == "/etc/hostname/x"
