@@ -19,6 +19,8 @@ from tests.lifecycle.test_handlers import handler_daemon  # noqa: F401 - fixture
 from tests.security.ctx_helpers import log_stdout
 
 ATTACKS = Path(__file__).resolve().parent / "attack"
+# how long each race runs: a few seconds in the suite; hack/attack.py runs them for minutes
+RACE_SECONDS = float(os.environ.get("PYCRI_ATTACK_SECONDS", "6"))
 
 
 @pytest.fixture(scope="session")
@@ -102,7 +104,7 @@ def test_a_container_racing_for_what_enters_it_gets_nothing_of_the_host(init_kub
     each new process, as the CVE-2019-5736 exploit did before it rewrote the binary and the CVE-2024-21626 one
     with a leaked directory fd: it must get neither the host's pycri-init or Python interpreter nor any file or
     directory through another process's fd."""
-    out = race_for_the_init(init_kubelet, attack_dir, "race", seconds=6)
+    out = race_for_the_init(init_kubelet, attack_dir, "race", seconds=RACE_SECONDS)
     assert "tries" in out, out
     assert caught(out) == ([], []), out
 
@@ -194,6 +196,8 @@ def test_what_enters_containers_runs_from_sealed_copies(kubelet):
     monitor = json.loads((kubelet.d.state / "p" / sid[:16] / "monitor.json").read_text())["pid"]
     assert os.readlink(f"/proc/{monitor}/exe").startswith("/memfd:python")
     assert _write_refused(f"/proc/{monitor}/exe") in ("EPERM", "ETXTBSY")
+    if not fastinit.enabled():  # (PYCRI_FASTINIT=0: no pycri-init at all)
+        return
     inits = []
     deadline = time.monotonic() + 10
     while not inits and time.monotonic() < deadline:
@@ -254,3 +258,38 @@ def test_under_an_oci_runtime_what_enters_holds_only_its_stdio(handler_daemon, r
     fds, cwd = held_fds(k.exec(sleeper, "/attack/fds").stdout.decode())
     only_stdio(fds, f"an exec under {handler}")
     assert cwd == "/", cwd
+
+
+def test_a_mount_destination_swapped_for_a_symlink_leads_nowhere_outside(init_kubelet, attack_dir, tmp_path):
+    """The CVE-2021-30465 attack: a container keeps exchanging a directory and a symlink to a host path in a
+    volume it shares with another, while the other is started again and again with mounts below that directory.
+    A runtime that checks the destination and then makes and mounts on the path string follows the symlink: a
+    directory and a file appear at the host path. Nothing may ever appear there; a start may fail."""
+    k = init_kubelet
+    shared, outside, src_dir = tmp_path / "shared", tmp_path / "outside", tmp_path / "src"
+    for d in (shared, outside, src_dir):
+        d.mkdir()
+    (tmp_path / "src-file").write_text("x")
+    sid, pod = k.run_pod("swap")
+    volume = cri.Mount(container_path="/shared", host_path=str(shared))
+    swapping = RACE_SECONDS * 2 + 30  # longer than the starts below
+    k.start(sid, pod, "attacker", command=["/attack/swap_race", "/shared", str(outside), str(swapping)],
+            mounts=attack_mounts(attack_dir) + [volume])
+    victim_mounts = [volume,
+                     cri.Mount(container_path="/shared/d/dir", host_path=str(src_dir)),  # a directory to make
+                     cri.Mount(container_path="/shared/d/file", host_path=str(tmp_path / "src-file"))]  # a file
+    starts = refused = n = 0
+    deadline = time.monotonic() + RACE_SECONDS * 2
+    while time.monotonic() < deadline:
+        n += 1
+        try:
+            cid = k.start(sid, pod, f"victim{n}", command=["true"], mounts=victim_mounts)
+            starts += 1
+        except Exception:  # noqa: BLE001 - a start may fail (a destination that changed while it was set up)
+            refused += 1
+            cid = next((c.id for c in k.rt.ListContainers(cri.ListContainersRequest()).containers
+                        if c.metadata.name == f"victim{n}"), None)
+        if cid:
+            k.rt.RemoveContainer(cri.RemoveContainerRequest(container_id=cid))
+        assert list(outside.iterdir()) == [], f"after {n} starts: made at the host path: {list(outside.iterdir())}"
+    assert starts + refused >= 20, (starts, refused)
