@@ -223,7 +223,7 @@ class MonitorClient:
         runtime: {"type": "oci", "path": "/usr/bin/runc"} runs it with that OCI runtime (else the built-in one).
         With the built-in one, the container's init is planned and encoded here (see runtime/fastinit.py),
         after the request is sent: the monitor makes the container's pipes and state meanwhile (init_lines).
-        A monitor of older code (monitor_protocol below 2) gets the create without it and plans it itself.
+        A monitor of older code (monitor_protocol below 4) gets the create without it and plans it itself.
         ready_later: answered once the child is launched, not set up (the built-in runtime of a monitor_protocol
         3 monitor; others answer as usual): a set-up failure then fails the start. Warnings of the set-up are then logged by the
         monitor, not returned. The pid is the container's either way (a joined pid namespace answers late).
@@ -237,7 +237,7 @@ class MonitorClient:
             args["ready"] = "later"
         if runtime is not None:
             args["runtime"] = runtime
-        elif fastinit.enabled() and monitor_protocol(self.socket_path) >= 2:
+        elif fastinit.enabled() and monitor_protocol(self.socket_path) >= 4:  # (older: without OP_FORK)
             args["init"] = "follows"
             return self.call("create", then=lambda: init_lines(id, bundle, spec, overlay), **args)
         return self.call("create", **args)  # (an older monitor plans it)
@@ -268,7 +268,8 @@ class MonitorClient:
         and encoded here (prepare_exec), not in the monitor."""
         wait = None if timeout is None else timeout + 10
         args = {"process": process, "output_cap": output_cap, "timeout": timeout}
-        if target is not None and (init := prepare_exec(target[0], target[1], process)) is not None:
+        if target is not None and monitor_protocol(self.socket_path) >= 4 and \
+                (init := prepare_exec(target[0], target[1], process)) is not None:
             args["init"] = init
         r = self.call("exec", io_timeout=wait, id=id, **args)
         return ExecResult(r["exit_code"], base64.b64decode(r["stdout"]), base64.b64decode(r["stderr"]),

@@ -49,7 +49,7 @@ _sealed: str | None = None  # "/proc/self/fd/<n>" of this process's sealed copy 
 (OP_STAGE, OP_WAIT_G, OP_CGJOIN, OP_JOINNS, OP_UNSHARE, OP_FAIL, OP_MOUNT, OP_RESOLVE, OP_MKDIRS, OP_TOUCH,
  OP_REMOUNT_RO, OP_SETATTR, OP_MKNOD, OP_UMASK, OP_UMASK_RESTORE, OP_SYMLINK, OP_PIVOT, OP_WRITEFILE, OP_MASK,
  OP_ROPATH, OP_HOSTNAME, OP_DOMAINNAME, OP_RLIMIT, OP_OOM, OP_STDIO, OP_FINDEXE, OP_CHDIR, OP_READY, OP_SECCOMP,
- OP_DROP, OP_NNP, OP_EXEC, OP_MKDIRS_PARENT, OP_WARN, OP_CONTINUE) = range(1, 36)
+ OP_DROP, OP_NNP, OP_EXEC, OP_MKDIRS_PARENT, OP_WARN, OP_CONTINUE, OP_FORK) = range(1, 37)
 
 ABS, REG1, REG2 = 0, 1, 2  # path registers (see pycri-init.c): 0 = an absolute path
 _NS_ORDER = {"user": 0, "mount": 2}
@@ -285,7 +285,15 @@ def prepare(plan, tail: bool = True) -> dict | None:
     if "error" in second:
         raise ValueError(second["error"])
     return {"head": binascii.b2a_base64(head.bytes(), newline=False).decode(), "tail": second["tail"],
-            "plan": fields}
+            "plan": fields, "fork": True}
+
+
+def prepared_usable(prepared) -> bool:
+    """Whether a prepared init can be run as it is: one of older code (a daemon rolled back) that joins a pid
+    namespace lacks the fork into it (OP_FORK: see launch._child), and the monitor plans it itself. (A malformed
+    one is left to prepared_plan to refuse.)"""
+    plan = prepared.get("plan") if isinstance(prepared, dict) else None
+    return not (isinstance(plan, dict) and plan.get("join_pid") and prepared.get("fork") is not True)
 
 
 def prepare_tail(plan) -> dict:
@@ -334,16 +342,20 @@ def _encode_head(e: _Enc, plan) -> None:
         _join_cgroup(e, plan.cgroup_tasks)
 
     e.stage("joining namespaces")
-    joins = sorted(plan.join, key=lambda kf: _NS_ORDER.get(kf[0], 1))
+    joins = [(path, linux.NS_FLAGS[kind]) for kind, path in sorted(plan.join, key=lambda kf: _NS_ORDER.get(kf[0], 1))]
+    if plan.join_pid is not None:  # opened with the others, forked into last (OP_FORK), as launch._child does
+        joins.append((plan.join_pid, linux.CLONE_NEWPID))
     if joins:
         e.u8(OP_JOINNS)
         e.i64(len(joins))
-        for kind, path in joins:
+        for path, flag in joins:
             e.s(path)
-            e.i64(linux.NS_FLAGS[kind])
+            e.i64(flag)
     unshare = (plan.clone_flags & ~linux.CLONE_NEWPID) | plan.unshare_flags
     if unshare:
         e.op(OP_UNSHARE, unshare)
+    if plan.join_pid is not None:
+        e.u8(OP_FORK)
 
 
 def _encode_tail(e: _Enc, plan, stdio_fds: tuple[int, int, int] | None) -> None:
@@ -893,9 +905,9 @@ def _environ():
 
 
 def spawn(plan, c2p_w: int, p2c_r: int, parts=None) -> int:
-    """Start pycri-init for plan; returns its pid (the container's, once it execs). parts: as Spare.use's. A new
-    pid namespace is made here, around the spawn; a pid namespace to join is the caller's (launch.Process sets
-    pid_ns_for_children)."""
+    """Start pycri-init for plan; returns its pid (for a plan that joins a pid namespace, that of an intermediate
+    that forks the container's process and reports its pid: launch.Process reads it). parts: as Spare.use's. A
+    new pid namespace is made here, around the spawn."""
     stdio = list(plan.stdio) if plan.stdio is not None else []
     head, tail = parts if parts is not None else encode_parts(plan)
     if callable(tail):

@@ -45,7 +45,6 @@ class Plan:
     unshare_flags: int = 0                 # namespaces made after the cgroup join (cgroup)
     join: list[tuple[str, str]] = field(default_factory=list)   # (type, path), pid excluded
     join_pid: str | None = None
-    pid_joined_by_parent: bool = False     # set by Process: cloned straight into join_pid (no extra fork)
     stdio: tuple[int, int, int] | None = None
     console_fd: int | None = None          # pty slave for process.terminal
     console_path: str | None = None
@@ -421,29 +420,14 @@ class Process:
         self.plan = plan
         self.warnings: list[str] = list(plan.warnings)
         self.used_spare = False
-        # Joining a pid namespace: rather than a fork in the child after setns (a second copy of this process,
-        # and the intermediate's exit), point our pid_ns_for_children at it, clone, and point it back.
         c2p_r, c2p_w = os.pipe2(os.O_CLOEXEC)
         p2c_r, p2c_w = os.pipe2(os.O_CLOEXEC)
-        own_ns = target_ns = -1
         try:
             _prepare_userns(plan)
         except LaunchError:
             for fd in (c2p_r, c2p_w, p2c_r, p2c_w):
                 os.close(fd)
             raise
-        if plan.join_pid is not None:  # (the child's own clone flags have no user namespace: it joins it later)
-            try:
-                own_ns = os.open("/proc/self/ns/pid", os.O_RDONLY | os.O_CLOEXEC)
-                target_ns = os.open(plan.join_pid, os.O_RDONLY | os.O_CLOEXEC)
-                linux.setns(target_ns, linux.CLONE_NEWPID)
-                plan.pid_joined_by_parent = True
-            except OSError as exc:
-                for fd in (own_ns, target_ns, c2p_r, c2p_w, p2c_r, p2c_w):
-                    if fd >= 0:
-                        os.close(fd)
-                _close_prepared(plan)
-                raise LaunchError(f"joining namespaces: {exc.filename or plan.join_pid}: {exc.strerror}") from None
         # fast init (runtime/fastinit.py): a small C program executes the plan, spawned without copying us
         self.fast = parts is not None or (fastinit.enabled() and fastinit.eligible(plan))
         try:
@@ -464,11 +448,6 @@ class Process:
             what = "spawning pycri-init" if self.fast else "clone"
             raise LaunchError(f"{what}: {getattr(exc, 'strerror', None) or exc}") from None
         finally:
-            if own_ns >= 0:
-                if pid != 0:  # the parent, back to its own; the child stays in the container's (its own now)
-                    linux.setns(own_ns, linux.CLONE_NEWPID)
-                os.close(own_ns)
-                os.close(target_ns)
             if pid != 0:  # the child has its copies of the user namespace and mount fds
                 _close_prepared(plan)
         if pid == 0:  # the child: never returns
@@ -531,8 +510,7 @@ class Process:
 
     def _wait_for(self, want: str) -> None:
         # after joining a pid namespace the grandchild's message may overtake the intermediate's "P"
-        need_pid = ((self.plan.join_pid is not None and not self.plan.pid_joined_by_parent)
-                    or self.plan.pid_fork) and self.pid == self._clone_pid
+        need_pid = (self.plan.join_pid is not None or self.plan.pid_fork) and self.pid == self._clone_pid
         seen = False
         while need_pid or not seen:
             msg = self._chan.read()
@@ -684,8 +662,9 @@ def _child(plan: Plan, p2c: int, c2p: int) -> None:
     with _Stage("joining namespaces"):
         # open every path first: joining the mount namespace changes what the paths mean
         fds = [(kind, os.open(path, os.O_RDONLY | os.O_CLOEXEC)) for kind, path in plan.join]
-        pid_fd = os.open(plan.join_pid, os.O_RDONLY | os.O_CLOEXEC) \
-            if plan.join_pid and not plan.pid_joined_by_parent else -1
+        # the pid namespace last, then a fork: the process is in it only once it is in all the others (a
+        # container's root with CAP_SYS_PTRACE would otherwise find it there in the host's mount namespace)
+        pid_fd = os.open(plan.join_pid, os.O_RDONLY | os.O_CLOEXEC) if plan.join_pid else -1
         order = {"user": 0, "mount": 2}  # the user namespace first (it owns the others), mount last
         for kind, fd in sorted(fds, key=lambda kf: order.get(kf[0], 1)):
             linux.setns(fd, linux.NS_FLAGS[kind])

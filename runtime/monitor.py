@@ -222,9 +222,10 @@ INIT_LINES_WAIT_S = 10.0
 
 # What this monitor understands beyond the first requests, for a client of newer or older code (monitors
 # outlive a daemon upgrade): 2 = a create with "init": "follows" (_InitLines); 3 = a create with "ready": "later"
-# (answered once the child is launched: op_start waits for the end of its set-up). Written to monitor.json; a
-# monitor.json without it is older code, which plans every create itself (runtime/client.py: monitor_protocol).
-PROTOCOL = 3
+# (answered once the child is launched: op_start waits for the end of its set-up); 4 = prepared inits (of a
+# create or an exec) may hold OP_FORK (its pycri-init knows it). Written to monitor.json; a monitor.json without
+# it is older code, which plans every create itself (runtime/client.py: monitor_protocol).
+PROTOCOL = 4
 
 
 class Exec:
@@ -617,7 +618,7 @@ class Monitor:
         init = req.get("init")
         if init == "follows":  # the client planned it while we made the pipes and state: its line is here
             init = c.init_lines.head()
-        if init is not None and console is None:
+        if init is not None and console is None and fastinit.prepared_usable(init):
             # planned and encoded by the client, which found fast init enabled (see runtime/fastinit.py)
             plan, parts = fastinit.prepared_plan(init, spec, stdio)
             plan.hook_state = {"id": c.id, "bundle": c.bundle}
@@ -1008,7 +1009,7 @@ class Monitor:
         """Clone, join the container's namespaces and cgroup, exec process; returns its pid. init: the exec
         planned by the client (client.prepare_exec), used when it was made for this container's process."""
         plan = parts = None
-        if init is not None and console is None:
+        if init is not None and console is None and fastinit.prepared_usable(init):
             plan, parts = fastinit.prepared_plan(init, dict(c.spec, process=process), stdio)
             ns = f"/proc/{c.pid}/ns/"
             if not plan.auto_start or plan.rootfs is not None or not all(

@@ -62,7 +62,7 @@ enum {
     OP_TOUCH, OP_REMOUNT_RO, OP_SETATTR, OP_MKNOD, OP_UMASK, OP_UMASK_RESTORE, OP_SYMLINK, OP_PIVOT,
     OP_WRITEFILE, OP_MASK, OP_ROPATH, OP_HOSTNAME, OP_DOMAINNAME, OP_RLIMIT, OP_OOM, OP_STDIO, OP_FINDEXE,
     OP_CHDIR, OP_READY, OP_SECCOMP, OP_DROP, OP_NNP, OP_EXEC, OP_MKDIRS_PARENT, OP_WARN,
-    OP_CONTINUE,
+    OP_CONTINUE, OP_FORK,
 };
 
 #define PATH_BUF 8192
@@ -772,6 +772,17 @@ int main(int argc, char **argv) {
         case OP_UNSHARE: {
             int64_t flags = get_i64();
             if (unshare((int)flags) < 0) die("unshare: %s", strerror(errno));
+            break;
+        }
+        case OP_FORK: {  /* into the pid namespace joined: only the child is in it, in all the others already */
+            pid_t child = fork();
+            if (child < 0) die("fork: %s", strerror(errno));
+            if (child > 0) {
+                char num[32];
+                snprintf(num, sizeof num, "%d", (int)child);
+                send_msg('P', num);
+                _exit(0);
+            }
             break;
         }
         case OP_FAIL:

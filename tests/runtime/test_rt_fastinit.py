@@ -497,7 +497,7 @@ def test_the_monitor_runs_the_init_its_client_prepared(monkeypatch, tmp_root, tm
     said_b = make_spec(["sh", "-c", "echo planned; exit 5"])
     b = write_bundle(str(tmp_path / "b"), said_b, rootfs)
     init = client_mod.prepare_init("x", b, None, None)
-    assert init is not None and set(init) == {"head", "tail", "plan"}
+    assert init is not None and set(init) == {"head", "tail", "plan", "fork"}
     init_a = client_mod.prepare_init("a", b, said_a, None)
     monkeypatch.setenv("PYCRI_FASTINIT", "0")
     assert client_mod.prepare_init("x", b, said_b, None) is None
@@ -664,9 +664,10 @@ def test_the_init_follows_the_create_and_is_read_when_needed(monkeypatch, tmp_ro
 
 def test_a_monitor_of_older_code_gets_creates_it_understands(monkeypatch, tmp_root, tmp_path, rootfs):
     """Monitors outlive a daemon upgrade. A monitor states what it understands in its monitor.json
-    ("protocol"); MonitorClient.create sends "init": "follows" only to one that says 2 or more, "ready": "later"
-    only to one that says 3 or more, and to one whose monitor.json has no protocol (older code, which took no
-    such line) the create alone, which every monitor plans itself."""
+    ("protocol"); MonitorClient.create sends "init": "follows" only to one that says 4 or more (its pycri-init
+    knows OP_FORK), "ready": "later" only to one that says 3 or more, and to one whose monitor.json has no
+    protocol (older code, which took no such line) the create alone, which every monitor plans itself; an exec
+    planned by the client goes only to a monitor that says 4 or more."""
     import json
     import tempfile
 
@@ -687,18 +688,18 @@ def test_a_monitor_of_older_code_gets_creates_it_understands(monkeypatch, tmp_ro
         path = os.path.join(h.state_dir, "monitor.json")
         with open(path) as f:
             info = json.load(f)
-        assert info["protocol"] == monitor.PROTOCOL >= 3 and h.client.ping()["protocol"] == monitor.PROTOCOL
+        assert info["protocol"] == monitor.PROTOCOL >= 4 and h.client.ping()["protocol"] == monitor.PROTOCOL
         h.client.create("new", b, ready_later=True)
         assert sent == [("follows", "later")]
-        for older, expect in (({**info, "protocol": 2}, ("follows", None)), (
-                {k: v for k, v in info.items() if k != "protocol"}, (None, None))):
+        for n, (older, expect) in enumerate((({**info, "protocol": 3}, (None, "later")), ({**info, "protocol": 2}, (None, None)), (
+                {k: v for k, v in info.items() if k != "protocol"}, (None, None)))):
             with open(path, "w") as f:  # as older code wrote it
                 json.dump(older, f)
             client_mod.forget(h.client.socket_path)
             sent.clear()
-            h.client.create(f"old{len(older)}", b, ready_later=True)
+            h.client.create(f"old{n}", b, ready_later=True)
             assert sent == [expect]
-        for cid in ("new", f"old{len(info)}", f"old{len(info) - 1}"):  # all run as planned
+        for cid in ("new", "old0", "old1", "old2"):  # all run as planned
             h.client.start(cid)
             assert h.client.wait(cid, timeout=10)["exit_code"] == 5
     finally:
@@ -707,7 +708,8 @@ def test_a_monitor_of_older_code_gets_creates_it_understands(monkeypatch, tmp_ro
 
 def test_an_exec_planned_by_the_client_runs_when_made_for_the_container(monkeypatch, tmp_root, tmp_path, rootfs):
     """MonitorClient.exec(..., target=(pid, bundle)) plans and encodes the exec itself (client.prepare_exec)
-    and the monitor runs that plan; one made for another process is not used (the monitor plans the exec)."""
+    and the monitor runs that plan; one made for another process, or by older code that did not fork into the pid
+    namespace, is not used (the monitor plans the exec)."""
     import base64
     import tempfile
 
@@ -729,6 +731,9 @@ def test_an_exec_planned_by_the_client_runs_when_made_for_the_container(monkeypa
             return base64.b64decode(ans["stdout"])
         assert run(client_mod.prepare_exec(pid, b, {"args": ["echo", "prepared"]})) == b"prepared\n"
         assert run(client_mod.prepare_exec(other, b, {"args": ["echo", "prepared"]})) == b"planned here\n"
+        older = client_mod.prepare_exec(pid, b, {"args": ["echo", "prepared"]})
+        del older["fork"]  # as a daemon of older code made it (rolled back): no fork into the pid namespace
+        assert run(older) == b"planned here\n"
         for cid in ("c", "other"):
             h.client.kill(cid, "KILL")
             h.client.wait(cid, timeout=10)

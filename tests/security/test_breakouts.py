@@ -62,12 +62,13 @@ def caught(text: str) -> tuple[list[str], list[str]]:
     return exes, fds
 
 
-def race_for_the_init(kubelet, attack_dir: Path, name: str, seconds: float, pod_kw: dict | None = None) -> str:
-    """Run enter_race in a container of a pod whose containers share a pid namespace, while the kubelet execs in
-    it and starts other containers in the pod; returns what exe_race printed."""
+def race_for_the_init(kubelet, attack_dir: Path, name: str, seconds: float, pod_kw: dict | None = None,
+                      attacker_kw: dict | None = None) -> str:
+    """Run enter_race in a container, while the kubelet execs in it and starts other containers in the pod
+    (which enter its pid namespace too where pod_kw shares one); returns what enter_race printed."""
     sid, pod = kubelet.run_pod(name, **(pod_kw or {}))
     attacker = kubelet.start(sid, pod, "attacker", command=["/attack/enter_race", str(seconds)],
-                             mounts=attack_mounts(attack_dir))
+                             mounts=attack_mounts(attack_dir), **(attacker_kw or {}))
     deadline = time.monotonic() + seconds
     n = 0
     while time.monotonic() < deadline:
@@ -107,6 +108,25 @@ def test_a_container_racing_for_what_enters_it_gets_nothing_of_the_host(init_kub
     out = race_for_the_init(init_kubelet, attack_dir, "race", seconds=RACE_SECONDS)
     assert "tries" in out, out
     assert caught(out) == ([], []), out
+
+
+def test_a_container_with_cap_sys_ptrace_finds_nothing_entering_in_the_hosts_mount_namespace(init_kubelet,
+                                                                                                attack_dir):
+    """CAP_SYS_PTRACE overrides non-dumpable: a container granted it can read, and attach to, every process in its
+    pid namespace. What enters (an exec, or a new container of a pod sharing the pid namespace) must therefore be
+    in the container's other namespaces before it is in its pid namespace: found in the host's mount namespace it
+    would be a way onto the host's files (before the fix, an exec was cloned straight into the pid namespace and
+    joined the mount namespace after)."""
+    shared_pid = {"linux": cri.LinuxPodSandboxConfig(security_context=cri.LinuxSandboxSecurityContext(
+        namespace_options=cri.NamespaceOption(pid=cri.NamespaceMode.POD)))}
+    ptrace = {"linux": cri.LinuxContainerConfig(security_context=cri.LinuxContainerSecurityContext(
+        capabilities=cri.Capability(add_capabilities=["SYS_PTRACE"])))}
+    out = race_for_the_init(init_kubelet, attack_dir, "ptrace", seconds=RACE_SECONDS, pod_kw=shared_pid,
+                            attacker_kw=ptrace)
+    assert "tries" in out, out
+    seen = {line.split(" ", 1)[1] for line in out.splitlines() if line.startswith("mntns ")}
+    assert seen, f"the attacker read no other mount namespace (the other containers' should show): {out}"
+    assert f"mnt:[{os.stat('/proc/self/ns/mnt').st_ino}]" not in seen, out
 
 
 def held_fds(text: str) -> tuple[dict[int, str], str]:
