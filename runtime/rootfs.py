@@ -90,12 +90,19 @@ def open_in_root(root_fd: int, unsafe: str, make: str | None = None) -> int:
     parts = [p for p in unsafe.split("/") if p not in ("", ".")]
     try:
         if linux.openat2_supported():
-            try:
-                return linux.openat2(root_fd, "/".join(parts) or ".", os.O_PATH | os.O_CLOEXEC,
-                                     linux.RESOLVE_IN_ROOT | linux.RESOLVE_NO_MAGICLINKS)
-            except FileNotFoundError:
-                if make is None:
-                    raise
+            for tries in range(17):  # EAGAIN: a rename raced a ".." (the kernel's answer: try again)
+                try:
+                    return linux.openat2(root_fd, "/".join(parts) or ".", os.O_PATH | os.O_CLOEXEC,
+                                         linux.RESOLVE_IN_ROOT | linux.RESOLVE_NO_MAGICLINKS)
+                except FileNotFoundError:
+                    if make is None:
+                        raise
+                    break
+                except OSError as exc:  # (EPERM: a seccomp filter of ours refuses it)
+                    if exc.errno not in (errno.EAGAIN, errno.EPERM, errno.ENOSYS):
+                        raise
+                    if exc.errno != errno.EAGAIN:
+                        break
         return _walk_in_root(root_fd, parts, make, unsafe)
     except OSError as exc:  # named by the container's path (pycri-init.c's open_in_root says the same)
         if exc.errno is None:
@@ -119,9 +126,12 @@ def _walk_in_root(root_fd: int, parts: list[str], make: str | None, unsafe: str)
                 retries += 1
                 if make is None or retries > 100:  # (100: a component removed as often as it is made)
                     raise
-                if make == "file" and not parts:
-                    os.close(os.open(part, os.O_CREAT | os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644,
-                                     dir_fd=stack[-1]))
+                if make == "file" and not parts:  # O_EXCL: never opens what appeared meanwhile (a fifo)
+                    try:
+                        os.close(os.open(part, os.O_CREAT | os.O_EXCL | os.O_WRONLY | os.O_NOFOLLOW | os.O_NONBLOCK
+                                         | os.O_NOCTTY | os.O_CLOEXEC, 0o644, dir_fd=stack[-1]))
+                    except FileExistsError:
+                        pass
                 else:
                     try:
                         os.mkdir(part, 0o755, dir_fd=stack[-1])
@@ -163,7 +173,9 @@ def reopen_mounted(root_fd: int, unsafe: str, under: int) -> int:
     than on its mount point (a remount, propagation, recursive attributes). The path is resolved again, which
     crosses into mounts; it must lead to a mount on top of `under`, or the destination was swapped meanwhile."""
     over = open_in_root(root_fd, unsafe)
-    if os.readlink(fd_path(over)) != os.readlink(fd_path(under)) or _mnt_id(over) == _mnt_id(under):
+    link, over_id, under_id = os.readlink(fd_path(over)), _mnt_id(over), _mnt_id(under)
+    if link != os.readlink(fd_path(under)) or link.endswith(" (deleted)") or over_id == under_id \
+            or _parent_mnt_id(over_id) != under_id:
         os.close(over)
         raise OSError(errno.EAGAIN, f"mount destination {unsafe!r} changed while it was set up")
     return over
@@ -174,6 +186,16 @@ def _mnt_id(fd: int) -> int:
         for line in f:
             if line.startswith("mnt_id:"):
                 return int(line.split()[1])
+    return -1
+
+
+def _parent_mnt_id(mnt_id: int) -> int:
+    """The id of the mount that mount mnt_id is mounted on (/proc/self/mountinfo), or -1."""
+    prefix = f"{mnt_id} "
+    with open("/proc/self/mountinfo") as f:
+        for line in f:
+            if line.startswith(prefix):
+                return int(line.split(" ", 2)[1])
     return -1
 
 

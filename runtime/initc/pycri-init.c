@@ -25,6 +25,7 @@
  * the working directory it ends in must be inside the container's root.
  */
 #define _GNU_SOURCE
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <grp.h>
@@ -264,10 +265,11 @@ static int walk_in_root(int root, const char *unsafe, int make) {
             if (++retries > 100) die_path(unsafe, EAGAIN);
             const char *rest = p;
             while (*rest == '/') rest++;
-            if (make == MAKE_FILE && !*rest) {
-                int f = openat(parent, part, O_CREAT | O_WRONLY | O_NOFOLLOW | O_CLOEXEC, 0644);
-                if (f < 0) die_path(unsafe, errno);
-                close(f);
+            if (make == MAKE_FILE && !*rest) {  /* O_EXCL: never opens what appeared meanwhile (a fifo) */
+                int f = openat(parent, part, O_CREAT | O_EXCL | O_WRONLY | O_NOFOLLOW | O_NONBLOCK | O_NOCTTY |
+                               O_CLOEXEC, 0644);
+                if (f < 0 && errno != EEXIST) die_path(unsafe, errno);
+                if (f >= 0) close(f);
             } else if (mkdirat(parent, part, 0755) < 0 && errno != EEXIST) {
                 die_path(unsafe, errno);
             }
@@ -309,9 +311,13 @@ static int open_in_root(int root, const char *unsafe, int make) {
     const char *rel = unsafe;
     while (*rel == '/') rel++;
     struct open_how how = {O_PATH | O_CLOEXEC, 0, RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS};
-    int fd = (int)syscall(SYS_openat2, root, *rel ? rel : ".", &how, sizeof how);
-    if (fd >= 0) return fd;
-    if (errno == ENOSYS || (errno == ENOENT && make != MAKE_NONE)) return walk_in_root(root, unsafe, make);
+    for (int tries = 0;; tries++) {  /* EAGAIN: a rename raced a ".." (the kernel's answer: try again) */
+        int fd = (int)syscall(SYS_openat2, root, *rel ? rel : ".", &how, sizeof how);
+        if (fd >= 0) return fd;
+        if (errno != EAGAIN || tries == 16) break;
+    }
+    if (errno == ENOSYS || errno == EPERM || errno == EAGAIN || (errno == ENOENT && make != MAKE_NONE))
+        return walk_in_root(root, unsafe, make);
     die_path(unsafe, errno);
 }
 
@@ -329,14 +335,32 @@ static int mnt_id(int fd) {
     return id;
 }
 
+/* the parent mount's id of the mount whose id is id (from /proc/self/mountinfo), or -1 */
+static int parent_mnt_id(int id) {
+    FILE *f = fopen("/proc/self/mountinfo", "re");
+    char *line = NULL;
+    size_t cap = 0;
+    int found = -1, mid, parent;
+    if (!f) return -1;
+    while (found < 0 && getline(&line, &cap, f) > 0)  /* (whole lines: an overlay's can be long) */
+        if (sscanf(line, "%d %d", &mid, &parent) == 2 && mid == id) found = parent;
+    free(line);
+    fclose(f);
+    return found;
+}
+
 /* rootfs.reopen_mounted: an fd of the mount just made on `under`, for what acts on the mount itself */
 static int reopen_mounted(const char *unsafe, int under) {
     int over = open_in_root(root_fd, unsafe, MAKE_NONE);
     char a[64], b[64], la[PATH_BUF], lb[PATH_BUF];
+    static const char deleted[] = " (deleted)";
     fd_path(over, a);
     fd_path(under, b);
     ssize_t na = readlink(a, la, sizeof la - 1), nb = readlink(b, lb, sizeof lb - 1);
-    if (na < 0 || nb < 0 || na != nb || memcmp(la, lb, (size_t)na) || mnt_id(over) == mnt_id(under)) {
+    int over_id = mnt_id(over), under_id = mnt_id(under);
+    if (na < 0 || nb < 0 || na != nb || memcmp(la, lb, (size_t)na) || over_id == under_id ||
+            ((size_t)na >= sizeof deleted - 1 && !memcmp(la + na - (sizeof deleted - 1), deleted, sizeof deleted - 1))
+            || parent_mnt_id(over_id) != under_id) {
         char r[PATH_BUF];
         die("mount destination %s changed while it was set up", pyrepr(unsafe, r, sizeof r));
     }
@@ -453,6 +477,27 @@ static void pivot(const char *root) {
     if (chdir("/") < 0) die_path("/", errno);
 }
 
+/* close fds lo..hi: close_range, or (before Linux 5.9) each fd /proc/self/fd lists in that range */
+static void close_fds(unsigned lo, unsigned hi) {
+    if (lo > hi || syscall(SYS_close_range, lo, hi, 0) == 0) return;
+    int found[1024], n;
+    do {  /* a batch at a time: closing changes the listing */
+        n = 0;
+        DIR *d = opendir("/proc/self/fd");
+        if (!d) die("closing fds: /proc/self/fd: %s", strerror(errno));  /* none may be left open */
+        int own = dirfd(d);
+        struct dirent *e;
+        while ((e = readdir(d)) && n < (int)(sizeof found / sizeof found[0])) {
+            char *end;
+            long fd = strtol(e->d_name, &end, 10);
+            if (*end || e->d_name[0] == '.' || fd == own || fd < (long)lo || (unsigned long)fd > hi) continue;
+            found[n++] = (int)fd;
+        }
+        closedir(d);
+        for (int i = 0; i < n; i++) close(found[i]);
+    } while (n == (int)(sizeof found / sizeof found[0]));
+}
+
 /* close every fd but those in keep[0..n) (sorted), and put /dev/null on 0-2 unless kept */
 static void close_all_but(const int *keep, int n) {
     int null = open("/dev/null", O_RDWR | O_CLOEXEC);
@@ -464,10 +509,10 @@ static void close_all_but(const int *keep, int n) {
     int from = 3;
     for (int i = 0; i < n; i++) {
         if (keep[i] < from) continue;
-        if (keep[i] > from) syscall(SYS_close_range, from, keep[i] - 1, 0);
+        if (keep[i] > from) close_fds((unsigned)from, (unsigned)keep[i] - 1);
         from = keep[i] + 1;
     }
-    syscall(SYS_close_range, from, ~0U, 0);
+    close_fds((unsigned)from, ~0U);
 }
 
 /* OP_CHDIR: the working directory must be inside the container's root (a cwd reached through an fd of the host,
@@ -1070,8 +1115,8 @@ int main(int argc, char **argv) {
             char **args = get_strv();
             char **env = get_strv();
             /* only c2p stays (close-on-exec): EOF tells the parent execve succeeded */
-            if (c2p > 3) syscall(SYS_close_range, 3, c2p - 1, 0);
-            syscall(SYS_close_range, c2p + 1, ~0U, 0);
+            if (c2p > 3) close_fds(3, (unsigned)c2p - 1);
+            close_fds((unsigned)c2p + 1, ~0U);
             execve(exe, args, env);
             die_path(exe, errno);
         }

@@ -79,3 +79,40 @@ def test_errors_name_the_container_path(tree, method):
     with pytest.raises(NotADirectoryError) as err:
         rootfs.open_in_root(fd, "/etc/hostname/x", "dir")
     assert err.value.filename == "/etc/hostname/x"
+
+
+def test_a_reopened_mount_must_be_the_one_made_on_its_mount_point(tree, method):
+    """reopen_mounted (before a read-only remount or a propagation change) takes only a mount made right on the
+    fd it was given: one stacked on top of that (a mount of someone else's, in the same place, path and all)
+    or a path that no longer leads there is refused (EAGAIN: the destination changed), never acted on."""
+    root, _ = tree
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # a private mount namespace, gone with the child
+        code = 1
+        try:
+            os.close(r)
+            linux.unshare(linux.CLONE_NEWNS)
+            linux.mount(None, "/", None, linux.MS_REC | linux.MS_PRIVATE)
+            fd = os.open(root, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)  # (one of this mount namespace)
+            results = []
+            under = rootfs.open_in_root(fd, "/a/b")
+            linux.mount("tmpfs", rootfs.fd_path(under), "tmpfs", 0, "size=64k")
+            over = rootfs.reopen_mounted(fd, "/a/b", under)
+            results.append("direct:ok")
+            linux.mount("tmpfs", rootfs.fd_path(over), "tmpfs", 0, "size=64k")  # stacked on the first
+            for name, args in (("stacked", ("/a/b", under)), ("elsewhere", ("/etc", under))):
+                try:
+                    os.close(rootfs.reopen_mounted(fd, *args))
+                    results.append(f"{name}:ok")
+                except OSError as exc:
+                    results.append(f"{name}:{errno.errorcode.get(exc.errno, exc.errno)}")
+            os.write(w, " ".join(results).encode())
+            code = 0
+        finally:
+            os._exit(code)
+    os.close(w)
+    out = os.read(r, 4096).decode()
+    os.close(r)
+    assert os.waitpid(pid, 0)[1] == 0, out
+    assert out == "direct:ok stacked:EAGAIN elsewhere:EAGAIN"
