@@ -159,6 +159,8 @@ def _serve(config_path: str | None) -> int:
     from runtime import spawner as spawner_mod
 
     spawner = spawner_mod.start()  # before grpc exists in this process (see the module docstring)
+    if spawner.warning:
+        log.get("daemon").warning("spawner", warning=spawner.warning)
     from pycri.daemon import DaemonError, serve  # imports grpc
 
     try:

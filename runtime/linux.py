@@ -5,6 +5,7 @@ Every wrapper raises OSError(errno, message) on failure, so callers get one erro
 from __future__ import annotations
 
 import ctypes
+import errno
 import fcntl
 import os
 import platform
@@ -268,11 +269,22 @@ def close_all_but(keep) -> None:
     os.closerange(low, 1 << 20)
 
 
+MFD_EXEC = 0x10      # (Linux 6.3)
+F_SEAL_EXEC = 0x20   # (Linux 6.3)
+
+
 def sealed_copy(path: str, name: str, min_fd: int = 0) -> str:
     """A sealed memfd copy of the file at path (no write, grow, shrink or new seal: the kernel refuses them to
     everyone), close-on-exec, at an fd >= min_fd; returns "/proc/self/fd/<n>", by which this process (and its
-    forks) can execute it. The fd stays open for the process's life."""
-    fd = os.memfd_create(name, os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
+    forks) can execute it. The fd stays open for the process's life. Where the kernel knows them (6.3+), it is
+    made executable on purpose (MFD_EXEC: vm.memfd_noexec=1 would make it not executable) and its mode sealed
+    (F_SEAL_EXEC)."""
+    try:
+        fd = os.memfd_create(name, os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING | MFD_EXEC)
+    except OSError as exc:
+        if exc.errno != errno.EINVAL:
+            raise
+        fd = os.memfd_create(name, os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
     if fd < min_fd:
         moved = fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, min_fd)
         os.close(fd)
@@ -289,8 +301,14 @@ def sealed_copy(path: str, name: str, min_fd: int = 0) -> str:
                 sent += n
         finally:
             os.close(src)
-        fcntl.fcntl(fd, fcntl.F_ADD_SEALS, fcntl.F_SEAL_SEAL | fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW
-                    | fcntl.F_SEAL_WRITE)
+        seals = fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | fcntl.F_SEAL_WRITE
+        try:
+            fcntl.fcntl(fd, fcntl.F_ADD_SEALS, seals | F_SEAL_EXEC)
+        except OSError as exc:
+            if exc.errno != errno.EINVAL:
+                raise
+            fcntl.fcntl(fd, fcntl.F_ADD_SEALS, seals)
+        fcntl.fcntl(fd, fcntl.F_ADD_SEALS, fcntl.F_SEAL_SEAL)
     except BaseException:
         os.close(fd)
         raise

@@ -12,6 +12,7 @@ Requests and answers are JSON lines over a socketpair. The spawner exits when th
 """
 from __future__ import annotations
 
+import errno
 import json
 import os
 import socket
@@ -34,6 +35,7 @@ class Spawner:
         self._proc = proc  # subprocess.Popen
         self.pid = proc.pid
         self._lock = threading.Lock()
+        self.warning: str | None = None  # how it runs less safely than it should (start() says)
 
     def spawn_monitor(self, pod_id: str, state_dir: str) -> str:
         """Start a detached monitor for a pod; returns its socket path once it listens."""
@@ -66,20 +68,42 @@ def start() -> Spawner:
 
     It runs from a sealed memfd copy of the interpreter, and so do the monitors it forks and the Python children
     they clone into containers: a process of a container that opened one's /proc/<pid>/exe would get that copy,
-    which no one can write, not the host's interpreter (CVE-2019-5736; the children are non-dumpable as well)."""
-    import subprocess
+    which no one can write, not the host's interpreter (CVE-2019-5736; the children are non-dumpable as well).
+    An interpreter that cannot run from a copy (one that finds its libraries relative to its own path) runs from
+    its file, and the Spawner says so in .warning."""
     from runtime import linux
     exe = linux.sealed_copy(os.path.realpath(sys.executable), "python")
-    exe_fd = int(exe.rsplit("/", 1)[1])
+    try:
+        return _start(exe)
+    except (OSError, SpawnerError) as exc:  # only what says that the copy does not run
+        if isinstance(exc, OSError) and exc.errno not in (errno.ENOEXEC, errno.EACCES, errno.ENOENT, errno.EPERM):
+            raise
+        sp = _start(None)
+        sp.warning = (f"the interpreter does not run from a sealed copy ({exc}): monitors and their Python "
+                      f"children run from {os.path.realpath(sys.executable)}, which a container's root could "
+                      "open while one enters it (CVE-2019-5736)")
+        return sp
+
+
+def _start(exe: str | None) -> Spawner:
+    """The spawner, run from exe ("/proc/self/fd/<n>", closed here) or from sys.executable (None)."""
+    import subprocess
+    exe_fd = int(exe.rsplit("/", 1)[1]) if exe is not None else -1
     parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-    code = (f"import os; os.close({exe_fd}); import sys; sys.path.insert(0, {_ROOT!r}); "
+    close_exe = f"os.close({exe_fd}); " if exe is not None else ""
+    code = (f"import os; {close_exe}import sys; sys.path.insert(0, {_ROOT!r}); "
             f"from runtime.spawner import main; main({child.fileno()})")
     try:
         # argv[0] stays the interpreter's path: Python finds its standard library from it
-        proc = subprocess.Popen([sys.executable, "-S", "-c", code], executable=exe,
-                                pass_fds=[child.fileno(), exe_fd], stdin=subprocess.DEVNULL, close_fds=True)
+        proc = subprocess.Popen([sys.executable, "-S", "-c", code], executable=exe or sys.executable,
+                                pass_fds=[child.fileno()] + ([exe_fd] if exe is not None else []),
+                                stdin=subprocess.DEVNULL, close_fds=True)
+    except BaseException:
+        parent.close()
+        raise
     finally:
-        os.close(exe_fd)
+        if exe is not None:
+            os.close(exe_fd)
         child.close()
     sp = Spawner(parent, proc)
     ready = sp._file.readline()

@@ -212,6 +212,32 @@ def test_spawner_monitor_outlives_spawner(tmp_root, bundle):
     _wait_for(lambda: not linux.is_alive(mpid, None))
 
 
+def test_a_spawner_that_cannot_run_from_a_sealed_copy_runs_from_the_file_and_says_so(monkeypatch, tmp_root):
+    """Where the interpreter does not run from its sealed copy (here: the copy is of a program that exits at
+    once), the spawner still starts, from the interpreter's file, with a warning that the daemon logs; where it
+    does, no warning."""
+    import tempfile
+    from runtime import spawner
+    sp = spawner.start()
+    try:
+        assert sp.warning is None and os.readlink(f"/proc/{sp.pid}/exe").startswith("/memfd:python")
+    finally:
+        sp.close()
+    real = linux.sealed_copy
+    monkeypatch.setattr(linux, "sealed_copy", lambda path, name, min_fd=0: real("/bin/false", name, min_fd))
+    sp = spawner.start()
+    try:
+        assert "does not run from a sealed copy" in (sp.warning or "")
+        assert os.readlink(f"/proc/{sp.pid}/exe") == os.path.realpath(sys.executable)
+        state_dir = tempfile.mkdtemp(prefix="s", dir=tmp_root)
+        c = MonitorClient(sp.spawn_monitor("pod-w", state_dir))
+        mpid = state.read_json(os.path.join(state_dir, "monitor.json"))["pid"]
+        c.shutdown()
+        _wait_for(lambda: not linux.is_alive(mpid, None))
+    finally:
+        sp.close()
+
+
 def test_spawner_process_imports_no_threading():
     """The spawner process (runtime.spawner.main's imports) loads neither threading nor subprocess: threading's
     at-fork handler would run in every monitor fork (0.23 MiB of private memory per pod, see spawner.main)."""
