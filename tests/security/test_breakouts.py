@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from pycri.api import api_pb2 as cri
-from runtime import fastinit
+from runtime import fastinit, linux
 from tests.lifecycle.test_handlers import handler_daemon  # noqa: F401 - fixture
 from tests.security.ctx_helpers import log_stdout
 
@@ -183,6 +183,43 @@ def test_what_enters_a_container_holds_only_its_stdio(init_kubelet, attack_dir):
     assert all(t.startswith("/dev/pts/") for t in fds.values()), fds
     assert cwd == "/", cwd
 
+
+
+def test_a_terminal_exec_opens_no_host_file_a_container_points_its_dev_ptmx_at(kubelet, tmp_path):
+    """For a terminal exec the monitor (host root) opens the container's /dev/ptmx and /dev/pts/<n>. A container
+    owns its /dev: it made /dev/ptmx a symlink to a host path (an absolute symlink under /proc/<pid>/root is
+    followed from the opener's root: the host's). The monitor must not open that host file (a device of the
+    host's could act on being opened), and the exec still gets a terminal."""
+    from tests.streaming.helpers import run
+    from tests.streaming.sessions import open_session
+
+    IN_OPEN = 0x20
+    target = tmp_path / "host-file"
+    target.write_text("host")
+    sid, pod = kubelet.run_pod("ptmx")
+    c = kubelet.start(sid, pod, "c", command=["sleep", "3600"])
+    r = kubelet.exec(c, "sh", "-c", f"rm -f /dev/ptmx && ln -s {target} /dev/ptmx && ls -l /dev/ptmx")
+    assert r.exit_code == 0 and str(target).encode() in r.stdout, r
+    watch = linux.inotify_watch(str(target), IN_OPEN)
+    try:
+        req = cri.ExecRequest(container_id=c, cmd=["sh", "-c", "tty; echo done"], tty=True, stdout=True)
+        url = kubelet.rt.Exec(req, timeout=10).url
+
+        async def terminal() -> bytes:
+            session = await open_session(url, "spdy", req)
+            out, _err, _status = await session.finish()
+            return out
+
+        out = run(terminal()).decode()
+        try:
+            opened = os.read(watch, 4096)
+        except BlockingIOError:
+            opened = b""
+    finally:
+        os.close(watch)
+    assert not opened, f"the monitor opened {target} through the container's /dev/ptmx"
+    assert "done\r\n" in out, out  # (through a terminal: its line discipline writes "\r\n"; the host's pty
+    # when the container's cannot be used, whose name the container cannot resolve: `tty` says "not a tty")
 
 
 def _write_refused(path: str) -> str | None:
