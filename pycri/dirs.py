@@ -46,6 +46,27 @@ def private_dir(path: Path, group: int | None = None, mode: int = 0o700) -> Path
     return path
 
 
+def secure_pod_dir(pod_dir: Path, group: int | None) -> None:
+    """Set the modes above on a pod dir made by an older pycri (at every start: pods outlive an upgrade): the
+    pod dir, its bundles dir and each bundle, and the files in them that hold a spec or a log. A pod dir that is
+    gone is left gone."""
+    if not pod_dir.is_dir() or pod_dir.is_symlink():
+        return
+    private_dir(pod_dir, group)
+    bundles = pod_dir / "bundles"
+    entries = [pod_dir]
+    if bundles.is_dir():
+        private_dir(bundles, group)
+        for entry in os.scandir(bundles):
+            if entry.is_dir(follow_symlinks=False):
+                private_dir(Path(entry.path), group)
+                entries.append(Path(entry.path))
+    for d in entries:
+        for name in ("config.json", "monitor.log"):
+            if (d / name).is_file() and not (d / name).is_symlink():
+                os.chmod(d / name, 0o600)
+
+
 def write_private(path: Path, data: str) -> None:
     """Replace path with data, mode 0600 from the start (a spec holds the container's env: secrets)."""
     tmp = path.with_name(f".{path.name}.tmp")

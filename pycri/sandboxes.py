@@ -23,7 +23,7 @@ from runtime.client import MonitorError
 from pycri import log
 from pycri.api import api_pb2 as cri
 from pycri.cadvisor_metrics import read_net_dev
-from pycri.dirs import private_dir, write_private
+from pycri.dirs import private_dir, secure_pod_dir, write_private
 from pycri.errors import FailedPrecondition, InvalidArgument, NotFound, TeardownError
 from pycri.network.cni import CNIError, PodNetworkArgs, pod_ips
 from pycri.network.cniconf import load_network_config
@@ -432,6 +432,11 @@ class Sandboxes:
                     _log.error("undoing an interrupted sandbox creation failed", pod_sandbox_id=rec.id,
                                error=str(exc))
                 continue
+            if rec.pod_dir:
+                try:
+                    secure_pod_dir(Path(rec.pod_dir), pod_root_group(rec.config))
+                except OSError as exc:
+                    _log.warning("cannot set the modes of a pod dir", pod_sandbox_id=rec.id, error=str(exc))
             if rec.state == SB_READY:
                 self._watch_infra(rec)
             else:  # a pod that is not ready may still have running containers

@@ -93,3 +93,27 @@ def test_a_node_user_reaches_nothing_of_pods_images_and_layers(kubelet, pod_daem
     tops = {str(d.root), str(d.state), str(d.state / "p")}
     assert [p for p in found["stat"] if os.path.dirname(p) not in tops] == [], found["stat"]
     assert found["list"] == [] and found["read"] == [] and found["exec"] == [], found
+
+
+def test_pods_made_by_an_older_pycri_are_closed_at_the_next_start(kubelet, pod_daemon, tmp_path):
+    """Pods outlive an upgrade. A pod dir left as an older pycri made it (0755 dirs, a world-readable spec and
+    monitor log) is given the modes above when the daemon starts, and the pod still works."""
+    d = pod_daemon
+    sid, pod = kubelet.run_pod("older")
+    cid = kubelet.start(sid, pod, "env", command=["sleep", "3600"], envs=[cri.KeyValue(key="TOKEN", value="s3cret")])
+    older = tree(d.state / "p")
+    assert any(p.endswith("/config.json") for p in older) and any(p.endswith("/monitor.log") for p in older)
+    for path in [d.state / "p" / sid[:16], *map(Path, older)]:
+        if not path.is_symlink() and not path.is_socket():
+            os.chmod(path, 0o755 if path.is_dir() else 0o644)
+    d.restart()
+    workdir_mode = d.workdir.stat().st_mode & 0o777
+    os.chmod(d.workdir, 0o711)
+    try:
+        found = walk_as(NOBODY, tree(d.state / "p"), tmp_path)
+    finally:
+        os.chmod(d.workdir, workdir_mode)
+    assert [p for p in found["stat"] if os.path.dirname(p) != str(d.state / "p")] == [], found["stat"]
+    assert found["list"] == [] and found["read"] == [], found
+    r = d.runtime.ExecSync(cri.ExecSyncRequest(container_id=cid, cmd=["sh", "-c", "echo $TOKEN"], timeout=20))
+    assert r.stdout == b"s3cret\n"
