@@ -507,8 +507,6 @@ class CgroupV2(Cgroup):
         blkio = r.get("blockIO") or {}
         if blkio.get("weight"):
             out["io.weight"] = f"default {blkio_weight_to_io(int(blkio['weight']))}"
-        if r.get("devices"):
-            warnings.append("device rules need eBPF on cgroup v2: not applied")
         for key, value in (r.get("unified") or {}).items():
             if "/" in key or key.startswith("cgroup.") or key in ("", ".", ".."):
                 raise CgroupError(f"bad unified cgroup key {key!r}")
@@ -516,6 +514,8 @@ class CgroupV2(Cgroup):
         return out, warnings
 
     def apply(self, resources: dict | None) -> list[str]:
+        """The files of files_for, and the device rules as a program attached to the cgroup (runtime/devicefilter.py;
+        each apply with rules attaches one more, and all must allow: the CRI never updates device rules)."""
         files, warnings = self.files_for(resources)
         for name, value in files.items():
             path = os.path.join(self.dir, name)
@@ -525,6 +525,13 @@ class CgroupV2(Cgroup):
                     continue
                 raise CgroupError(f"cgroup file {path} does not exist (controller not enabled?)")
             _write(path, value)
+        devices = (resources or {}).get("devices")
+        if devices:
+            from runtime import devicefilter  # (only where there is cgroup v2)
+            try:
+                devicefilter.attach(self.dir, devices)
+            except (OSError, devicefilter.DeviceRuleError) as exc:
+                raise CgroupError(f"device rules of {self.path}: {exc}") from None
         return warnings
 
     def attach(self, pid: int) -> None:

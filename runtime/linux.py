@@ -72,10 +72,10 @@ PR_CAP_AMBIENT_CLEAR_ALL = 4
 _ARCH = platform.machine()
 if _ARCH == "x86_64":
     SYS = {"clone": 56, "pivot_root": 155, "capget": 125, "capset": 126, "setns": 308,
-           "pidfd_open": 434, "gettid": 186, "mount_setattr": 442, "openat2": 437}
+           "pidfd_open": 434, "gettid": 186, "mount_setattr": 442, "openat2": 437, "bpf": 321}
 elif _ARCH == "aarch64":
     SYS = {"clone": 220, "pivot_root": 41, "capget": 90, "capset": 91, "setns": 268,
-           "pidfd_open": 434, "gettid": 178, "mount_setattr": 442, "openat2": 437}
+           "pidfd_open": 434, "gettid": 178, "mount_setattr": 442, "openat2": 437, "bpf": 280}
 else:  # pragma: no cover - we only ship for these two
     raise ImportError(f"runtime.linux: unsupported architecture {_ARCH}")
 
@@ -160,6 +160,12 @@ def openat2(dir_fd: int, path: str, flags: int, resolve: int, mode: int = 0) -> 
     ret = libc.syscall(SYS["openat2"], ctypes.c_int(dir_fd), os.fsencode(path), ctypes.byref(how),
                        ctypes.c_size_t(ctypes.sizeof(how)))
     return _check(ret, f"openat2 {path!r}")
+
+
+def bpf(cmd: int, attr: bytes) -> int:
+    """bpf(2) with attr (a union bpf_attr, packed by the caller); returns what it returns (an fd, or 0)."""
+    buf = ctypes.create_string_buffer(attr, len(attr))
+    return _check(libc.syscall(SYS["bpf"], ctypes.c_int(cmd), buf, ctypes.c_uint(len(attr))), f"bpf({cmd})")
 
 
 _HAVE: dict[str, bool] = {}
