@@ -8,6 +8,7 @@ allow-list) follow containerd's so that images behave the same on both.
 
 from __future__ import annotations
 
+import functools
 import os
 import stat
 from dataclasses import dataclass, field
@@ -358,8 +359,20 @@ def host_devices(root: str = "/dev") -> list[dict]:
     return out
 
 
-def _namespaces(paths: PodPaths, *, new_pid: bool) -> list[dict]:
+@functools.cache
+def host_cgroup_v2() -> bool:
+    """Whether this host's cgroups are v2 (unified): containers then get a cgroup namespace of their own."""
+    from runtime.cgroups import detect_version
+    return detect_version() == 2
+
+
+def _namespaces(paths: PodPaths, *, new_pid: bool, privileged: bool) -> list[dict]:
+    """The spec's namespaces. On cgroup v2 a non-privileged container gets a cgroup namespace of its own, rooted
+    at its cgroup, as containerd gives it: /sys/fs/cgroup shows its own limits (memory.max), which runtimes
+    such as the JVM's, Go's and Node's size themselves by."""
     ns = [{"type": "mount"}]
+    if host_cgroup_v2() and not privileged:
+        ns.append({"type": "cgroup"})
     if paths.user_ns is not None:
         ns.append({"type": "user", "path": paths.user_ns} if paths.user_ns else {"type": "user"})
     if paths.net_ns is not None:  # "": a new one (the infra of a pod with a user namespace makes it)
@@ -420,7 +433,8 @@ def sandbox_spec(config: cri.PodSandboxConfig, image_config: dict, sandbox_id: s
         },
         "linux": {
             "cgroupsPath": cgroups_path(cgroup_driver, linux.cgroup_parent, sandbox_id),
-            "namespaces": _namespaces(spec_paths, new_pid=opts.pid != cri.NamespaceMode.NODE),
+            "namespaces": _namespaces(spec_paths, new_pid=opts.pid != cri.NamespaceMode.NODE,
+                                      privileged=sc.privileged),
             "resources": {"devices": list(DEFAULT_DEVICE_RULES), **resources(
                 linux.resources if linux.HasField("resources") else None)},
             "sysctl": validate_sysctls(dict(linux.sysctls), opts),
@@ -514,7 +528,7 @@ def container_spec(config: cri.ContainerConfig, sandbox_config: cri.PodSandboxCo
         },
         "linux": {
             "cgroupsPath": cgroups_path(cgroup_driver, sandbox_config.linux.cgroup_parent, container_id),
-            "namespaces": _namespaces(pid_paths, new_pid=new_pid),
+            "namespaces": _namespaces(pid_paths, new_pid=new_pid, privileged=privileged),
             "resources": res,
             "devices": dev_nodes,
         },

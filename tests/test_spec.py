@@ -190,3 +190,14 @@ def test_bad_sysctl_paths_are_refused(bad):
     from runtime.rootfs import sysctl_path
     with pytest.raises(ValueError):
         sysctl_path(bad)
+
+
+def test_on_cgroup_v2_a_container_gets_a_cgroup_namespace_unless_privileged(monkeypatch, tmp_path):
+    """containerd's rule: on a cgroup v2 host, non-privileged containers (and sandboxes) get a cgroup namespace of
+    their own (their /sys/fs/cgroup is their cgroup, with their memory.max); privileged ones and v1 hosts keep
+    the host's."""
+    for v2 in (True, False):
+        monkeypatch.setattr(s, "host_cgroup_v2", lambda v2=v2: v2)
+        for privileged in (False, True):
+            kinds = [n["type"] for n in s._namespaces(s.PodPaths(), new_pid=True, privileged=privileged)]
+            assert ("cgroup" in kinds) == (v2 and not privileged), (v2, privileged, kinds)
