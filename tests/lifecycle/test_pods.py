@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import concurrent.futures
+import ipaddress
 import json
 import os
 import socket
@@ -39,7 +40,7 @@ def test_pod_ip_is_reachable_from_the_host_over_the_bridge(kubelet):
     sid, pod = kubelet.run_pod("reach")
     kubelet.start(sid, pod, "server", command=HTTPD)
     ip = kubelet.pod_status(sid).network.ip
-    assert ip.startswith("10.240.0.")
+    assert ipaddress.ip_address(ip) in ipaddress.ip_network(kubelet.d.subnet)
 
     def fetch():
         with urllib.request.urlopen(f"http://{ip}:80/", timeout=2) as r:

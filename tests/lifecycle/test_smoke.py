@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import ipaddress
+
 import grpc
 import pytest
 
@@ -14,7 +16,7 @@ def test_pod_with_a_container(pod_daemon, registry, tmp_path):
     sid = rt.RunPodSandbox(cri.RunPodSandboxRequest(config=pod_config(log_dir=str(tmp_path)))).pod_sandbox_id
     status = rt.PodSandboxStatus(cri.PodSandboxStatusRequest(pod_sandbox_id=sid)).status
     assert status.state == cri.SANDBOX_READY
-    assert status.network.ip.startswith("10.240.0.")
+    assert ipaddress.ip_address(status.network.ip) in ipaddress.ip_network(pod_daemon.subnet)
     ref = registry.ref("busybox")
     img.PullImage(cri.PullImageRequest(image=cri.ImageSpec(image=ref)))
     cid = rt.CreateContainer(cri.CreateContainerRequest(
