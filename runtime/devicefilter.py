@@ -98,6 +98,9 @@ def program(rules: list[dict]) -> bytes:
     return b"".join(insns)
 
 
+PROG_LOAD_ATTEMPTS = 5
+
+
 def load(rules: list[dict]) -> int:
     """The program for rules, loaded: its fd (close-on-exec). OSError from the kernel (with the last line of
     its verifier's log when it refuses the program)."""
@@ -110,10 +113,13 @@ def load(rules: list[dict]) -> int:
         return struct.pack("<IIQQIIQII16sII", BPF_PROG_TYPE_CGROUP_DEVICE, len(code) // 8, ctypes.addressof(insns),
                            ctypes.addressof(license_), log_level, len(log) if log_level else 0,
                            ctypes.addressof(log) if log_level else 0, 0, 0, b"pycri_devices", 0, 0)
-    try:
-        return linux.bpf(BPF_PROG_LOAD, attr(0))  # (the kernel gives bpf fds O_CLOEXEC)
-    except OSError as exc:
-        err = exc.errno
+    for _ in range(PROG_LOAD_ATTEMPTS):
+        try:
+            return linux.bpf(BPF_PROG_LOAD, attr(0))  # (the kernel gives bpf fds O_CLOEXEC)
+        except OSError as exc:
+            err = exc.errno
+        if err != errno.EAGAIN:  # (the verifier gives up with EAGAIN when a signal is pending: libbpf
+            break                # loads again, so do we)
     detail = ""
     if err in (errno.EACCES, errno.EINVAL):  # the verifier's reason, once more with its log
         try:
