@@ -195,6 +195,8 @@ class MonitorClient:
             raise MonitorError(f"monitor at {self.socket_path} is not running: {exc.strerror}") from None
         except socket.timeout:
             raise MonitorError(f"monitor at {self.socket_path}: {op} timed out") from None
+        except (ConnectionResetError, BrokenPipeError):  # (a monitor that died with our request unread)
+            raise MonitorError(f"monitor at {self.socket_path} closed the connection during {op}") from None
         except OSError as exc:
             raise MonitorError(f"monitor at {self.socket_path}: {op}: {exc}") from None
         finally:
