@@ -124,7 +124,11 @@ class SystemdCgroup(cgroups.Cgroup):
 
     def _join_everywhere(self, pid: int) -> None:
         """v1: the hierarchies systemd does not manage (cpuset, hugetlb, freezer, ...) get our own directory.
-        systemd may still be realizing (or trimming) its own ones as we go: retry a vanished directory."""
+        systemd may still be realizing (or trimming) its own ones as we go: retry a vanished directory. v2: one
+        hierarchy, where systemd made the scope and put pid in it; the slices' and the scope's subtree_control
+        are systemd's to write (doing it too fails with EBUSY under a nested systemd)."""
+        if self.version == 2:
+            return
         for attempt in range(50):
             try:
                 self.fs.create()

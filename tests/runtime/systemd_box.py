@@ -3,7 +3,9 @@
 The box has its own mount, pid, cgroup, uts and ipc namespaces, shares the host's network and filesystem
 (with a private /run, where systemd's private D-Bus socket lives), and is rooted in a cgroup of its own in
 every hierarchy. systemd boots a target with no dependencies, so it starts nothing but itself (and the
-handful of mount units it always has). Commands run in the box through nsenter.
+handful of mount units it always has). Commands run in the box through nsenter. On cgroup v2 the box's root
+cgroup holds no process but systemd (a cgroup with processes cannot enable controllers for its children):
+commands, and the `unshare` that made the box, wait in a leaf `commands` of it, beside systemd's units.
 """
 
 from __future__ import annotations
@@ -17,9 +19,12 @@ import time
 import uuid
 
 SYSTEMD = "/lib/systemd/systemd"
+V2 = os.path.exists("/sys/fs/cgroup/cgroup.controllers")
+MEMORY_LIMIT = "MemoryMax" if V2 else "MemoryLimit"  # the unit property that holds a memory limit
 
 _BOOT = r"""
 set -e
+read -r go  # (start() moves the unshare process out of the box's root cgroup first)
 mount --make-rprivate /
 mount -t tmpfs -o mode=0755 tmpfs /run
 mkdir -p /run/systemd/system
@@ -44,7 +49,7 @@ exec env -u PYCRI_RUNTIME_TEST """ + SYSTEMD + r""" --system --unit=pycri-box.ta
 
 
 def _cgroup_roots() -> list[str]:
-    if os.path.exists("/sys/fs/cgroup/cgroup.controllers"):
+    if V2:
         return ["/sys/fs/cgroup"]
     return sorted({os.path.join("/sys/fs/cgroup", d) for d in os.listdir("/sys/fs/cgroup")
                    if os.path.ismount(os.path.join("/sys/fs/cgroup", d))})
@@ -54,6 +59,7 @@ class SystemdBox:
     def __init__(self) -> None:
         self.name = f"pycri-sdbox-{uuid.uuid4().hex[:8]}"
         self.dirs = [os.path.join(root, self.name) for root in _cgroup_roots()]
+        self.leaf = os.path.join(self.dirs[0], "commands") if V2 else None
         self.proc: subprocess.Popen | None = None
         self.log = tempfile.TemporaryFile()  # systemd's own messages, shown when it fails to boot
 
@@ -74,9 +80,20 @@ class SystemdBox:
         env = {k: v for k, v in os.environ.items() if k != "PYCRI_RUNTIME_TEST"}
         self.proc = subprocess.Popen(
             ["unshare", "--pid", "--fork", "--mount", "--cgroup", "--uts", "--ipc", "--mount-proc",
-             "sh", "-c", _BOOT], preexec_fn=self.enter_cgroups, env=env,
-            stdout=subprocess.DEVNULL, stderr=self.log)
+             "sh", "-c", _BOOT], preexec_fn=self._enter_root, env=env,
+            stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=self.log)
         deadline = time.monotonic() + timeout
+        if self.leaf:
+            os.makedirs(self.leaf, exist_ok=True)
+            own = os.stat("/proc/self/ns/cgroup").st_ino
+            while os.stat(f"/proc/{self.proc.pid}/ns/cgroup").st_ino == own:  # until unshare has made the ns
+                if self.proc.poll() is not None or time.monotonic() > deadline:
+                    break
+                time.sleep(0.005)
+            with open(os.path.join(self.leaf, "cgroup.procs"), "w") as f:
+                f.write(str(self.proc.pid))
+        self.proc.stdin.write(b"go\n")
+        self.proc.stdin.close()
         while True:
             if self.proc.poll() is not None:
                 self.log.seek(0)
@@ -100,17 +117,23 @@ class SystemdBox:
     def command(self, argv: list[str]) -> list[str]:
         return ["nsenter", "-t", str(self.pid), "-m", "-p", "-C", "-u", "-i", "--"] + argv
 
-    def enter_cgroups(self) -> None:
-        """(preexec) Move the calling process into the box's cgroups: nsenter does not, and a process outside the
-        box's cgroup namespace root is where systemd does not expect one."""
+    def _enter_root(self) -> None:
         for d in self.dirs:
             with open(os.path.join(d, "cgroup.procs"), "w") as f:
                 f.write("0")
 
+    def enter_cgroups(self) -> None:
+        """(preexec) Move the calling process into the box's cgroups: nsenter does not, and a process outside the
+        box's cgroup namespace root is where systemd does not expect one."""
+        if self.leaf:
+            with open(os.path.join(self.leaf, "cgroup.procs"), "w") as f:
+                f.write("0")
+        else:
+            self._enter_root()
+
     def host_cgroup(self, controller: str, path: str) -> str:
         """The host's path of a cgroup the box calls `path` (v1: in `controller`'s hierarchy)."""
-        root = "/sys/fs/cgroup" if os.path.exists("/sys/fs/cgroup/cgroup.controllers") else \
-            f"/sys/fs/cgroup/{controller}"
+        root = "/sys/fs/cgroup" if V2 else f"/sys/fs/cgroup/{controller}"
         return f"{root}/{self.name}{path}"
 
     def stop(self) -> None:
