@@ -534,6 +534,11 @@ class CgroupV2(Cgroup):
                 raise CgroupError(f"device rules of {self.path}: {exc}") from None
         return warnings
 
+    def self_attach_paths(self) -> list[bytes] | None:
+        """cgroup.procs: "0" moves the writer's whole process (v2 has no per-thread `tasks` file, and takes the
+        threadgroup lock either way). Lets an OCI runtime started by the monitor start in the cgroup."""
+        return [os.fsencode(os.path.join(self.dir, "cgroup.procs"))]
+
     def attach(self, pid: int) -> None:
         _write(os.path.join(self.dir, "cgroup.procs"), pid)
 
