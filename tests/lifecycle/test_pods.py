@@ -15,9 +15,16 @@ import grpc
 import pytest
 
 from pycri.api import api_pb2 as cri
+from runtime import cgroups
 from tests.lifecycle.conftest import container_config, pod_config
 
 HTTPD = ["sh", "-c", "mkdir -p /www && echo served-by-$(hostname) > /www/index.html && exec httpd -f -p 80 -h /www"]
+V2 = os.path.exists("/sys/fs/cgroup/cgroup.controllers")
+
+
+def cgroup_dir(path: str, controller: str = "memory") -> str:
+    """A cgroup's directory on the host: in controller's hierarchy on v1, in the one tree on v2."""
+    return f"/sys/fs/cgroup{path}" if V2 else f"/sys/fs/cgroup/{controller}{path}"
 
 
 def test_two_containers_share_the_pod_network_ipc_and_uts(kubelet):
@@ -247,10 +254,10 @@ def test_oom_killed_reason_with_exit_137(kubelet, pod_cgroup):
                         linux=cri.LinuxContainerConfig(resources=res))
     st = kubelet.wait_exited(cid)
     assert (st.exit_code, st.reason) == (137, "OOMKilled")
-    assert os.path.isdir(f"/sys/fs/cgroup/memory{pod_cgroup}/{sid}")  # named as the kubelet expects
+    assert os.path.isdir(cgroup_dir(f"{pod_cgroup}/{sid}"))  # named as the kubelet expects
     kubelet.rt.StopPodSandbox(cri.StopPodSandboxRequest(pod_sandbox_id=sid))
     kubelet.rt.RemovePodSandbox(cri.RemovePodSandboxRequest(pod_sandbox_id=sid))
-    assert not os.path.exists(f"/sys/fs/cgroup/memory{pod_cgroup}/{cid}")
+    assert not os.path.exists(cgroup_dir(f"{pod_cgroup}/{cid}"))
 
 
 def test_stats_change_with_load(kubelet):
@@ -452,12 +459,15 @@ def test_update_container_resources_applies_live(kubelet):
     sid, pod = kubelet.run_pod("update")
     res = cri.LinuxContainerResources(memory_limit_in_bytes=64 << 20, cpu_shares=256)
     cid = kubelet.start(sid, pod, "c", command=["sleep", "3600"], linux=cri.LinuxContainerConfig(resources=res))
-    memory = f"/sys/fs/cgroup/memory/pycri/{cid}/memory.limit_in_bytes"
+    memory = cgroup_dir(f"/pycri/{cid}") + ("/memory.max" if V2 else "/memory.limit_in_bytes")
     assert int(open(memory).read()) == 64 << 20
     kubelet.rt.UpdateContainerResources(cri.UpdateContainerResourcesRequest(
         container_id=cid, linux=cri.LinuxContainerResources(memory_limit_in_bytes=128 << 20, cpu_shares=512)))
     assert int(open(memory).read()) == 128 << 20
-    assert int(open(f"/sys/fs/cgroup/cpu/pycri/{cid}/cpu.shares").read()) == 512
+    if V2:
+        assert int(open(cgroup_dir(f"/pycri/{cid}") + "/cpu.weight").read()) == cgroups.shares_to_weight(512)
+    else:
+        assert int(open(cgroup_dir(f"/pycri/{cid}", "cpu") + "/cpu.shares").read()) == 512
     st = kubelet.status(cid)
     assert st.resources.linux.memory_limit_in_bytes == 128 << 20
 

@@ -24,7 +24,7 @@ env | sort
 awk '{ for (i = 7; $i != "-"; i++); print $5, $6, $(i+1), $(i+3) }' /proc/self/mountinfo
 ls -ln /dev | awk '{print $1, $3, $4, $5, $6, $NF}'
 wc -c < /proc/kcore; ls /sys/firmware | wc -l
-(echo 1 > /proc/sys/kernel/ns_last_pid) 2>&1 | sed 's/.*: //'
+(echo probe > /proc/sys/kernel/domainname) 2>&1 | sed 's/.*: //'
 (touch /proc/sysrq-trigger) 2>&1 | sed 's/.*: //'
 (touch /probe-rootfs && echo rootfs-rw) 2>&1 | sed 's/.*: //'; rm -f /probe-rootfs
 cat /proc/sys/net/ipv4/ip_forward

@@ -90,7 +90,8 @@ def test_exec_exit_code_output_cap_and_timeout(mon, bundle):
 def test_exec_shares_cgroup(mon, bundle, cgroup_path):
     start(mon, "c", bundle(["sleep", "1000"], mutate=lambda s: s["linux"].update(cgroupsPath=cgroup_path)))
     r = mon.client.exec("c", {"args": ["cat", "/proc/self/cgroup"]})
-    assert f"memory:{cgroup_path}" in r.stdout.decode()
+    with open(f"/proc/{mon.client.state('c')['pid']}/cgroup") as f:  # (v1: a line per hierarchy; v2: "0::")
+        assert r.stdout.decode() == f.read() and f":{cgroup_path}\n" in r.stdout.decode()
     mon.client.delete("c", force=True)
 
 
