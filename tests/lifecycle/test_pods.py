@@ -159,7 +159,9 @@ def test_exec_sync_output_exit_code_and_timeout(kubelet):
 
 def test_stop_with_timeout_then_sigkill_and_exit_reasons(kubelet):
     sid, pod = kubelet.run_pod("stop")
-    ignores = kubelet.start(sid, pod, "stubborn", command=["sh", "-c", "trap '' TERM; sleep 3600 & wait"])
+    ignores = kubelet.start(sid, pod, "stubborn",
+                            command=["sh", "-c", "trap '' TERM; touch /trapped; sleep 3600 & wait"])
+    kubelet.until(lambda: kubelet.exec(ignores, "test", "-e", "/trapped").exit_code == 0, what="TERM ignored")
     started = time.monotonic()
     kubelet.rt.StopContainer(cri.StopContainerRequest(container_id=ignores, timeout=1))
     assert 0.8 < time.monotonic() - started < 15
