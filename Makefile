@@ -8,7 +8,7 @@ PY := $(VENV)/bin/python
 APT_PACKAGES := python3-venv gcc libc6-dev iproute2 iptables containernetworking-plugins docker-registry \
 	busybox-static skopeo containerd runc crun sqlite3 systemd
 
-.PHONY: deps venv proto initc images run test install clean
+.PHONY: deps venv proto initc images wheels run test node-test install clean
 
 deps:
 	@missing=""; for p in $(APT_PACKAGES); do dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q 'ok installed' || missing="$$missing $$p"; done; \
@@ -38,6 +38,10 @@ runtime/initc/pycri-init: runtime/initc/pycri-init.c
 images: venv
 	$(PY) hack/build_test_images.py
 
+# pycri's dependencies as wheels (.cache/wheels): what the wheel test and the node image install without an index
+wheels: venv
+	$(PY) hack/node.py wheels
+
 # Start the daemon with working defaults: socket /run/pycri/pycri.sock, state in /var/lib/pycri and /run/pycri,
 # the default bridge network (written at start when /etc/cni/net.d has none), and our pause image imported as
 # registry.k8s.io/pause:3.10 so no registry is needed to run a pod.
@@ -48,8 +52,16 @@ run: deps venv proto initc
 # The suite's leak checks look at the whole machine (mounts, netns, veths, cgroups, iptables chains): two runs at
 # once would see each other's objects, so runs on one machine take turns on this lock.
 TEST_LOCK ?= /tmp/pycri-tests.lock
-test: deps venv proto initc images
+test: deps venv proto initc images wheels
 	flock $(TEST_LOCK) $(VENV)/bin/pytest -q $(PYTEST_ARGS)
+
+# The node suite (tests/node) in a guest with systemd as PID 1 and cgroup v2 only, as most users' nodes are:
+# hack/node.py boots a debootstrap'ed Debian 12 under User-mode Linux (the image is built once, ~100 s, and
+# rebuilt when its recipe changes). The guest is a process of this machine: no lock with `make test` needed.
+node-test: deps venv proto initc images wheels
+	rm -rf .cache/dist build
+	$(PY) -m pip wheel -q --no-deps -w .cache/dist .
+	$(PY) hack/node.py test $(NODE_TEST_ARGS)
 
 # Install on this machine (or under DESTDIR): $(PREFIX)/bin/pycri (runs this checkout's .venv), the systemd unit
 # when systemd runs, and /etc/pycri/config.toml, the default CNI network, /etc/crictl.yaml, /var/lib/pycri when
