@@ -63,12 +63,19 @@ node-test: deps venv proto initc images wheels
 	$(PY) -m pip wheel -q --no-deps -w .cache/dist .
 	$(PY) hack/node.py test $(NODE_TEST_ARGS)
 
-# Install on this machine (or under DESTDIR): $(PREFIX)/bin/pycri (runs this checkout's .venv), the systemd unit
-# when systemd runs, and /etc/pycri/config.toml, the default CNI network, /etc/crictl.yaml, /var/lib/pycri when
-# absent: existing files are never overwritten. `make install INSTALL_ARGS=--dry-run` shows what it would do.
+# Install on this machine (or under DESTDIR) as a node package would: the wheel (`pip wheel .`: the CRI stubs and
+# pycri-init built in) into a venv of its own, $(PYCRI_HOME), its dependencies from .cache/wheels; then
+# $(PREFIX)/bin/pycri, the systemd unit when systemd runs, and /etc/pycri/config.toml, the default CNI network,
+# /etc/crictl.yaml, /var/lib/pycri when absent: existing files are never overwritten.
+# `make install INSTALL_ARGS=--dry-run` shows what hack/install.py would do.
 PREFIX ?= /usr/local
-install: deps venv proto initc
-	$(PY) hack/install.py --destdir "$(DESTDIR)" --prefix "$(PREFIX)" $(INSTALL_ARGS)
+PYCRI_HOME ?= $(PREFIX)/lib/pycri
+install: deps venv wheels
+	rm -rf .cache/dist build
+	$(PY) -m pip wheel -q --no-deps -w .cache/dist .
+	$(PYTHON) -m venv --clear "$(DESTDIR)$(PYCRI_HOME)"
+	"$(DESTDIR)$(PYCRI_HOME)/bin/pip" install -q --no-index --find-links .cache/wheels .cache/dist/pycri-*.whl
+	$(PY) hack/install.py --destdir "$(DESTDIR)" --prefix "$(PREFIX)" --venv "$(DESTDIR)$(PYCRI_HOME)" $(INSTALL_ARGS)
 
 clean:
 	rm -rf $(VENV) .cache build *.egg-info runtime/initc/pycri-init

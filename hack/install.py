@@ -1,7 +1,8 @@
 """`make install`: put pycri on this machine without overwriting anything already there.
 
 Installs, each under DESTDIR when given (for packaging and tests):
-  PREFIX/bin/pycri                  a wrapper running this checkout's .venv/bin/pycri
+  PREFIX/bin/pycri                  a wrapper running --venv's bin/pycri (`make install`: the venv it installed
+                                    the wheel into; default: this checkout's .venv)
   /etc/systemd/system/pycri.service from hack/systemd/pycri.service (when systemd runs here, or with DESTDIR)
   /etc/pycri/config.toml            `pycri config default`, if absent
   /etc/cni/net.d/<default>          pycri's default bridge network, if the dir holds no network config
