@@ -23,6 +23,7 @@ import argparse
 import hashlib
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -173,7 +174,16 @@ def build(force: bool = False) -> Path:
         print(f"image {image} built in {time.monotonic() - t0:.0f} s", flush=True)
         return image
     finally:
+        _unmount_below(work)  # (debootstrap interrupted leaves the chroot's /proc mounted)
         shutil.rmtree(work, ignore_errors=True)
+
+
+def _unmount_below(path: Path) -> None:
+    prefix = str(path) + "/"
+    with open("/proc/self/mountinfo") as f:
+        points = [line.split()[4] for line in f if line.split()[4].startswith(prefix)]
+    for point in sorted(points, key=len, reverse=True):
+        subprocess.run(["umount", "-l", point], check=False)
 
 
 def run(script: str, timeout: float = 1800, keep: bool = False) -> tuple[int, str]:
@@ -191,9 +201,11 @@ def run(script: str, timeout: float = 1800, keep: bool = False) -> tuple[int, st
                                     env={**os.environ, "TMPDIR": str(job)}, start_new_session=True)
             try:
                 proc.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, 9)
+            except BaseException:  # the timeout, or this process told to stop: the guest goes too
+                os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait()
+                if not isinstance(sys.exc_info()[1], subprocess.TimeoutExpired):
+                    raise
         out = (job / "out.txt").read_text(errors="replace") if (job / "out.txt").exists() else ""
         rc_text = (job / "rc").read_text().strip() if (job / "rc").exists() else ""
         rc = int(rc_text) if rc_text.lstrip("-").isdigit() else 124
@@ -207,7 +219,12 @@ def run(script: str, timeout: float = 1800, keep: bool = False) -> tuple[int, st
             shutil.rmtree(job, ignore_errors=True)
 
 
+def _stop(signum, frame):
+    raise SystemExit(128 + signum)  # (so that run() takes its guest down on SIGTERM, e.g. from timeout(1))
+
+
 def main() -> int:
+    signal.signal(signal.SIGTERM, _stop)
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="cmd", required=True)
     sub.add_parser("wheels", help="download the Python dependencies as wheels into .cache/wheels")
