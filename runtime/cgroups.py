@@ -200,6 +200,42 @@ class Cgroup:
         return self.apply(resources)
 
 
+def oom_kill_logged(path: str, pid: int, since: float) -> bool:
+    """Whether the kernel's log (/dev/kmsg) tells of an OOM kill, since `since` (time.monotonic()), of a task
+    in the cgroup at `path` (as this process's cgroup namespace names it: the log names it from the root) or
+    of the process `pid`. For a cgroup gone before its count was read: under the systemd driver, systemd
+    removes the scope once its last process has exited, which can come before the monitor reaps that process,
+    and the kernel delays the memory.events notification of the kill when another came within 10 ms.
+    The kernel writes the log before it sends the SIGKILL; its summary line ("oom-kill:...,task_memcg=...") is
+    rate-limited, its "Killed process <pid>" line is not."""
+    try:
+        fd = os.open("/dev/kmsg", os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError:
+        return False
+    killed = b": Killed process %d (" % pid
+    try:
+        while True:
+            try:
+                record = os.read(fd, 8192)  # one record per read: "<prio>,<seq>,<usec>,<flags>;<text>"
+            except BrokenPipeError:  # overwritten while we read: go on from the oldest left
+                continue
+            except OSError:  # EAGAIN: the end
+                return False
+            head, _, text = record.partition(b";")
+            fields = head.split(b",")
+            if len(fields) < 3 or not fields[2].isdigit() or int(fields[2]) / 1e6 < since - 1:
+                continue  # (1 s: the log's clock and CLOCK_MONOTONIC may differ a little)
+            if killed in text and text.startswith(b"Memory cgroup out of memory"):
+                return True
+            if text.startswith(b"oom-kill:"):
+                start, end = text.find(b",task_memcg="), text.rfind(b",task=")
+                memcg = text[start + len(b",task_memcg="):end].decode(errors="replace") if 0 <= start < end else ""
+                if memcg == path or (path.startswith("/") and memcg.endswith(path)):
+                    return True
+    finally:
+        os.close(fd)
+
+
 class OomWatch:
     """An fd to poll (cgroup v2: inotify on memory.events; v1: an eventfd registered for memory.oom_control).
 

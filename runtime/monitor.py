@@ -150,6 +150,7 @@ class Container:
         self.cgroup: cgroups.Cgroup | None = None
         self.oom_base = 0
         self.oom_seen = 0                     # the highest OOM kill count read while it ran (see _oom_event)
+        self.oom_since = 0.0                  # time.monotonic() when its cgroup began to be watched
         self.oom_watch: cgroups.OomWatch | None = None
         self.log: LogFile | None = None
         self.log_path: str | None = None
@@ -1129,7 +1130,7 @@ class Monitor:
                     c.setup_error = c.proc.setup_outcome()
                     if c.setup_error is not None and not sig:
                         exit_code = 128  # as op_start records a failed set-up (_await_ready)
-                oom = bool(c.cgroup and self._oom_kills(c) > c.oom_base)
+                oom = bool(c.cgroup and self._oom_kills(c, sig) > c.oom_base)
                 c.exit = {"exit_code": exit_code, "signal": sig, "finished_at": time.time_ns(),
                           "oom_killed": oom}
                 c.status = "stopped"
@@ -1253,6 +1254,7 @@ class Monitor:
 
     def _watch_oom(self, c: Container) -> None:
         c.oom_seen = c.oom_base
+        c.oom_since = time.monotonic()
         c.oom_watch = c.cgroup.oom_watch()
         if c.oom_watch is not None:
             self.sel.register(c.oom_watch.fd, selectors.EVENT_READ, OomTag(c))
@@ -1270,11 +1272,16 @@ class Monitor:
                 kills = c.oom_base + 1
             c.oom_seen = max(c.oom_seen, kills)
 
-    def _oom_kills(self, c: Container) -> int:
-        """At the exit: the count now, or what was read when the kill was notified if the cgroup is gone."""
+    def _oom_kills(self, c: Container, sig: int = 0) -> int:
+        """At the exit: the count now, or what was read when the kill was notified if the cgroup is gone; for
+        a SIGKILL with the cgroup gone and no kill read, the kernel's log (cgroups.oom_kill_logged)."""
         if c.oom_watch is not None and select.select([c.oom_watch.fd], [], [], 0)[0]:
             self._oom_event(c)  # notified, not yet handled (the exit came first in this batch)
-        return max(c.cgroup.oom_kills(), c.oom_seen)
+        kills = max(c.cgroup.oom_kills(), c.oom_seen)
+        if kills <= c.oom_base and sig == signal.SIGKILL and c.oom_since and not c.cgroup.exists() \
+                and cgroups.oom_kill_logged(c.cgroup.path, c.pid, c.oom_since):
+            kills = c.oom_base + 1
+        return kills
 
     def _unwatch_oom(self, c: Container) -> None:
         if c.oom_watch is not None:

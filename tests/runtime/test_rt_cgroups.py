@@ -4,6 +4,7 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import time
 
 import pytest
 
@@ -140,6 +141,7 @@ def test_oom_watch_signals_an_oom_kill(cgroup_path):
         assert watch is not None
         assert select.select([watch.fd], [], [], 0)[0] == []  # nothing yet
         # waits for a line (while it is moved into the cgroup), then allocates past the limit
+        since = time.monotonic()
         p = subprocess.Popen([sys.executable, "-S", "-c", "import sys; sys.stdin.readline(); "
                               "x = [bytearray(1 << 20) for _ in range(200)]"],
                              stdin=subprocess.PIPE, stderr=subprocess.DEVNULL)
@@ -150,6 +152,10 @@ def test_oom_watch_signals_an_oom_kill(cgroup_path):
         assert select.select([watch.fd], [], [], 10)[0] == [watch.fd]
         watch.drain()
         assert cg.oom_kills() == 1
+        # the kernel's log tells it too, by the cgroup and by the pid (for a cgroup gone before it was read)
+        assert cgroups.oom_kill_logged(cgroup_path, 0, since) and cgroups.oom_kill_logged("/other", p.pid, since)
+        assert not cgroups.oom_kill_logged(cgroup_path + "x", p.pid + 1, since)
+        assert not cgroups.oom_kill_logged(cgroup_path, p.pid, time.monotonic() + 5)
     finally:
         if watch is not None:
             watch.close()
