@@ -125,14 +125,14 @@ class SystemdCgroup(cgroups.Cgroup):
     def _join_everywhere(self, pid: int) -> None:
         """v1: the hierarchies systemd does not manage (cpuset, hugetlb, freezer, ...) get our own directory.
         systemd may still be realizing (or trimming) its own ones as we go: retry a vanished directory. v2: one
-        hierarchy, where systemd made the scope and put pid in it; the slices' and the scope's subtree_control
-        are systemd's to write (doing it too fails with EBUSY under a nested systemd)."""
-        if self.version == 2:
-            return
+        hierarchy, where systemd made the scope and put pid in it; the controllers the limits need are enabled
+        in the ancestors' subtree_control where systemd has not yet (it enables them in its own time: a nested
+        systemd's scope came without cpu.max), as runc's systemd driver does (fs2.CreateCgroupPath)."""
         for attempt in range(50):
             try:
                 self.fs.create()
-                self.fs.attach(pid)
+                if self.version == 1:
+                    self.fs.attach(pid)
                 return
             except (FileNotFoundError, cgroups.CgroupError) as exc:
                 if attempt == 49:

@@ -69,6 +69,13 @@ class SystemdBox:
         return int(open(f"/proc/{self.proc.pid}/task/{self.proc.pid}/children").read().split()[0])
 
     def start(self, timeout: float = 20) -> "SystemdBox":
+        if V2:  # the box's root gets every controller (as a runtime gives a container's cgroup): the host's
+            root = os.path.dirname(self.dirs[0])  # systemd enables cpu at its root only once a unit asks
+            missing = set(open(f"{root}/cgroup.controllers").read().split()) - \
+                set(open(f"{root}/cgroup.subtree_control").read().split())
+            if missing:
+                with open(f"{root}/cgroup.subtree_control", "w") as f:
+                    f.write(" ".join("+" + c for c in sorted(missing)))
         for d in self.dirs:
             os.makedirs(d, exist_ok=True)
             if os.path.basename(os.path.dirname(d)) == "cpuset" or os.path.exists(os.path.join(d, "cpuset.cpus")):

@@ -82,19 +82,23 @@ def _unit_state(box, unit: str) -> dict:
     return dict(line.split("=", 1) for line in out.splitlines() if "=" in line)
 
 
-def test_a_container_runs_in_a_transient_scope_with_its_limits(box, bundle, tmp_root):
+def test_a_container_runs_in_a_transient_scope_with_its_limits(box, bundle, rootfs, tmp_root):
     name = uuid.uuid4().hex[:8]
     unit = f"pycri-{name}.scope"
     resources = {"memory": {"limit": 96 << 20}, "cpu": {"quota": 50000, "period": 100000}, "pids": {"limit": 40}}
-    b = bundle(["sh", "-c", "cat /proc/self/cgroup; sleep 3"], name=name,
+    done = os.path.join(rootfs, f"done-{name}")  # the container runs until the test has looked at its scope
+    b = bundle(["sh", "-c", f"cat /proc/self/cgroup; while [ ! -e /done-{name} ]; do sleep 0.05; done"],
+               name=name,
                mutate=lambda s: s["linux"].update(cgroupsPath=f"{SLICE}:pycri:{name}", resources=resources))
     run = subprocess.Popen(box.command([*CLI, "--root", tmp_root + "/sd1", "run", name, "--bundle", b]),
                            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                            preexec_fn=box.enter_cgroups)
     try:
-        deadline = time.monotonic() + 10
+        deadline = time.monotonic() + 60  # (a guest under User-mode Linux takes seconds to start the CLI)
         while _unit_state(box, unit).get("ActiveState") != "active":
-            assert time.monotonic() < deadline, f"{unit} never became active: {_unit_state(box, unit)}"
+            assert time.monotonic() < deadline and run.poll() is None, \
+                f"{unit} never became active: {_unit_state(box, unit)}; run: {run.poll()} " \
+                f"{run.stderr.read() if run.poll() is not None else ''}"
             time.sleep(0.05)
         st = _unit_state(box, unit)
         assert st["Slice"] == SLICE and st[MEMORY_LIMIT] == str(96 << 20) and st["TasksMax"] == "40"
@@ -107,9 +111,15 @@ def test_a_container_runs_in_a_transient_scope_with_its_limits(box, bundle, tmp_
                 str(96 << 20)
             assert open(box.host_cgroup("cpu", scope) + "/cpu.cfs_quota_us").read().strip() == "50000"
         assert open(box.host_cgroup("pids", scope) + "/pids.max").read().strip() == "40"
+        open(done, "w").close()
         out, err = run.communicate(timeout=30)
     finally:
-        run.kill()
+        open(done, "w").close()  # (the container ends by itself: no process of it left behind)
+        try:
+            run.wait(timeout=30)
+        finally:
+            run.kill()
+            os.unlink(done)
     assert run.returncode == 0, err
     assert any(line.endswith(f"{scope}") for line in out.splitlines()), out  # the process was in the scope
     assert _unit_state(box, unit).get("LoadState") == "not-found" or \
