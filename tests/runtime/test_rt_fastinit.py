@@ -23,7 +23,7 @@ id; hostname; cat /proc/sys/kernel/domainname; pwd; umask; ulimit -n; ulimit -Hn
 env | sort
 awk '{ for (i = 7; $i != "-"; i++); print $5, $6, $(i+1), $(i+3) }' /proc/self/mountinfo
 ls -ln /dev | awk '{print $1, $3, $4, $5, $6, $NF}'
-wc -c < /proc/kcore; ls /sys/firmware | wc -l
+wc -c /proc/kcore | cut -d' ' -f1; ls /sys/firmware | wc -l
 (echo probe > /proc/sys/kernel/domainname) 2>&1 | sed 's/.*: //'
 (touch /proc/sysrq-trigger) 2>&1 | sed 's/.*: //'
 (touch /probe-rootfs && echo rootfs-rw) 2>&1 | sed 's/.*: //'; rm -f /probe-rootfs
