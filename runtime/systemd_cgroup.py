@@ -126,8 +126,8 @@ class SystemdCgroup(cgroups.Cgroup):
         """v1: the hierarchies systemd does not manage (cpuset, hugetlb, freezer, ...) get our own directory.
         systemd may still be realizing (or trimming) its own ones as we go: retry a vanished directory. v2: one
         hierarchy, where systemd made the scope and put pid in it; the controllers the limits need are enabled
-        in the ancestors' subtree_control where systemd has not yet (it enables them in its own time: a nested
-        systemd's scope came without cpu.max), as runc's systemd driver does (fs2.CreateCgroupPath)."""
+        in the ancestors' subtree_control where systemd has not (it enables one for a slice only once some unit
+        there asks for it), as runc's systemd driver does (fs2.CreateCgroupPath)."""
         for attempt in range(50):
             try:
                 self.fs.create()

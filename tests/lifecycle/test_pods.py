@@ -19,7 +19,7 @@ from runtime import cgroups
 from tests.lifecycle.conftest import container_config, pod_config
 
 HTTPD = ["sh", "-c", "mkdir -p /www && echo served-by-$(hostname) > /www/index.html && exec httpd -f -p 80 -h /www"]
-V2 = os.path.exists("/sys/fs/cgroup/cgroup.controllers")
+V2 = cgroups.detect_version() == 2
 
 
 def cgroup_dir(path: str, controller: str = "memory") -> str:

@@ -18,8 +18,10 @@ import tempfile
 import time
 import uuid
 
+from runtime import cgroups
+
 SYSTEMD = "/lib/systemd/systemd"
-V2 = os.path.exists("/sys/fs/cgroup/cgroup.controllers")
+V2 = cgroups.detect_version() == 2
 MEMORY_LIMIT = "MemoryMax" if V2 else "MemoryLimit"  # the unit property that holds a memory limit
 
 _BOOT = r"""
