@@ -263,8 +263,10 @@ def _quote(arg: str) -> str:
 
 
 def _pytest_script(args: list[str]) -> str:
-    """pytest in the guest, from the checkout, with the image's venv; nothing written into the checkout."""
-    return ("export PYTHONDONTWRITEBYTECODE=1 PYTHONPATH=/mnt/src\n"
+    """pytest in the guest, from the checkout, with the image's venv; nothing written into the checkout (the
+    bytecode goes to the guest's /var/tmp, so each daemon started does not compile pycri again); daemons get
+    120 s to serve (the guest's syscalls are 40-50x slower than the host's)."""
+    return ("export PYTHONPYCACHEPREFIX=/var/tmp/pycache PYTHONPATH=/mnt/src PYCRI_TEST_START_TIMEOUT=120\n"
             "/opt/pycri-venv/bin/python -m pytest -q -p no:cacheprovider "
             + " ".join(_quote(a) for a in args) + "\n")
 
