@@ -12,6 +12,7 @@ import errno
 import os
 import signal
 import time
+from typing import Callable
 
 from runtime import linux
 
@@ -180,6 +181,12 @@ class Cgroup:
         the kernel's global cgroup_threadgroup_rwsem, whose write side waits for an RCU grace period: 5-25 ms
         measured here for attach(pid) after an idle moment, ~0.3 ms for the self-attach of 8 hierarchies."""
         return None
+
+    def make_joinable(self) -> Callable[[], None]:
+        """Make the cgroup one that a process can join by itself (self_attach_paths) where it is not yet;
+        returns what to call once such a process has joined."""
+        return lambda: None
+
     def apply(self, resources: dict | None) -> list[str]: raise NotImplementedError
     def attach(self, pid: int) -> None: raise NotImplementedError
     def stats(self) -> dict: raise NotImplementedError

@@ -717,11 +717,19 @@ class Monitor:
             cg.create()
             for w in cg.apply((c.spec.get("linux") or {}).get("resources")):
                 self._later(self.log.warning, "cgroup.warning", container_id=c.id, warning=w)
+            joined = cg.make_joinable()
             c.oci.cgroup_tasks = cg.self_attach_paths()
             if not c.oci.cgroup_tasks:
+                joined()
                 raise RequestError("cgroup_manager \"pycri\" needs a cgroup the runtime can join by itself")
+        else:
+            joined = None
         t1 = time.perf_counter()
-        c.pid, master = c.oci.create(stdio, bool((c.spec.get("process") or {}).get("terminal")))
+        try:
+            c.pid, master = c.oci.create(stdio, bool((c.spec.get("process") or {}).get("terminal")))
+        finally:
+            if joined is not None:
+                joined()
         t2 = time.perf_counter()
         if master is not None:
             _nonblock(master)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import time
+from typing import Callable
 
 from runtime import cgroups, dbus
 
@@ -170,7 +171,38 @@ class SystemdCgroup(cgroups.Cgroup):
             time.sleep(0.005)
 
     def self_attach_paths(self) -> list[bytes] | None:
-        return None  # the first process goes in through systemd; later ones (exec) via attach(pid)
+        """None until the scope runs: its first process goes in through systemd (attach(pid))."""
+        return self.fs.self_attach_paths() if self._started else None
+
+    def make_joinable(self) -> Callable[[], None]:
+        """Start the scope around a placeholder child (systemd makes a scope only with a process to put in it),
+        for an OCI runtime told to leave cgroups alone, which joins it by itself; the placeholder ends when the
+        returned function is called (the runtime's container is in the scope by then, which keeps it)."""
+        if self._started or self.exists():
+            self._started = True
+            return lambda: None
+        r, w = os.pipe2(os.O_CLOEXEC)
+        pid = os.fork()  # (the caller is the single-threaded monitor)
+        if pid == 0:
+            try:
+                os.close(w)
+                os.read(r, 1)
+            finally:
+                os._exit(0)
+        os.close(r)
+
+        def release() -> None:
+            os.close(w)
+            try:
+                os.waitpid(pid, 0)
+            except ChildProcessError:  # reaped by the caller's own reaper
+                pass
+        try:
+            self.attach(pid)
+        except BaseException:
+            release()
+            raise
+        return release
 
     def exists(self) -> bool:
         return self.fs.exists()
