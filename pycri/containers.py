@@ -14,7 +14,7 @@ from pathlib import Path
 from runtime.client import MonitorError
 from runtime.linux import MNT_DETACH, mount_setattr_supported, umount2
 
-from pycri import cdi, log
+from pycri import cdi, log, validation
 from pycri.api import api_pb2 as cri
 from pycri.errors import DeadlineExceeded, FailedPrecondition, InvalidArgument, NotFound
 from pycri.dirs import private_dir, write_private
@@ -59,6 +59,9 @@ class Containers:
     async def create(self, sandbox_id: str, config: cri.ContainerConfig, sandbox_config: cri.PodSandboxConfig) -> str:
         if not config.metadata.name:
             raise InvalidArgument("container metadata needs a name")
+        validation.no_nul("container metadata name", config.metadata.name)
+        if config.log_path:
+            validation.log_path(config.log_path)
         if not config.image.image:
             raise InvalidArgument("container config needs an image")
         sandbox = self.ctx.records.find_sandbox(sandbox_id)
@@ -254,7 +257,7 @@ class Containers:
             return name.replace("RTMINPLUS", "RTMIN+").replace("RTMAXMINUS", "RTMAX-")
         img = (image.config.get("config") or {}).get("StopSignal") or ""
         if img:
-            return img if img.startswith("SIG") or img.isdigit() else f"SIG{img}"
+            return img if img.startswith("SIG") or (img.isascii() and img.isdigit()) else f"SIG{img}"
         return "SIGTERM"
 
     # ---- Start / Stop / Remove ----

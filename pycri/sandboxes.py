@@ -20,7 +20,7 @@ from runtime.userns import supported as userns_supported
 from runtime.cgroups import open_cgroup
 from runtime.client import MonitorError
 
-from pycri import log
+from pycri import log, validation
 from pycri.api import api_pb2 as cri
 from pycri.cadvisor_metrics import read_net_dev
 from pycri.dirs import private_dir, secure_pod_dir, write_private
@@ -57,6 +57,7 @@ class Sandboxes:
             raise InvalidArgument("sandbox metadata needs name, namespace and uid")
         if any("\0" in s for s in (md.name, md.namespace, md.uid)):  # they go into CNI_ARGS (found by tests/fuzz)
             raise InvalidArgument("sandbox metadata must not contain NUL characters")
+        validation.pod_config(config)
         self._check_handler(handler)
         name = sandbox_name(md)
         existing = (lambda n: (r.id if (r := self.ctx.records.sandbox_by_name(n)) else None))
@@ -559,4 +560,4 @@ def _quantity(text: str) -> int | None:
                 return int(float(text[: -len(suffix)]) * units[suffix])
             except (ValueError, OverflowError):  # OverflowError: "infM", "1e999k"
                 return None
-    return int(text) if text.isdigit() else None
+    return int(text) if text.isascii() and text.isdigit() else None

@@ -41,7 +41,11 @@ def _table(data: bytes | None, width: int) -> list[list[str]]:
 
 
 def _int(text: str) -> int | None:
-    return int(text) if text.isdigit() else None
+    """An id of /etc/passwd or a USER: ASCII digits only (int() also reads "\u0660" as 0), below (uid_t)-1."""
+    if not (text.isascii() and text.isdigit()):
+        return None
+    value = int(text)
+    return value if value < 2**32 - 1 else None
 
 
 def resolve(user: str, read_file: ReadFile, *, uid: int | None = None, gid: int | None = None,

@@ -5,6 +5,7 @@ trailing newline at EOF is written as an F record (as containerd does).
 """
 from __future__ import annotations
 
+import errno
 import os
 import time
 
@@ -30,9 +31,23 @@ class LogFile:
         self.reopen()
 
     def reopen(self) -> None:
-        """Open (or re-open after rotation) the path for appending."""
-        os.makedirs(os.path.dirname(self.path) or ".", exist_ok=True)
-        fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o640)
+        """Open (or re-open after rotation) the path for appending. Neither the file nor its directory (the
+        container's, in the kubelet's layout `<pod log dir>/<name>/<attempt>.log`) is followed if it is a
+        symbolic link: a pod with a hostPath of the node's log directory could plant one there."""
+        parent = os.path.dirname(self.path) or "."
+        os.makedirs(parent, exist_ok=True)
+        try:
+            dir_fd = os.open(parent, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+            try:
+                fd = os.open(os.path.basename(self.path),
+                             os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW | os.O_CLOEXEC, 0o640,
+                             dir_fd=dir_fd)
+            finally:
+                os.close(dir_fd)
+        except OSError as exc:
+            if exc.errno == errno.ELOOP or (exc.errno == errno.ENOTDIR and os.path.islink(parent)):
+                raise OSError(exc.errno, f"log {self.path}: a symbolic link on the way, not followed") from None
+            raise
         if self.fd >= 0:
             os.close(self.fd)
         self.fd = fd

@@ -96,7 +96,7 @@ def _signum(sig) -> int:
         return sig
     if isinstance(sig, str):
         name = sig.upper()
-        if name.isdigit():
+        if name.isascii() and name.isdigit():
             return _signum(int(name))
         name = name if name.startswith("SIG") else "SIG" + name
         if hasattr(signal.Signals, name):

@@ -165,7 +165,7 @@ class WsChannels:
 
     def _on_message(self, msg: bytes | str) -> bool:
         if self.base64:
-            if not isinstance(msg, str) or not msg or not msg[0].isdigit():
+            if not isinstance(msg, str) or not msg or msg[0] not in "0123456789":
                 return self._protocol_error(1003, "base64 protocol needs text messages starting with a channel digit")
             try:
                 channel, data = int(msg[0]), base64.b64decode(msg[1:], validate=True)

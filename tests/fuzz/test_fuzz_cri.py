@@ -8,13 +8,15 @@ and must still be alive and answering afterwards. What random requests create (p
 the API at the end; the daemon fixture then checks nothing leaked (mounts, netns, veths, cgroups, processes).
 
 Paths that the daemon would write to or bind from the host (log dirs, log paths, host_path mounts, hostname files)
-are forced under the test's work dir or reduced to a name: the CRI trusts the kubelet with those, so random ones
-would test nothing but this machine's /etc. Sysctls are dropped (a host-network pod applies them to the host).
+are forced under the test's work dir or reduced to a name, except the log paths that must be refused (relative
+log directories, absolute log paths, `..` in either): those go as drawn, and nothing may appear in the daemon's
+working directory or in / afterwards. Sysctls are dropped (a host-network pod applies them to the host).
 """
 
 from __future__ import annotations
 
 import math
+import os
 import time
 
 import grpc
@@ -32,7 +34,8 @@ CALL_TIMEOUT = 20
 
 _STRINGS = ["", ".", "..", "../x", "/nonexistent-pycri-fuzz/x", "a" * 300, "\x00", "\udcff".encode(
     "utf-8", "surrogatepass").decode("utf-8", "replace"), "busybox", "sha256:" + "0" * 64, "k=v", "*", "%s%n",
-            "127.0.0.1:1/nothing:tag", POD, CTR, IMG, POD[:3], "default", "runc", "pycri", "NODE", "tcp", "0"]
+            "127.0.0.1:1/nothing:tag", POD, CTR, IMG, POD[:3], "default", "runc", "pycri", "NODE", "tcp", "0",
+            "a\nb", "x\rnameserver 1.1.1.1", "../../escaped.log", "/tmp/escaped.log", "\u0660", "\u00b2"]
 _INTS = {
     D.FieldDescriptor.TYPE_INT32: (-2 ** 31, 2 ** 31 - 1), D.FieldDescriptor.TYPE_SINT32: (-2 ** 31, 2 ** 31 - 1),
     D.FieldDescriptor.TYPE_SFIXED32: (-2 ** 31, 2 ** 31 - 1), D.FieldDescriptor.TYPE_INT64: (-2 ** 63, 2 ** 63 - 1),
@@ -164,10 +167,11 @@ def sanitise(msg, ids: dict[str, str], workdir: str) -> None:
         def fix(s: str) -> str:
             for k, v in ids.items():
                 s = s.replace(k, v)
+            refused = ".." in s.split("/")
             if field.name in ("log_directory",):
-                return f"{workdir}/logs"
+                return s if s and (refused or not s.startswith("/")) else f"{workdir}/logs"
             if field.name in ("log_path",):
-                return "".join(c for c in s if c.isalnum())[:20] or "x.log"
+                return s if refused or s.startswith("/") else "".join(c for c in s if c.isalnum())[:20] or "x.log"
             if field.name in ("host_path",):
                 return f"{workdir}/vol/" + "".join(c for c in s if c.isalnum())[:20]
             return s
@@ -222,6 +226,7 @@ def test_random_cri_requests(kubelet, pod_daemon):
 
     sid, pod, cid = "", None, ""
     ensure_targets()
+    outside = {top: set(os.listdir(top)) for top in (d.cwd, "/")}
     seen: dict[str, dict[str, int]] = {}
     bad: list[str] = []
     internal: list[str] = []  # INTERNAL from the daemon's own checks (not an unhandled exception): reported
@@ -279,5 +284,6 @@ def test_random_cri_requests(kubelet, pod_daemon):
     print(f"\nCRI fuzz: {sum(sum(c.values()) for c in seen.values())} requests in {elapsed:.1f}s; by method and "
           f"status: {seen}; INTERNAL answers: {internal}")
     assert not bad, "\n".join(bad)
+    assert {top: set(os.listdir(top)) - before for top, before in outside.items()} == {d.cwd: set(), "/": set()}
     tracebacks = [e for e in d.log_events() if "exception" in e]
     assert not tracebacks, tracebacks[:5]
