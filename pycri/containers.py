@@ -28,7 +28,10 @@ from pycri.spec import PodPaths, container_spec, resources as oci_resources, use
 from pycri.users import resolve as resolve_user
 
 _log = log.get("container")
-EXEC_OUTPUT_CAP = 16 * 1024 * 1024
+# ExecSync's stdout and stderr together, with the note on a cut: below the 16 MiB message limit of the kubelet's
+# CRI client (k8s.io/cri-client, maxMsgSize) and of this server, with room for the response's own fields
+EXEC_OUTPUT_CAP = 16 * 1024 * 1024 - 4096
+EXEC_CUT_NOTE = b"\n[pycri: stdout and stderr over %d bytes together: the rest was cut]\n" % EXEC_OUTPUT_CAP
 FS_USAGE_TTL = 10.0  # ExecSync output beyond this is cut (probes print little)
 _SIGNAL_NAMES = {v: k for k, v in cri.Signal.items()}
 
@@ -451,7 +454,8 @@ class Containers:
                                                   # (clamped: an int64 timeout overflows the event loop's clock;
                                                   # found by tests/fuzz)
                                                   timeout=min(timeout, 10 * 365 * 86400) if timeout > 0 else None,
-                                                  output_cap=EXEC_OUTPUT_CAP, client_timeout=None,
+                                                  output_cap=EXEC_OUTPUT_CAP - len(EXEC_CUT_NOTE),
+                                                  client_timeout=None,
                                                   # planned in the daemon, not in the pod's monitor (the
                                                   # built-in runtime's only: see runtime/fastinit.py)
                                                   target=None if self.ctx.sandboxes.runtime_request(sandbox)
@@ -460,7 +464,13 @@ class Containers:
             raise FailedPrecondition(f"exec in container {rec.id} failed: {exc}") from None
         if result.timed_out:
             raise DeadlineExceeded(f"command {cmd!r} timed out after {timeout}s")
-        return cri.ExecSyncResponse(stdout=result.stdout, stderr=result.stderr, exit_code=result.exit_code)
+        stdout, stderr = result.stdout, result.stderr
+        if result.truncated or len(stdout) + len(stderr) > EXEC_OUTPUT_CAP:
+            room = EXEC_OUTPUT_CAP - len(EXEC_CUT_NOTE)  # (a monitor of an older pycri caps each stream alone)
+            stdout = stdout[:room]
+            stderr = stderr[:room - len(stdout)] + EXEC_CUT_NOTE
+            _log.info("exec output cut", container_id=rec.id, cap=EXEC_OUTPUT_CAP)
+        return cri.ExecSyncResponse(stdout=stdout, stderr=stderr, exit_code=result.exit_code)
 
     async def reopen_log(self, container_id: str) -> None:
         rec, sandbox = self._running(container_id)

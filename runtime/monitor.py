@@ -1090,7 +1090,7 @@ class Monitor:
                 self._stream_send(owner.stream, _STREAM_CH[stream], data)
         else:
             buf = owner.out[stream]
-            room = owner.cap - len(buf)
+            room = owner.cap - len(owner.out["stdout"]) - len(owner.out["stderr"])  # (the cap is for both)
             if room < len(data):
                 owner.truncated = True
             buf += data[:max(0, room)]

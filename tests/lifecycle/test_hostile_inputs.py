@@ -1,16 +1,20 @@
 """Strings of the CRI that end up in a pod's files or in host paths, sent as an attacker with the CRI socket (or a
 buggy client) would: refused with INVALID_ARGUMENT naming the field, nothing written; the log opened without
-following symlinks; user ids only in ASCII digits."""
+following symlinks; user ids only in ASCII digits; ExecSync output cut to fit a kubelet's message limit."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import grpc
 import pytest
 
 from pycri.api import api_pb2 as cri
+from pycri.api import api_pb2_grpc
 from tests.lifecycle.conftest import container_config, pod_config
 from tests.security.ctx_helpers import security
+
+KUBELET_MAX_MESSAGE = 16 * 1024 * 1024  # k8s.io/cri-client: maxMsgSize
 
 
 def _refused(call, field: str) -> None:
@@ -98,3 +102,25 @@ def test_only_ascii_digits_are_a_user_id(kubelet, user):
                               linux=security(run_as_username=user))
     _refused(lambda: kubelet.rt.CreateContainer(cri.CreateContainerRequest(
         pod_sandbox_id=sid, config=config, sandbox_config=pod), timeout=60), "user")
+
+
+@pytest.mark.parametrize("script", ["head -c 20000000 /dev/zero",
+                                    "head -c 10000000 /dev/zero; head -c 10000000 /dev/zero >&2"],
+                         ids=["stdout", "both"])
+def test_exec_sync_output_is_cut_to_fit_a_kubelets_message(kubelet, pod_daemon, script):
+    sid, pod = kubelet.run_pod("big")
+    cid = kubelet.start(sid, pod, "c", command=["sleep", "3600"])
+    channel = grpc.insecure_channel(f"unix:{pod_daemon.socket}", options=[
+        ("grpc.max_receive_message_length", KUBELET_MAX_MESSAGE),
+        ("grpc.max_send_message_length", KUBELET_MAX_MESSAGE)])
+    try:
+        r = api_pb2_grpc.RuntimeServiceStub(channel).ExecSync(
+            cri.ExecSyncRequest(container_id=cid, cmd=["sh", "-c", script], timeout=60), timeout=120)
+    finally:
+        channel.close()
+    assert r.exit_code == 0
+    assert r.ByteSize() <= KUBELET_MAX_MESSAGE
+    assert len(r.stdout) + len(r.stderr) > 15 * 1024 * 1024
+    assert set(r.stdout) == {0}, "stdout is the command's own"
+    assert r.stderr.endswith(b"the rest was cut]\n"), r.stderr[-200:]
+    assert os.path.exists(pod_daemon.socket)
