@@ -51,9 +51,14 @@ class CNIConfig:
 @dataclass
 class CgroupConfig:
     driver: str = "cgroupfs"
+    # pids.max of every container (the infra one too), 0: none. Off by default as in containerd (CRI-O's
+    # per-container pids_limit gave way to the kubelet's podPidsLimit, which limits the pod's cgroup).
+    pids_limit: int = 0
 
     def validate(self, where: str) -> None:
         _require_choice(self.driver, CGROUP_DRIVERS, f"{where}.driver")
+        if self.pids_limit < 0:
+            raise ConfigError(f"{where}.pids_limit: must be 0 (no limit) or a number of processes")
 
 
 @dataclass

@@ -24,7 +24,7 @@ from pycri.records import (C_CREATED, C_CREATING, C_EXITED, C_RUNNING, CONTAINER
                            SandboxRecord, matches, pb)
 from pycri.reservations import Reservations
 from pycri.sandboxes import pod_root_group, remove_cgroup
-from pycri.spec import PodPaths, container_spec, resources as oci_resources, userns_mappings
+from pycri.spec import PodPaths, container_spec, default_pids_limit, resources as oci_resources, userns_mappings
 from pycri.users import resolve as resolve_user
 
 _log = log.get("container")
@@ -126,6 +126,7 @@ class Containers:
             paths.extra_annotations["target_pid_ns"] = f"/proc/{target.pid}/ns/pid"
         spec = container_spec(config, sandbox_config, image.config, rec.id, sandbox.id, paths,
                               ctx.config.cgroup.driver, rec.log_path)
+        default_pids_limit(spec, ctx.config.cgroup.pids_limit)
         for m in spec["mounts"]:  # volumes with propagation need their host source on a shared mount
             if "rro" in m.get("options", ()) and not mount_setattr_supported():
                 raise InvalidArgument(f"mount {m['destination']!r}: recursive read-only mounts need "

@@ -30,7 +30,7 @@ from pycri.network.cniconf import load_network_config
 from pycri.podfiles import write_pod_files
 from pycri.records import SB_CREATING, SB_NOTREADY, SB_READY, SANDBOX_STATE, SandboxRecord, matches, pb, unpb
 from pycri.reservations import Reservations
-from pycri.spec import DEFAULT_CGROUP_PARENT, PodPaths, sandbox_spec, userns_mappings
+from pycri.spec import DEFAULT_CGROUP_PARENT, PodPaths, default_pids_limit, sandbox_spec, userns_mappings
 
 _log = log.get("sandbox")
 _PROTOCOLS = {cri.Protocol.TCP: "tcp", cri.Protocol.UDP: "udp", cri.Protocol.SCTP: "sctp"}
@@ -121,6 +121,7 @@ class Sandboxes:
             rec.shm_dir = str(pod_dir / "shm")
         paths = PodPaths(hostname=files["hostname"], net_ns=rec.netns or None, shm_dir=rec.shm_dir or None)
         spec = sandbox_spec(config, image.config, rec.id, paths, ctx.config.cgroup.driver)
+        default_pids_limit(spec, ctx.config.cgroup.pids_limit)
         userns = userns_mappings(opts)
         if userns is not None:
             # the infra makes the user namespace and the netns inside it; both are pinned once it exists, and the

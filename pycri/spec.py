@@ -114,6 +114,12 @@ def cgroups_path(driver: str, parent: str, container_id: str) -> str:
     return f"{parent.rstrip('/')}/{container_id}"
 
 
+def default_pids_limit(spec: dict, limit: int) -> None:
+    """`[cgroup] pids_limit`: the container's pids.max, when set (the CRI has no field for one)."""
+    if limit > 0:
+        spec["linux"].setdefault("resources", {}).setdefault("pids", {"limit": limit})
+
+
 def merge_command(config: cri.ContainerConfig, image_config: dict) -> list[str]:
     """The kubelet/Docker rule: command replaces the image Entrypoint (and drops its Cmd); args replace Cmd."""
     img = image_config.get("config") or {}

@@ -78,6 +78,7 @@ port = 10010
     ('[streaming]\naddress = "localhost"', "streaming.address: 'localhost' is not an IP address"),
     ('[streaming]\nport = 65536', "streaming.port: 65536 is out of range"),
     ('cni = 3', "cni: expected a table"),
+    ('[cgroup]\npids_limit = -1', "cgroup.pids_limit: must be 0 (no limit)"),
 ])
 def test_bad_values_are_rejected_with_the_key_named(text, message):
     with pytest.raises(c.ConfigError) as err:

@@ -1,8 +1,10 @@
 """Strings of the CRI that end up in a pod's files or in host paths, sent as an attacker with the CRI socket (or a
 buggy client) would: refused with INVALID_ARGUMENT naming the field, nothing written; the log opened without
-following symlinks; user ids only in ASCII digits; ExecSync output cut to fit a kubelet's message limit."""
+following symlinks; user ids only in ASCII digits; ExecSync output cut to fit a kubelet's message limit; a
+default pids limit for containers when the config sets one."""
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -12,6 +14,7 @@ import pytest
 from pycri.api import api_pb2 as cri
 from pycri.api import api_pb2_grpc
 from tests.lifecycle.conftest import container_config, pod_config
+from tests.lifecycle.helpers import Kubelet
 from tests.security.ctx_helpers import security
 
 KUBELET_MAX_MESSAGE = 16 * 1024 * 1024  # k8s.io/cri-client: maxMsgSize
@@ -124,3 +127,36 @@ def test_exec_sync_output_is_cut_to_fit_a_kubelets_message(kubelet, pod_daemon, 
     assert set(r.stdout) == {0}, "stdout is the command's own"
     assert r.stderr.endswith(b"the rest was cut]\n"), r.stderr[-200:]
     assert os.path.exists(pod_daemon.socket)
+
+
+def _pids_dir(pid: int) -> Path:
+    """The pids controller's directory of a process, on the host (v1: the pids hierarchy; v2: the one tree)."""
+    for line in Path(f"/proc/{pid}/cgroup").read_text().splitlines():
+        num, controllers, path = line.split(":", 2)
+        if "pids" in controllers.split(",") or (num == "0" and not Path("/sys/fs/cgroup/pids").is_dir()):
+            return Path("/sys/fs/cgroup/pids" if num != "0" else "/sys/fs/cgroup", path.lstrip("/"))
+    raise AssertionError(f"no pids cgroup for {pid}")
+
+
+@pytest.mark.parametrize("limit", [0, 40])
+def test_a_configured_pids_limit_stops_a_fork_bomb(daemon_factory, registry, tmp_path, limit):
+    d = daemon_factory({"sandbox_image": registry.ref("pause"), f'registries."{registry.host}"': {"insecure": True},
+                        "cgroup": {"pids_limit": limit}}, network=True)
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    k = Kubelet(d, registry, logs)
+    sid, pod = k.run_pod("forks")
+    # (the inner shell dies at its first fork refused; the outer one goes on without forking)
+    cid = k.start(sid, pod, "bomb", command=["sh", "-c", "sh -c 'for i in $(seq 100); do sleep 3600 & done'; "
+                                                         "echo forked; exec sleep 3600"])
+    k.until(lambda: b"forked" in (logs / "bomb" / "0.log").read_bytes(), timeout=60, what="the loop's end")
+    pid = json.loads(k.rt.ContainerStatus(cri.ContainerStatusRequest(container_id=cid, verbose=True))
+                     .info["info"])["pid"]
+    pids = _pids_dir(pid)
+    current = int((pids / "pids.current").read_text())
+    if limit:
+        assert (pids / "pids.max").read_text().strip() == str(limit)
+        assert current <= limit
+    else:
+        assert (pids / "pids.max").read_text().strip() == "max"  # off by default, as in containerd
+        assert current > 100
