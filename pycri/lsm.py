@@ -66,15 +66,18 @@ def apparmor_loaded() -> set[str] | None:
     return {line.rsplit(" (", 1)[0] for line in lines if line.strip()}
 
 
-def selinux_enabled() -> bool:
-    """selinuxfs is mounted (it has an `enforce` file) and this process has a label."""
-    for path in SELINUX_MOUNTS:
+def selinux_enabled(mounts: tuple[str, ...] = SELINUX_MOUNTS, attr: str = "/proc/self/attr/current") -> bool:
+    """selinuxfs is mounted (it has an `enforce` file) and this process has a label other than "kernel", the
+    one of every process while no policy is loaded (libselinux's is_selinux_enabled tells that case apart the
+    same way): a kernel with SELinux built in and no policy refuses `context=` mount options."""
+    for path in mounts:
         if os.path.exists(os.path.join(path, "enforce")):
             try:
-                with open("/proc/self/attr/current") as f:
-                    return bool(f.read().strip("\0\n "))
+                with open(attr) as f:
+                    label = f.read().strip("\0\n ")
             except OSError:
                 return False
+            return label not in ("", "kernel")
     return False
 
 

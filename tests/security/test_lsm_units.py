@@ -203,3 +203,15 @@ def test_launcher_exec_attr_errors_name_the_file(tmp_path):
         with pytest.raises(OSError) as info:
             launch._write_lsm_exec([((full,), b"exec my-profile")])
         assert info.value.filename == full and "exec my-profile" in info.value.strerror
+
+
+@pytest.mark.parametrize("label, enabled", [("system_u:system_r:kernel_t:s0\0", True), ("kernel\0", False),
+                                           ("", False)])
+def test_selinux_counts_as_enabled_only_with_a_policy_loaded(tmp_path, label, enabled):
+    """Without a policy every process is labelled "kernel" (as in the UML guest of hack/node.py, whose kernel
+    has SELinux built in and mounts selinuxfs): `context=` mounts would fail there."""
+    (tmp_path / "selinux").mkdir()
+    (tmp_path / "selinux" / "enforce").write_text("0")
+    (tmp_path / "current").write_text(label)
+    assert lsm.selinux_enabled((str(tmp_path / "selinux"),), str(tmp_path / "current")) is enabled
+    assert lsm.selinux_enabled((str(tmp_path / "nothing"),), str(tmp_path / "current")) is False
