@@ -16,8 +16,16 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def _install(destdir: Path, *extra: str) -> subprocess.CompletedProcess:
+    """hack/install.py with a venv whose bin/pycri runs this checkout with the interpreter of the tests (the
+    checkout's .venv is not there when the suite runs in the guest of hack/node.py)."""
+    venv = destdir.parent / "venv"
+    if not venv.exists():
+        (venv / "bin").mkdir(parents=True)
+        (venv / "bin" / "pycri").write_text(f'#!/bin/sh\nPYTHONPATH={REPO} exec {sys.executable} -m pycri "$@"\n')
+        (venv / "bin" / "pycri").chmod(0o755)
     return subprocess.run([sys.executable, str(REPO / "hack" / "install.py"), "--destdir", str(destdir),
-                           "--prefix", "/opt/pycri", *extra], capture_output=True, text=True, timeout=60)
+                           "--prefix", "/opt/pycri", "--venv", str(venv), *extra], capture_output=True, text=True,
+                          timeout=60)
 
 
 def test_install_into_destdir(tmp_path):

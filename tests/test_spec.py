@@ -9,6 +9,9 @@ from pycri.api import api_pb2 as cri
 from pycri.errors import InvalidArgument
 from pycri.users import resolve
 
+# a container's own cgroup namespace, on a cgroup v2 host (test_on_cgroup_v2_a_container_gets_... checks both)
+_OWN_CGROUPNS = {"cgroup": None} if s.host_cgroup_v2() else {}
+
 IMAGE = {"config": {"Entrypoint": ["/entry"], "Cmd": ["default-arg"], "Env": ["PATH=/bin", "A=image"],
                     "WorkingDir": "/work"}}
 
@@ -86,7 +89,7 @@ def test_container_spec_joins_the_pod_namespaces(tmp_path):
     spec = s.container_spec(config, sandbox, IMAGE, "cid", "sid", PATHS, "cgroupfs", "/logs/c/0.log")
     ns = {n["type"]: n.get("path") for n in spec["linux"]["namespaces"]}
     assert ns == {"mount": None, "network": "/run/pycri/ns/net-x", "ipc": "/proc/7/ns/ipc",
-                  "uts": "/proc/7/ns/uts", "pid": "/proc/7/ns/pid"}
+                  "uts": "/proc/7/ns/uts", "pid": "/proc/7/ns/pid", **_OWN_CGROUPNS}
     assert spec["process"]["env"] == ["PATH=/bin", "A=ctr", "HOSTNAME=p"]
     assert spec["process"]["cwd"] == "/work"
     assert spec["process"]["oomScoreAdj"] == 500
@@ -134,7 +137,8 @@ def test_sandbox_spec():
     assert spec["root"]["readonly"] is True
     assert spec["linux"]["cgroupsPath"] == "/kubepods/podu/sid"
     ns = {n["type"]: n.get("path") for n in spec["linux"]["namespaces"]}
-    assert ns == {"mount": None, "network": "/run/pycri/ns/net-x", "ipc": None, "uts": None, "pid": None}
+    assert ns == {"mount": None, "network": "/run/pycri/ns/net-x", "ipc": None, "uts": None, "pid": None,
+                  **_OWN_CGROUPNS}
     assert spec["linux"]["sysctl"] == {"net.ipv4.ip_unprivileged_port_start": "0", "kernel.shm_rmid_forced": "1"}
 
 

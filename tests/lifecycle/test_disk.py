@@ -29,6 +29,9 @@ def _make_read_only(path: Path) -> None:
     and monitors hold files open for writing, as on a real node whose disk turns read-only under them; a
     read-only recursive bind on top makes every new open through the path fail with EROFS."""
     subprocess.run(["mount", "--rbind", str(path), str(path)], check=True)
+    # (where / is shared, as systemd makes it, the copies would be peers of the originals: an unmount in the
+    # copy would take the original too)
+    subprocess.run(["mount", "--make-rprivate", str(path)], check=True)
     subprocess.run(["mount", "-o", "remount,bind,ro", str(path)], check=True)
 
 

@@ -145,6 +145,8 @@ def test_propagation_on_a_mount_point_source(kubelet, pod_daemon):
     """A source that is itself a (private) mount point is made shared in place: no extra mount to clean up."""
     src = pod_daemon.workdir / "mp"
     host_mount_tmpfs(src)
+    # (under a shared /, as systemd makes it, a new mount is shared from the start)
+    subprocess.run(["mount", "--make-private", str(src)], check=True)
     (src / "inner").mkdir()
     sid, pod = kubelet.run_pod("mp", **privileged_pod_kw())
     try:
