@@ -39,8 +39,12 @@ HOST_PACKAGES = ["user-mode-linux", "slirp", "debootstrap", "e2fsprogs"]
 GUEST_PACKAGES = [
     "systemd", "systemd-sysv", "dbus", "udev", "iproute2", "iptables", "kmod", "procps", "util-linux", "mount",
     "python3", "python3-venv", "containernetworking-plugins", "runc", "crun", "busybox-static", "docker-registry",
-    "gcc", "libc6-dev", "make",
+    "gcc", "libc6-dev", "make", "git", "skopeo",
 ]
+# systemd-udevd gives each new veth a MAC of its own (MACAddressPolicy=persistent, 99-default.link) after the
+# bridge plugin made it, and CNI CHECK, which finds the host's veth by the MAC in its result, then fails: CNI
+# plugins' guides (Flannel's, Calico's) have nodes exempt such interfaces this way.
+VETH_LINK = "[Match]\nDriver=veth\n\n[Link]\nMACAddressPolicy=none\n"
 IMAGE_SIZE = "4G"
 MEMORY = "2048M"
 
@@ -142,6 +146,8 @@ def build(force: bool = False) -> Path:
         (root / "etc/hosts").write_text("127.0.0.1 localhost\n127.0.1.1 pycri-node\n")
         (root / "etc/resolv.conf").write_text("nameserver 10.0.2.3\n")
         (root / "etc/systemd/system/pycri-job.service").write_text(JOB_SERVICE)
+        (root / "etc/systemd/network").mkdir(parents=True, exist_ok=True)
+        (root / "etc/systemd/network/50-veth-mac.link").write_text(VETH_LINK)
         wants = root / "etc/systemd/system/multi-user.target.wants"
         wants.mkdir(parents=True, exist_ok=True)
         (wants / "pycri-job.service").symlink_to("/etc/systemd/system/pycri-job.service")
