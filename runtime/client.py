@@ -158,61 +158,49 @@ def prepare_init(cid: str, bundle: str, spec: dict | None, overlay: dict | None)
         return None
 
 
-class MonitorClient:
-    def __init__(self, socket_path: str, timeout: float | None = 30.0):
-        self.socket_path = socket_path
-        self.timeout = timeout
+def request_line(obj: dict) -> bytes:
+    """One line of the protocol: a request, or a line that follows one (see MonitorClient.create)."""
+    return json.dumps(obj).encode() + b"\n"
 
-    def call(self, op: str, *, io_timeout: float | None = ..., then=None, **args) -> dict:
-        """Send one request and return the answer; raises MonitorError on {"ok": false} or I/O failure.
-        then: a function returning dicts, each sent as a line after the request as soon as it is made (see
-        create)."""
-        req = json.dumps({"op": op, **args}).encode() + b"\n"
-        sock = _take(self.socket_path)
-        if sock is None:
-            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
-            fresh = True
-        else:
-            fresh = False
-        done = False
-        try:
-            sock.settimeout(self.timeout if io_timeout is ... else io_timeout)
-            if fresh:
-                sock.connect(self.socket_path)
-            sock.sendall(req)
-            if then is not None:
-                for line in then():
-                    sock.sendall(json.dumps(line).encode() + b"\n")
-            buf = b""
-            while not buf.endswith(b"\n"):
-                chunk = sock.recv(1 << 20)
-                if not chunk:
-                    raise MonitorError(f"monitor at {self.socket_path} closed the connection during {op}")
-                buf += chunk
-            done = True
-        except (FileNotFoundError, ConnectionRefusedError) as exc:
-            forget(self.socket_path)
-            raise MonitorError(f"monitor at {self.socket_path} is not running: {exc.strerror}") from None
-        except socket.timeout:
-            raise MonitorError(f"monitor at {self.socket_path}: {op} timed out") from None
-        except (ConnectionResetError, BrokenPipeError):  # (a monitor that died with our request unread)
-            raise MonitorError(f"monitor at {self.socket_path} closed the connection during {op}") from None
-        except OSError as exc:
-            raise MonitorError(f"monitor at {self.socket_path}: {op}: {exc}") from None
-        finally:
-            if done and op != "shutdown":
-                _give_back(self.socket_path, sock)
-            else:
-                sock.close()
-        if op == "shutdown":
-            forget(self.socket_path)
-        answer = json.loads(buf)
-        if not answer.pop("ok", False):
-            raise MonitorError(answer.get("error", "unknown error"))
-        return answer
+
+def answer_of(line: bytes) -> dict:
+    """The answer line's content without "ok"; MonitorError with the monitor's message when it refused."""
+    answer = json.loads(line)
+    if not answer.pop("ok", False):
+        raise MonitorError(answer.get("error", "unknown error"))
+    return answer
+
+
+def io_error(path: str, op: str, exc: OSError) -> MonitorError:
+    """What a failed exchange with the monitor at path means, as a MonitorError (a timeout is an OSError)."""
+    if isinstance(exc, (FileNotFoundError, ConnectionRefusedError)):
+        forget(path)
+        return MonitorError(f"monitor at {path} is not running: {exc.strerror}")
+    if isinstance(exc, TimeoutError):
+        return MonitorError(f"monitor at {path}: {op} timed out")
+    if isinstance(exc, (ConnectionResetError, BrokenPipeError)):  # (a monitor that died with our request unread)
+        return MonitorError(f"monitor at {path} closed the connection during {op}")
+    return MonitorError(f"monitor at {path}: {op}: {exc}")
+
+
+def _exec_result(r: dict) -> ExecResult:
+    return ExecResult(r["exit_code"], base64.b64decode(r["stdout"]), base64.b64decode(r["stderr"]),
+                      r["timed_out"], r["truncated"])
+
+
+class Ops:
+    """The monitor's operations, once for both clients: each is one request made into one _do call, which
+    MonitorClient runs blocking and runtime.aclient.AsyncMonitorClient returns as a coroutine.
+
+    _do(op, finish, io_timeout=, then=, **args): finish (if any) turns the answer into the method's result."""
+
+    socket_path: str
+
+    def _do(self, op: str, finish=None, *, io_timeout: float | None = ..., then=None, **args):
+        raise NotImplementedError
 
     def ping(self) -> dict:
-        return self.call("ping")
+        return self._do("ping")
 
     def create(self, id: str, bundle: str, *, overlay: dict | None = None, stdin: bool = False,
                log_path: str | None = None, log_max_line: int | None = None, spec: dict | None = None,
@@ -241,27 +229,27 @@ class MonitorClient:
             args["runtime"] = runtime
         elif fastinit.enabled() and monitor_protocol(self.socket_path) >= 4:  # (older: without OP_FORK)
             args["init"] = "follows"
-            return self.call("create", then=lambda: init_lines(id, bundle, spec, overlay), **args)
-        return self.call("create", **args)  # (an older monitor plans it)
+            return self._do("create", then=lambda: init_lines(id, bundle, spec, overlay), **args)
+        return self._do("create", **args)  # (an older monitor plans it)
 
     def start(self, id: str) -> dict:
-        return self.call("start", id=id)
+        return self._do("start", id=id)
 
     def kill(self, id: str, signal: int | str = 15, all: bool = False) -> None:
-        self.call("kill", id=id, signal=signal, all=all)
+        return self._do("kill", _nothing, id=id, signal=signal, all=all)
 
     def wait(self, id: str, timeout: float | None = None) -> dict:
         """Block until the container exits: {"exit_code", "signal", "finished_at", "oom_killed"}."""
-        return self.call("wait", io_timeout=timeout, id=id)
+        return self._do("wait", io_timeout=timeout, id=id)
 
     def state(self, id: str) -> dict:
-        return self.call("state", id=id)
+        return self._do("state", id=id)
 
     def list(self) -> list[dict]:
-        return self.call("list")["containers"]
+        return self._do("list", lambda r: r["containers"])
 
     def stats(self, id: str) -> dict:
-        return self.call("stats", id=id)["stats"]
+        return self._do("stats", lambda r: r["stats"], id=id)
 
     def exec(self, id: str, process: dict, timeout: float | None = None,
              output_cap: int = 16 * 1024 * 1024, target: tuple[int, str] | None = None) -> ExecResult:
@@ -273,27 +261,77 @@ class MonitorClient:
         if target is not None and monitor_protocol(self.socket_path) >= 4 and \
                 (init := prepare_exec(target[0], target[1], process)) is not None:
             args["init"] = init
-        r = self.call("exec", io_timeout=wait, id=id, **args)
-        return ExecResult(r["exit_code"], base64.b64decode(r["stdout"]), base64.b64decode(r["stderr"]),
-                          r["timed_out"], r["truncated"])
+        return self._do("exec", _exec_result, io_timeout=wait, id=id, **args)
 
     def reopen_log(self, id: str) -> None:
-        self.call("reopen_log", id=id)
+        return self._do("reopen_log", _nothing, id=id)
 
     def update_resources(self, id: str, resources: dict) -> list[str]:
-        return self.call("update_resources", id=id, resources=resources)["warnings"]
+        return self._do("update_resources", lambda r: r["warnings"], id=id, resources=resources)
 
     def write_stdin(self, id: str, data: bytes) -> int:
-        return self.call("write_stdin", id=id, data=base64.b64encode(data).decode())["written"]
+        return self._do("write_stdin", lambda r: r["written"], id=id, data=base64.b64encode(data).decode())
 
     def close_stdin(self, id: str) -> None:
-        self.call("close_stdin", id=id)
+        return self._do("close_stdin", _nothing, id=id)
 
     def delete(self, id: str, force: bool = False) -> None:
-        self.call("delete", id=id, force=force)
+        return self._do("delete", _nothing, id=id, force=force)
 
     def shutdown(self, force: bool = False) -> None:
-        self.call("shutdown", force=force)
+        return self._do("shutdown", _nothing, force=force)
+
+
+def _nothing(_answer: dict) -> None:
+    return None
+
+
+class MonitorClient(Ops):
+    def __init__(self, socket_path: str, timeout: float | None = 30.0):
+        self.socket_path = socket_path
+        self.timeout = timeout
+
+    def _do(self, op: str, finish=None, *, io_timeout: float | None = ..., then=None, **args):
+        answer = self.call(op, io_timeout=io_timeout, then=then, **args)
+        return finish(answer) if finish is not None else answer
+
+    def call(self, op: str, *, io_timeout: float | None = ..., then=None, **args) -> dict:
+        """Send one request and return the answer; raises MonitorError on {"ok": false} or I/O failure.
+        then: a function returning dicts, each sent as a line after the request as soon as it is made (see
+        create)."""
+        req = request_line({"op": op, **args})
+        sock = _take(self.socket_path)
+        if sock is None:
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+            fresh = True
+        else:
+            fresh = False
+        done = False
+        try:
+            sock.settimeout(self.timeout if io_timeout is ... else io_timeout)
+            if fresh:
+                sock.connect(self.socket_path)
+            sock.sendall(req)
+            if then is not None:
+                for line in then():
+                    sock.sendall(request_line(line))
+            chunks = []
+            while not chunks or not chunks[-1].endswith(b"\n"):
+                chunk = sock.recv(1 << 20)
+                if not chunk:
+                    raise MonitorError(f"monitor at {self.socket_path} closed the connection during {op}")
+                chunks.append(chunk)
+            done = True
+        except OSError as exc:
+            raise io_error(self.socket_path, op, exc) from None
+        finally:
+            if done and op != "shutdown":
+                _give_back(self.socket_path, sock)
+            else:
+                sock.close()
+        if op == "shutdown":
+            forget(self.socket_path)
+        return answer_of(b"".join(chunks))
 
 
 
