@@ -169,6 +169,8 @@ class Config:
     image_pull_progress_timeout: float = 300.0
     # true: fsync the metadata database on every commit (survives power loss, not only daemon crashes).
     store_sync_full: bool = False
+    # ExecSyncs of one pod in flight at once; the pod's others wait their turn (within their timeout).
+    exec_sync_per_pod: int = 64
     default_runtime: str = DEFAULT_RUNTIME
     cni: CNIConfig = field(default_factory=CNIConfig)
     cgroup: CgroupConfig = field(default_factory=CgroupConfig)
@@ -188,6 +190,8 @@ class Config:
         _require_choice(self.log_level, LOG_LEVELS, "log_level")
         if not 0 < self.image_pull_progress_timeout < math.inf:  # also refuses nan (found by tests/fuzz)
             raise ConfigError("image_pull_progress_timeout: must be a positive number of seconds")
+        if not 1 <= self.exec_sync_per_pod <= 4096:
+            raise ConfigError("exec_sync_per_pod: must be 1-4096")
         self.cni.validate("cni")
         self.cgroup.validate("cgroup")
         self.streaming.validate("streaming")

@@ -447,15 +447,28 @@ class Containers:
         return rec, self.ctx.records.sandboxes[rec.sandbox_id]
 
     async def exec_sync(self, container_id: str, cmd: list[str], timeout: int) -> cri.ExecSyncResponse:
+        """Run cmd in the container. Its timeout counts from the request: a wait for one of the pod's exec slots
+        (Monitors.exec_slots) uses it up too."""
         if not cmd:
             raise InvalidArgument("exec needs a command")
         rec, sandbox = self._running(container_id)
+        # (clamped: an int64 timeout overflows the event loop's clock; found by tests/fuzz)
+        seconds = min(timeout, 10 * 365 * 86400) if timeout > 0 else None
+        slots = self.ctx.monitors.exec_slots
+        loop = asyncio.get_running_loop()
+        asked = loop.time()
         try:
+            await slots.acquire(sandbox.id, seconds)
+        except TimeoutError:
+            _log.warning("exec timed out waiting for a slot of its pod", container_id=rec.id,
+                         pod_sandbox_id=sandbox.id, timeout=timeout, limit=slots.limit,
+                         pod_execs=slots.waiting(sandbox.id))
+            raise DeadlineExceeded(f"command {cmd!r} timed out after {timeout}s waiting behind the "
+                                   f"{slots.limit} execs in flight in pod {sandbox.id}") from None
+        try:
+            left = None if seconds is None else max(0.001, seconds - (loop.time() - asked))
             result = await self.ctx.monitors.call(sandbox.monitor_dir, "exec", rec.id, {"args": list(cmd)},
-                                                  # (clamped: an int64 timeout overflows the event loop's clock;
-                                                  # found by tests/fuzz)
-                                                  timeout=min(timeout, 10 * 365 * 86400) if timeout > 0 else None,
-                                                  output_cap=EXEC_OUTPUT_CAP - len(EXEC_CUT_NOTE),
+                                                  timeout=left, output_cap=EXEC_OUTPUT_CAP - len(EXEC_CUT_NOTE),
                                                   client_timeout=None,
                                                   # planned in the daemon, not in the pod's monitor (the
                                                   # built-in runtime's only: see runtime/fastinit.py)
@@ -463,6 +476,8 @@ class Containers:
                                                   else (rec.pid, rec.bundle))
         except MonitorError as exc:
             raise FailedPrecondition(f"exec in container {rec.id} failed: {exc}") from None
+        finally:
+            slots.release(sandbox.id)
         if result.timed_out:
             raise DeadlineExceeded(f"command {cmd!r} timed out after {timeout}s")
         stdout, stderr = result.stdout, result.stderr

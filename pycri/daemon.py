@@ -64,7 +64,7 @@ class Daemon:
         self.records = Records(self.store)
         self.images = ImageManager(config, self.store)
         self.images.usage_provider = self._chain_ids_in_use
-        self.monitors = Monitors(spawner)
+        self.monitors = Monitors(spawner, config.exec_sync_per_pod)
         self.cni = CNI(config.cni.bin_dirs, config.root_path / "cni" / "results")
         self.events = Events()
         self.sandboxes = Sandboxes(self)

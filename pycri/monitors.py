@@ -1,6 +1,9 @@
-"""The daemon's side of the per-pod monitors: spawning them, calling them off the event loop, watching exits.
+"""The daemon's side of the per-pod monitors: spawning them, calling them, watching exits.
 
-Blocking monitor calls (runtime.client.MonitorClient) run in worker threads. Ends are watched through one
+Calls go through runtime.aclient.AsyncMonitorClient and wait in the event loop, never in a worker thread: a call
+that waits long for a container (an ExecSync, a StopContainer's grace period) must not hold a thread of the
+default pool, which is shared by every pod (and small: 6 threads on 2 cores). ExecSyncs wait for a slot of their
+pod (ExecSlots). Ends are watched through one
 runtime.exitwatch.ExitWatch: the exit records of running containers and the monitors themselves, learnt from the
 kernel as soon as a monitor records them (the daemon takes them in Daemon.take_exits; docs/design.md, "Exits").
 """
@@ -8,12 +11,12 @@ kernel as soon as a monitor records them (the daemon takes them in Daemon.take_e
 from __future__ import annotations
 
 import asyncio
-import functools
 import os
 import time
 from typing import Any, Awaitable
 
 from runtime import state as rtstate
+from runtime.aclient import AsyncMonitorClient
 from runtime.client import MonitorClient, MonitorError
 from runtime.exitwatch import ExitWatch
 from runtime.monitor import SOCKET_NAME
@@ -28,10 +31,51 @@ class MonitorUnavailable(CRIError):
     """The pod's monitor is gone (it crashed or the host rebooted)."""
 
 
+class ExecSlots:
+    """At most `limit` ExecSyncs of one pod in flight; the pod's others wait for a slot, first come first served.
+
+    A pod's flood of execs then holds at most limit connections to its monitor, processes in its container and
+    answers (each up to the exec's output cap) in the daemon at once; other pods' calls never wait for a slot."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._pods: dict[str, list] = {}  # pod id -> [its semaphore, how many hold or wait for a slot]
+
+    def waiting(self, pod_id: str) -> int:
+        """How many of the pod's execs hold or wait for a slot."""
+        entry = self._pods.get(pod_id)
+        return entry[1] if entry else 0
+
+    async def acquire(self, pod_id: str, timeout: float | None) -> None:
+        """One of the pod's slots; TimeoutError if none is free within timeout (None: wait as long as it takes).
+        Every acquire that returns is followed by one release(pod_id)."""
+        entry = self._pods.get(pod_id)
+        if entry is None:
+            entry = self._pods[pod_id] = [asyncio.Semaphore(self.limit), 0]
+        entry[1] += 1
+        try:
+            async with asyncio.timeout(timeout):
+                await entry[0].acquire()
+        except BaseException:
+            self._done(pod_id, entry)
+            raise
+
+    def release(self, pod_id: str) -> None:
+        entry = self._pods[pod_id]
+        entry[0].release()
+        self._done(pod_id, entry)
+
+    def _done(self, pod_id: str, entry: list) -> None:
+        entry[1] -= 1
+        if not entry[1]:
+            del self._pods[pod_id]
+
+
 class Monitors:
-    def __init__(self, spawner) -> None:
+    def __init__(self, spawner, exec_sync_per_pod: int = 64) -> None:
         self.spawner = spawner
         self.exits = ExitWatch(warn=_log.warning)
+        self.exec_slots = ExecSlots(exec_sync_per_pod)
 
     @staticmethod
     def socket_path(monitor_dir: str) -> str:
@@ -45,6 +89,7 @@ class Monitors:
         return MonitorClient(sock)
 
     def client(self, monitor_dir: str, timeout: float | None = 30.0) -> MonitorClient:
+        """A blocking client, for code that runs in a thread of its own (the streaming server's opens)."""
         return MonitorClient(self.socket_path(monitor_dir), timeout=timeout)
 
     @staticmethod
@@ -53,24 +98,17 @@ class Monitors:
 
     async def call(self, monitor_dir: str, method: str, *args: Any, client_timeout: float | None = 30.0,
                    **kwargs: Any):
-        """MonitorClient.<method>(*args, **kwargs) in a worker thread; client_timeout bounds socket I/O."""
-        client = self.client(monitor_dir, timeout=client_timeout)
-        try:
-            return await asyncio.to_thread(getattr(client, method), *args, **kwargs)
-        except MonitorError as exc:
-            if not self.alive(monitor_dir):
-                raise MonitorUnavailable(f"the pod's monitor is not running: {exc}") from None
-            raise
+        """AsyncMonitorClient.<method>(*args, **kwargs); client_timeout bounds each wait for socket I/O."""
+        return await self.call_now(monitor_dir, method, *args, client_timeout=client_timeout, **kwargs)
 
-    def call_now(self, monitor_dir: str, method: str, *args: Any, **kwargs: Any) -> Awaitable:
-        """call(), with the request on its way (in a worker thread) before this returns, not when the result is
-        first awaited: for a caller that goes on working meanwhile (see Containers._begin_monitor_create)."""
-        client = self.client(monitor_dir)
-        sent = asyncio.get_running_loop().run_in_executor(None, functools.partial(getattr(client, method), *args,
-                                                                                   **kwargs))
-        return self._answer(monitor_dir, sent)
+    def call_now(self, monitor_dir: str, method: str, *args: Any, client_timeout: float | None = 30.0,
+                 **kwargs: Any) -> Awaitable:
+        """call(), with the request on its way before this returns, not when the result is first awaited: for a
+        caller that goes on working meanwhile (see Containers._begin_monitor_create)."""
+        client = AsyncMonitorClient(self.socket_path(monitor_dir), timeout=client_timeout)
+        return self._answer(monitor_dir, getattr(client, method)(*args, **kwargs))
 
-    async def _answer(self, monitor_dir: str, sent: asyncio.Future):
+    async def _answer(self, monitor_dir: str, sent: Awaitable):
         try:
             return await sent
         except MonitorError as exc:
