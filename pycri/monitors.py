@@ -2,10 +2,10 @@
 
 Calls go through runtime.aclient.AsyncMonitorClient and wait in the event loop, never in a worker thread: a call
 that waits long for a container (an ExecSync, a StopContainer's grace period) must not hold a thread of the
-default pool, which is shared by every pod (and small: 6 threads on 2 cores). ExecSyncs wait for a slot of their
-pod (ExecSlots). Ends are watched through one
-runtime.exitwatch.ExitWatch: the exit records of running containers and the monitors themselves, learnt from the
-kernel as soon as a monitor records them (the daemon takes them in Daemon.take_exits; docs/design.md, "Exits").
+default pool, which every pod shares (6 threads on 2 cores). ExecSyncs also wait for a slot of their pod
+(ExecSlots). Ends are watched through one runtime.exitwatch.ExitWatch: the exit records of running containers and
+the monitors themselves, learnt from the kernel as soon as a monitor records them (the daemon takes them in
+Daemon.take_exits; docs/design.md, "Exits").
 """
 
 from __future__ import annotations
