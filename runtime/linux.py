@@ -181,6 +181,35 @@ def openat2_supported() -> bool:
     return _HAVE["openat2"]
 
 
+_AT_EMPTY_PATH = 0x1000
+_STATX_MNT_ID = 0x1000
+_STATX_MNT_ID_OFFSET = 144  # struct statx: stx_mnt_id, after stx_dev_minor
+_STATX_SIZE = 256
+
+
+def mount_id(fd: int) -> int | None:
+    """The id of the mount the file open at fd is on (as in /proc/self/mountinfo): a bind mount of a directory of
+    the same file system has the same st_dev but another mount id. statx(2) (Linux >= 5.8), else the fd's
+    /proc fdinfo; None where neither tells."""
+    if _HAVE.get("statx_mnt_id", True):
+        buf = ctypes.create_string_buffer(_STATX_SIZE)
+        if libc.statx(ctypes.c_int(fd), b"", ctypes.c_int(_AT_EMPTY_PATH), ctypes.c_uint(_STATX_MNT_ID), buf) == 0:
+            mask = int.from_bytes(buf.raw[:4], "little")
+            if mask & _STATX_MNT_ID:
+                return int.from_bytes(buf.raw[_STATX_MNT_ID_OFFSET:_STATX_MNT_ID_OFFSET + 8], "little")
+        elif ctypes.get_errno() == errno.EBADF:
+            raise OSError(errno.EBADF, os.strerror(errno.EBADF))
+        _HAVE["statx_mnt_id"] = False
+    try:
+        with open(f"/proc/self/fdinfo/{fd}", "rb") as f:
+            for line in f:
+                if line.startswith(b"mnt_id:"):
+                    return int(line.split()[1])
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
 def umount2(target: str, flags: int = 0) -> None:
     _check(libc.umount2(_b(target), ctypes.c_int(flags)), f"umount {target!r}")
 
