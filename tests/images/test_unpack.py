@@ -213,3 +213,37 @@ def test_whiteout_hides_lower_layers_only(tmp_path, sandbox):
     assert (target / "d" / "x").read_bytes() == b"x"
     assert os.getxattr(target / "d", "trusted.overlay.opaque") == b"y"
     assert (target / "g").read_bytes() == b"re-added"
+
+
+def test_a_deep_layer_unpacks_and_a_deep_directory_it_replaces_goes(tmp_path, sandbox):
+    """3,000 levels (past Python's recursion limit and, at 6,000 characters, PATH_MAX): y/d/.../d is made with its
+    times; x/d/.../d, with a symlink to the canary 2,500 levels down, is then replaced by a file of that name:
+    the directory goes whole, the symlink is not followed."""
+    from runtime.trees import remove_tree
+
+    target, canary = sandbox
+    deep = ["d"] * 3_000
+    entries = []
+    for top in ("x", "y"):
+        entries += [entry("/".join([top] + deep[:k]), "dir", mode=0o750) for k in range(3_001)]
+        entries.append(entry("/".join([top] + deep + ["bottom"]), data=b"deep\n"))
+    entries.append(entry("/".join(["x"] + deep[:2_500] + ["out"]), "symlink", link=str(canary)))
+    entries.append(entry("x", data=b"now a file\n"))
+    try:
+        result = unpack(tmp_path, make_tar(*entries), target)
+        assert result.entries == len(entries)
+        assert (target / "x").read_bytes() == b"now a file\n"
+        fd = os.open(target / "y", os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            for _ in deep:
+                st = os.stat(fd)
+                assert (stat.S_IMODE(st.st_mode), st.st_mtime) == (0o750, 1_700_000_000)
+                nfd = os.open("d", os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=fd)
+                os.close(fd)
+                fd = nfd
+            with open(os.open("bottom", os.O_RDONLY, dir_fd=fd), "rb") as f:
+                assert f.read() == b"deep\n"
+        finally:
+            os.close(fd)
+    finally:
+        remove_tree(target)  # (pytest's own removal of its temp dirs would hit the recursion limit)
