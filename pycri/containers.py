@@ -6,19 +6,20 @@ import asyncio
 import json
 import os
 import secrets
-import shutil
 import stat
 import time
 from pathlib import Path
 
 from runtime.client import MonitorError
 from runtime.linux import MNT_DETACH, mount_setattr_supported, umount2
+from runtime.trees import remove_tree, tree_usage
 
 from pycri import cdi, log, validation
 from pycri.api import api_pb2 as cri
-from pycri.errors import DeadlineExceeded, FailedPrecondition, InvalidArgument, NotFound
+from pycri.errors import DeadlineExceeded, FailedPrecondition, InvalidArgument, NotFound, TeardownError
 from pycri.dirs import private_dir, write_private
 from pycri.hostmounts import SharedMounts
+from pycri.images import ImageError
 from pycri.monitors import MonitorUnavailable
 from pycri.records import (C_CREATED, C_CREATING, C_EXITED, C_RUNNING, CONTAINER_STATE, SB_READY, ContainerRecord,
                            SandboxRecord, matches, pb)
@@ -95,7 +96,10 @@ class Containers:
         try:
             await self._setup(rec, sandbox, config, sandbox_config, image)
         except BaseException:
-            await asyncio.shield(self._cleanup(rec))
+            try:
+                await asyncio.shield(self._cleanup(rec))
+            except TeardownError:  # logged; the CREATING record stays, for a removal of the pod or the next start
+                pass
             raise
         rec.state = C_CREATED
         ctx.records.save_container(rec)
@@ -369,11 +373,19 @@ class Containers:
             await self._cleanup(rec)
         self._locks.pop(rec.id, None)
         if self.ctx.images.resolve_id(rec.image_id) is None:  # its image was removed while it ran
-            self.ctx.background(self.ctx.images.gc())
+            self.ctx.background(self._collect_images())
         self.ctx.events.emit(rec.id, cri.ContainerEventType.CONTAINER_DELETED_EVENT)
         _log.info("container removed", container_id=rec.id)
 
+    async def _collect_images(self) -> None:
+        try:
+            await self.ctx.images.gc()
+        except ImageError as exc:
+            _log.error("image garbage collection after a container removal failed", error=str(exc))
+
     async def _cleanup(self, rec: ContainerRecord) -> None:
+        """Undo what exists of a container. Its directories go before its record, so that a failure to remove
+        them (TeardownError) leaves the record for a retry, rather than an OK and files nothing tracks."""
         if (task := self._monitor_creates.pop(rec.id, None)) is not None:
             await asyncio.wait([task])  # its outcome does not matter: the container goes
         sandbox = self.ctx.records.sandboxes.get(rec.sandbox_id)
@@ -388,10 +400,13 @@ class Containers:
         elif rec.cgroup_path:
             await asyncio.to_thread(remove_cgroup, rec.cgroup_path, self.ctx.config.cgroup.driver)
         self.shared_mounts.release(rec.id)
+        try:
+            await asyncio.to_thread(_remove_dirs, rec.bundle, rec.layer_dir)
+        except OSError as exc:
+            _log.error("container files not removed", container_id=rec.id, error=str(exc))
+            raise TeardownError(f"container {rec.id}: its files could not be removed: {exc}") from None
         self.ctx.records.delete_container(rec.id)
         self._cpu_samples.pop(rec.id, None)
-        # The directories go after the answer (a writable layer can be large); a crash before that is swept at start.
-        self.ctx.background(asyncio.to_thread(_remove_dirs, rec.bundle, rec.layer_dir))
 
     # ---- Status / List ----
 
@@ -542,10 +557,17 @@ class Containers:
                     rss_bytes=cri.UInt64Value(value=int(st.get("memory_rss", 0))),
                     page_faults=cri.UInt64Value(value=int(st.get("page_faults", 0))),
                     major_page_faults=cri.UInt64Value(value=int(st.get("major_page_faults", 0)))))
-        used, inodes = await asyncio.to_thread(_usage, Path(rec.layer_dir) / "upper")
+        try:
+            usage = await asyncio.to_thread(tree_usage, Path(rec.layer_dir) / "upper")
+        except OSError as exc:  # this container's figures are left out, not every container's
+            _log.warning("writable layer not counted", container_id=rec.id, error=str(exc))
+            return out
+        if not usage.complete:
+            _log.warning("writable layer kept changing while counted; its usage is a lower bound",
+                         container_id=rec.id)
         out.writable_layer.CopyFrom(cri.FilesystemUsage(
             timestamp=now, fs_id=cri.FilesystemIdentifier(mountpoint=str(self.ctx.config.root_path)),
-            used_bytes=cri.UInt64Value(value=used), inodes_used=cri.UInt64Value(value=inodes)))
+            used_bytes=cri.UInt64Value(value=usage.bytes), inodes_used=cri.UInt64Value(value=usage.inodes)))
         return out
 
     async def fs_usage(self) -> tuple[str, int, int]:
@@ -554,8 +576,8 @@ class Containers:
         now = time.monotonic()
         if self._fs_usage is None or now - self._fs_usage[0] > FS_USAGE_TTL:
             layers = self.ctx.config.root_path / "containers"
-            used, inodes = await asyncio.to_thread(_usage, layers)
-            self._fs_usage = (now, (str(layers), used, inodes))
+            usage = await asyncio.to_thread(tree_usage, layers)
+            self._fs_usage = (now, (str(layers), usage.bytes, usage.inodes))
         return self._fs_usage[1]
 
     # ---- Recovery ----
@@ -563,17 +585,22 @@ class Containers:
     async def recover(self) -> None:
         """At start, before the socket serves: undo half-made containers; record the exits that happened
         meanwhile and watch the running containers; sweep writable layers whose container is gone (removed just
-        before a crash)."""
+        before a crash). What cannot be removed is logged and tried again at the next start: the daemon starts."""
         layers = self.ctx.config.root_path / "containers"
         if layers.is_dir():
             known = set(self.ctx.records.containers)
-            stale = [str(d) for d in layers.iterdir() if d.name not in known]
-            if stale:
-                await asyncio.to_thread(_remove_dirs, *stale)
+            for stale in [str(d) for d in layers.iterdir() if d.name not in known]:
+                try:
+                    await asyncio.to_thread(_remove_dirs, stale)
+                except OSError as exc:
+                    _log.error("leftover writable layer not removed", path=stale, error=str(exc))
         for rec in list(self.ctx.records.containers.values()):
             sandbox = self.ctx.records.sandboxes.get(rec.sandbox_id)
             if rec.state == C_CREATING or sandbox is None:
-                await self._cleanup(rec)
+                try:
+                    await self._cleanup(rec)
+                except TeardownError:
+                    pass  # logged; the record stays for the next try
                 continue
             if rec.state == C_CREATED and self.ctx.monitors.alive(sandbox.monitor_dir):
                 self._adopt_start(rec, sandbox)
@@ -595,29 +622,21 @@ class Containers:
 
 
 def _remove_dirs(*dirs: str) -> None:
+    """Remove a container's bundle and writable layer (runtime/trees.py: any depth, no other mount entered); all
+    are tried, then the first failure is raised (OSError)."""
+    failures = []
     for d in dirs:
-        if d:
+        if not d:
+            continue
+        try:
             rootfs = os.path.join(d, "rootfs")
             if os.path.ismount(rootfs):  # an OCI runtime's rootfs, left by a monitor that died (docs/runtime.md)
-                try:
-                    umount2(rootfs, MNT_DETACH)
-                except OSError as exc:
-                    _log.warning("rootfs unmount failed", path=rootfs, error=exc.strerror)
-                    continue
-            shutil.rmtree(d, ignore_errors=True)
-
-
-def _usage(path: Path) -> tuple[int, int]:
-    used = inodes = 0
-    for dirpath, dirnames, filenames in os.walk(path):
-        for name in dirnames + filenames:
-            try:
-                st = os.lstat(os.path.join(dirpath, name))
-            except OSError:
-                continue
-            inodes += 1
-            used += st.st_blocks * 512
-    return used, inodes
+                umount2(rootfs, MNT_DETACH)
+            remove_tree(d)
+        except OSError as exc:
+            failures.append(exc)
+    if failures:
+        raise failures[0]
 
 
 def image_file_reader(lowerdirs: list[str]):

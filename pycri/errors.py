@@ -10,7 +10,8 @@ class CRIError(Exception):
 
 
 class TeardownError(CRIError):
-    """Some step of undoing a sandbox failed (all were tried); the record stays so that a retry finishes it."""
+    """Some step of undoing a sandbox or a container, or of removing an image's files, failed (all were tried);
+    the record stays, where there is one, so that a retry finishes it."""
 
 
 class InvalidArgument(CRIError):

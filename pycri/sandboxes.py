@@ -11,7 +11,6 @@ import asyncio
 import json
 import os
 import secrets
-import shutil
 import time
 from pathlib import Path
 
@@ -19,6 +18,7 @@ from runtime import podns
 from runtime.userns import supported as userns_supported
 from runtime.cgroups import open_cgroup
 from runtime.client import MonitorError
+from runtime.trees import remove_tree
 
 from pycri import log, validation
 from pycri.api import api_pb2 as cri
@@ -287,7 +287,12 @@ class Sandboxes:
                 await ctx.monitors.call(rec.monitor_dir, "shutdown", force=True)
             except Exception as exc:  # noqa: BLE001
                 _log.debug("monitor shutdown", pod_sandbox_id=rec.id, error=str(exc))
-        await asyncio.to_thread(shutil.rmtree, rec.pod_dir, True)
+        if rec.pod_dir:
+            try:
+                await asyncio.to_thread(remove_tree, rec.pod_dir)
+            except OSError as exc:  # the record stays: a retried Remove (or the next start) tries again
+                _log.error("pod dir not removed", pod_sandbox_id=rec.id, error=str(exc))
+                raise TeardownError(f"pod sandbox {rec.id}: its directory could not be removed: {exc}") from None
         ctx.records.delete_sandbox(rec.id)
         # the parent pycri made for pods without one goes with the last such pod (also a failed or undone one)
         if not rec.cgroup_parent and ctx.config.cgroup.driver == "cgroupfs" and \

@@ -23,7 +23,7 @@ import struct
 import termios
 import time
 
-from runtime import cgroups, fastinit, frames, hooks, jsonlog, launch, linux, state
+from runtime import cgroups, fastinit, frames, hooks, jsonlog, launch, linux, state, trees
 from runtime.frames import CH_CLOSE_STDIN, CH_EXIT, CH_RESIZE, CH_STDERR, CH_STDIN, CH_STDOUT, frame
 from runtime.logfile import DEFAULT_MAX_LINE, LogFile
 
@@ -1258,7 +1258,7 @@ class Monitor:
         self._unwatch_oom(c)
         if c.cgroup:
             c.cgroup.remove()
-        _rmtree(c.dir)
+        trees.remove_tree(c.dir)
 
     def _watch_oom(self, c: Container) -> None:
         c.oom_seen = c.oom_base
@@ -1364,17 +1364,6 @@ class Monitor:
         except FileNotFoundError:
             pass
         self.log.info("monitor.exiting")
-
-
-def _rmtree(path: str) -> None:
-    if not os.path.isdir(path):
-        return
-    for entry in os.scandir(path):
-        if entry.is_dir(follow_symlinks=False):
-            _rmtree(entry.path)
-        else:
-            os.unlink(entry.path)
-    os.rmdir(path)
 
 
 def configure_logging(path: str | None) -> None:

@@ -20,6 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
+from runtime.trees import tree_usage
+
 from .. import metrics
 from ..log import get as get_logger
 from ..store import Store, dumps, loads
@@ -386,7 +388,9 @@ class ImageManager:
         return blobs, chains
 
     async def gc(self) -> tuple[int, int]:
-        """Delete unreferenced blobs and snapshots; returns (blobs, snapshots) removed."""
+        """Delete unreferenced blobs and snapshots; returns (blobs, snapshots) removed. ImageError when a
+        snapshot's files could not all be removed: its record is gone (nothing uses it again), and its dir is
+        tried again at every gc and at the next start."""
         blobs, chains = self._referenced()
         leased = set(self._leases)
         blobs |= leased
@@ -401,10 +405,11 @@ class ImageManager:
         nums = {c: self.snapshots.number(c) for c in dead}
         for chain in dead:
             self.store.execute("DELETE FROM snapshots WHERE chain_id = ?", (chain,))
-        for chain in dead:
-            await asyncio.to_thread(_rmtree, self.snapshots.dir / str(nums[chain]))
+        failures = await self.snapshots.remove_dirs(nums[chain] for chain in dead)
         if dead_blobs or dead:
             log.info("image garbage collected", blobs=len(dead_blobs), snapshots=len(dead))
+        if failures:
+            raise ImageError(f"{len(failures)} layer snapshot(s) could not be removed: {failures[0]}")
         return len(dead_blobs), len(dead)
 
     async def fs_info(self) -> tuple[int, int]:
@@ -453,28 +458,12 @@ class ImageManager:
         return ids
 
 
-def _rmtree(path: Path) -> None:
-    import shutil
-    shutil.rmtree(path, ignore_errors=True)
-
-
 def _usage(root: Path) -> tuple[int, int]:
+    """(bytes, entries) below blobs/, ingest/ and snapshots/, a file with several links counted once."""
     used = inodes = 0
     seen: set[tuple[int, int]] = set()
     for directory in ("blobs", "ingest", "snapshots"):
-        top = root / directory
-        if not top.exists():
-            continue
-        for dirpath, dirnames, filenames in os.walk(top):
-            for name in [*dirnames, *filenames]:
-                try:
-                    st = os.lstat(os.path.join(dirpath, name))
-                except FileNotFoundError:
-                    continue
-                key = (st.st_dev, st.st_ino)
-                if key in seen:
-                    continue
-                seen.add(key)
-                used += st.st_blocks * 512
-                inodes += 1
+        usage = tree_usage(root / directory, seen)
+        used += usage.bytes
+        inodes += usage.inodes
     return used, inodes

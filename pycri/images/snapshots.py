@@ -19,9 +19,11 @@ import ctypes
 import dataclasses
 import hashlib
 import os
-import shutil
 import uuid
 from pathlib import Path
+from typing import Iterable
+
+from runtime.trees import remove_tree
 
 from ..log import get as get_logger
 from ..store import Store, dumps, loads
@@ -51,6 +53,7 @@ class Snapshots:
         self.store = store
         self._inflight: dict[str, asyncio.Task] = {}
         self._slots = asyncio.Semaphore(max(2, os.cpu_count() or 1))  # extractions running in threads at once
+        self._unremoved: set[int] = set()  # numbers no longer recorded whose dir could not be removed (yet)
 
     def number(self, chain_id: str) -> int | None:
         row = self.store.query_one("SELECT num FROM snapshots WHERE chain_id = ?", (chain_id,))
@@ -114,7 +117,7 @@ class Snapshots:
                                              dataclasses.replace(options, lowers=lowers))
             except MissingLowers:
                 lowers = [await self._wait_for(c) for c in ancestors]
-                await asyncio.to_thread(shutil.rmtree, tmp / "fs")
+                await asyncio.to_thread(remove_tree, tmp / "fs")
                 (tmp / "fs").mkdir(mode=0o755)
                 result = await self._extract(blob, tmp / "fs", media_type, diff_id,
                                              dataclasses.replace(options, lowers=lowers))
@@ -129,7 +132,10 @@ class Snapshots:
                      seconds=round(loop.time() - started, 3))
             return self.dir / str(num) / "fs"
         except BaseException:
-            await asyncio.to_thread(shutil.rmtree, tmp, True)
+            try:
+                await asyncio.to_thread(remove_tree, tmp)
+            except OSError as exc:  # swept at the next start
+                log.error("unfinished layer not removed", path=str(tmp), error=str(exc))
             raise
 
     async def _extract(self, blob: Path, target: Path, media_type: str, diff_id: str,
@@ -141,24 +147,38 @@ class Snapshots:
         row = self.store.query_one("SELECT MAX(num) AS m FROM snapshots")
         highest = int(row["m"]) if row and row["m"] is not None else 0
         on_disk = [int(p.name) for p in self.dir.iterdir() if p.name.isdigit()]
-        return max([highest, *on_disk]) + 1
+        return max([highest, *on_disk, *self._unremoved]) + 1
 
-    def remove(self, chain_id: str) -> None:
-        num = self.number(chain_id)
-        if num is None:
-            return
-        self.store.execute("DELETE FROM snapshots WHERE chain_id = ?", (chain_id,))
-        shutil.rmtree(self.dir / str(num), ignore_errors=True)
+    async def remove_dirs(self, nums: Iterable[int]) -> list[OSError]:
+        """Remove the dirs of these snapshots, whose records are gone, and of earlier ones whose removal
+        failed; returns the failures (logged). A number stays taken until its dir is gone."""
+        self._unremoved.update(nums)
+        failures = []
+        for num in sorted(self._unremoved):
+            try:
+                await asyncio.to_thread(remove_tree, self.dir / str(num))
+            except OSError as exc:
+                log.error("layer snapshot not removed", snapshot=num, error=str(exc))
+                failures.append(exc)
+            else:
+                self._unremoved.discard(num)
+        return failures
 
     def in_progress(self) -> set[str]:
         return set(self._inflight)
 
     def cleanup(self) -> None:
-        """Remove temp dirs and unrecorded numbered dirs (start-up, before any pull)."""
+        """Remove temp dirs and unrecorded numbered dirs (start-up, before any pull). One that cannot be removed
+        is logged and left for the next start; the daemon starts all the same."""
         known = {str(n) for n in self.all().values()}
         for entry in self.dir.iterdir():
             if entry.name.startswith("tmp-") or (entry.name.isdigit() and entry.name not in known):
-                shutil.rmtree(entry, ignore_errors=True)
+                try:
+                    remove_tree(entry)
+                except OSError as exc:
+                    log.error("leftover layer snapshot not removed", path=str(entry), error=str(exc))
+                    if entry.name.isdigit():
+                        self._unremoved.add(int(entry.name))  # and at every gc
 
     def data(self, chain_id: str) -> dict:
         row = self.store.query_one("SELECT data FROM snapshots WHERE chain_id = ?", (chain_id,))

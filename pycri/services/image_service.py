@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 
 from pycri.api import api_pb2 as cri
-from pycri.errors import FailedPrecondition, InvalidArgument, NotFound, Unavailable
+from pycri.errors import FailedPrecondition, InvalidArgument, NotFound, TeardownError, Unavailable
 from pycri.images import ImageAuthError, ImageError, ImageNotFound
 
 
@@ -70,6 +70,8 @@ class ImageService:
             await self.manager.remove(ref)
         except ValueError as exc:
             raise InvalidArgument(str(exc)) from None
+        except ImageError as exc:  # its files stay on disk: not an OK
+            raise TeardownError(str(exc)) from None
         return cri.RemoveImageResponse()
 
     async def ImageFsInfo(self, request, context):
