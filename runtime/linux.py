@@ -191,7 +191,7 @@ def mount_id(fd: int) -> int | None:
     """The id of the mount the file open at fd is on (as in /proc/self/mountinfo): a bind mount of a directory of
     the same file system has the same st_dev but another mount id. statx(2) (Linux >= 5.8), else the fd's
     /proc fdinfo; None where neither tells."""
-    if _HAVE.get("statx_mnt_id", True):
+    if _HAVE.setdefault("statx_mnt_id", hasattr(libc, "statx")):  # (glibc >= 2.28)
         buf = ctypes.create_string_buffer(_STATX_SIZE)
         if libc.statx(ctypes.c_int(fd), b"", ctypes.c_int(_AT_EMPTY_PATH), ctypes.c_uint(_STATX_MNT_ID), buf) == 0:
             mask = int.from_bytes(buf.raw[:4], "little")

@@ -215,7 +215,7 @@ class _Mount:
 
 
 def _is_mount_point(fd: int, path, dir_fd: int | None) -> bool:
-    parent = os.open(os.path.dirname(os.fspath(path)) or ".", _DIR & ~os.O_NOFOLLOW, dir_fd=dir_fd)
+    parent = os.open(os.path.dirname(os.path.normpath(os.fspath(path))) or ".", _DIR & ~os.O_NOFOLLOW, dir_fd=dir_fd)
     try:
         return not _Mount(parent).same(fd, os.fstat(fd))
     finally:
