@@ -153,7 +153,7 @@ def test_leftover_deep_trees_are_removed_at_start_and_one_that_cannot_be_does_no
     os.mkdir(stuck / "mnt")
     linux.mount("tmpfs", str(stuck / "mnt"), "tmpfs", 0, "size=1m")
     try:
-        d.start()
+        d.start(timeout=120)  # (17,000 levels to remove first: seconds on a busy machine)
         assert d.runtime.Version(cri.VersionRequest()).runtime_name == "pycri"
         assert not layer.exists()
         assert sorted(p.name for p in (d.root / "snapshots").iterdir()) == []
