@@ -18,7 +18,8 @@ than 0/0 are created only when `allow_devices` (a root daemon, as containerd doe
 root), mode with setuid/setgid/sticky, mtimes, and PAX SCHILY.xattr.* attributes are kept; `trusted.*` xattrs from
 an archive are refused (they would be overlayfs's own control attributes). Compression is detected from the magic
 bytes (gzip, zstd, none), the media type only checked for being a layer type at all; the uncompressed stream is
-hashed and must equal the diff id.
+hashed and must equal the diff id. GNU sparse members (old GNU 'S', PAX 0.0/0.1/1.0) are written with holes: only
+their data blocks are written, and the file is truncated to its real size.
 """
 
 from __future__ import annotations
@@ -314,12 +315,13 @@ class _Extractor:
             fd = self._replacing(lambda: os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
                                                  | os.O_CLOEXEC, 0o600, dir_fd=pfd), pfd, name)
             try:
-                source = tar.extractfile(member)
-                if source is not None:
-                    while chunk := source.read(_CHUNK):
-                        view = memoryview(chunk)
-                        while view:
-                            view = view[os.write(fd, view):]
+                if member.sparse is not None:
+                    self._write_sparse(tar, member, fd)
+                else:
+                    source = tar.extractfile(member)
+                    if source is not None:
+                        while chunk := source.read(_CHUNK):
+                            _write_all(fd, chunk)
                 self.apply_meta(fd, member)
                 os.utime(fd, ns=(self._ns(member), self._ns(member)))
             finally:
@@ -348,6 +350,29 @@ class _Extractor:
             os.utime(name, ns=(self._ns(member), self._ns(member)), dir_fd=pfd, follow_symlinks=False)
         except OverflowError:
             pass
+
+    @staticmethod
+    def _write_sparse(tar: tarfile.TarFile, member: tarfile.TarInfo, fd: int) -> None:
+        """A GNU sparse member: its data blocks at their offsets, holes left unwritten, then the real size.
+        Empty map entries are skipped (an old GNU header holds 4, used or not, and GNU tar ends with (size, 0))."""
+        blocks = [(offset, length) for offset, length in member.sparse or () if length]
+        last = 0
+        for offset, length in blocks:
+            if offset < last or length < 0 or offset + length > member.size:
+                raise LayerError(f"{member.name}: sparse map is out of order or past the file's size "
+                                 f"({offset}+{length}, size {member.size})")
+            last = offset + length
+        raw = tar.extractfile(member).raw  # type: ignore[union-attr]  # tarfile's _FileInFile: seek skips holes
+        for offset, length in blocks:
+            raw.seek(offset)
+            os.lseek(fd, offset, os.SEEK_SET)
+            while length > 0:
+                chunk = raw.read(min(length, _CHUNK))
+                if not chunk:
+                    raise LayerError(f"{member.name}: sparse data ends early")
+                _write_all(fd, chunk)
+                length -= len(chunk)
+        os.ftruncate(fd, member.size)
 
     def _meta_by_path(self, pfd: int, name: str, member: tarfile.TarInfo) -> None:
         # Device nodes and FIFOs must not be opened (that could block or touch a device): set by name instead.
@@ -442,6 +467,12 @@ class _Extractor:
                 continue  # removed again later in the archive
 
 
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+
+
 def unpack_layer(blob: Path, target: Path, *, media_type: str = "", diff_id: str | None = None,
                  options: UnpackOptions | None = None) -> UnpackResult:
     """Extract the layer blob into the empty directory `target` (blocking: run it in a thread)."""
@@ -462,6 +493,8 @@ def unpack_layer(blob: Path, target: Path, *, media_type: str = "", diff_id: str
             raise
         except (tarfile.TarError, EOFError, zlib.error, zstandard.ZstdError, gzip.BadGzipFile) as exc:
             raise LayerError(f"corrupt layer archive: {exc}") from exc
+        except IndexError as exc:  # tarfile parsing an old GNU sparse header cut short (found by tests/fuzz)
+            raise LayerError(f"corrupt layer archive: truncated header ({exc})") from exc
         except (OSError, OverflowError, ValueError) as exc:
             # OverflowError/ValueError: metadata the OS cannot take (a PAX uid out of range, an mtime of "nan" or
             # 1e30, a NUL in a name): the layer is rejected like any other unextractable entry.

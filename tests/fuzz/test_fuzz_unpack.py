@@ -20,12 +20,12 @@ from pathlib import Path
 
 import pytest
 import zstandard
-from hypothesis import given, settings
+from hypothesis import event, given, settings
 from hypothesis import strategies as st
 
 from pycri.images.unpack import LayerError, UnpackOptions, unpack_layer
 from tests.fuzz.profiles import budget, corpus
-from tests.fuzz.tarbuild import build
+from tests.fuzz.tarbuild import build, gnu_sparse, pax_sparse
 
 ESCAPE_PREFIX = "pycri-fuzz-escape"
 
@@ -153,6 +153,13 @@ def test_seed_outcomes(sandbox):
         assert extract(sandbox, seeds[name], opts) == "ok"
         assert (sandbox.target / "hard").read_bytes() == b"hello\n"
         assert os.readlink(sandbox.target / "link") == "etc/hello"
+    # GNU sparse members: 4 GiB files of a few KiB of data stay sparse; maps out of order or past the size are refused
+    for name in ("sparse-gnu", "sparse-gnu-extended", "sparse-pax10", "sparse-pax01"):
+        assert extract(sandbox, seeds[name + ".tar"], opts) == "ok", name
+        st_ = os.stat(sandbox.target / "sparse")
+        assert st_.st_size == 1 << 32 and st_.st_blocks * 512 <= 256 * 1024, (name, st_.st_blocks)
+    for name in ("sparse-out-of-order", "sparse-past-size"):
+        assert extract(sandbox, seeds[name + ".tar"], opts) == "rejected", name
 
 
 # -- generated layers --------------------------------------------------------------------------------------------
@@ -223,6 +230,63 @@ def test_generated_layers_never_escape(sandbox, entries, devices, lowers, compre
     elif compress == "zstd":
         blob = zstandard.ZstdCompressor().compress(blob)
     extract(sandbox, blob, UnpackOptions(allow_devices=devices, lowers=[sandbox.lower] if lowers else None))
+
+
+def _sparse_map_valid(blocks: list[tuple[int, bytes]], size: int) -> bool:
+    end = 0
+    for offset, data in blocks:
+        if offset < end or offset + len(data) > size:
+            return False
+        end = offset + len(data)
+    return True
+
+
+def _in_order(gaps: list[tuple[int, bytes]]) -> list[tuple[int, bytes]]:
+    """(gap in 512-byte blocks, data) -> (offset, data): a valid map (offsets past the previous block's end)."""
+    out, end = [], 0
+    for gap, data in gaps:
+        offset = ((end + 511) // 512 + gap) * 512
+        out.append((offset, data))
+        end = offset + len(data)
+    return out
+
+
+_DATA = st.binary(min_size=1, max_size=1536)
+_ANY_BLOCKS = st.lists(st.tuples(st.integers(1, 1 << 23).map(lambda n: n * 512), _DATA), max_size=30)
+_VALID_BLOCKS = st.lists(st.tuples(st.integers(0, 1 << 19), _DATA), max_size=30).map(_in_order)
+
+
+@given(blocks=st.one_of(_VALID_BLOCKS, _VALID_BLOCKS, _ANY_BLOCKS),
+       size=st.integers(0, (1 << 33) - 1), fit=st.sampled_from([True, True, False]),
+       fmt=st.sampled_from(["gnu", "1.0", "0.1"]),
+       name=st.sampled_from(["s", "d/s", "../s", f"{P}/sentinel", "lower/etc/passwd", "/tmp/" + ESCAPE_PREFIX]))
+@settings(max_examples=budget(200))
+def test_generated_sparse_members(sandbox, blocks, size, fit, fmt, name):
+    """GNU sparse members with random maps (in order or not, overlapping, past the size), in the old GNU format and
+    PAX 1.0/0.1: a valid map extracts with each block's data at its offset, holes unallocated; any other is
+    refused; nothing outside the target changes. `fit`: the size is just past the last block's end."""
+    if fit:
+        size = min(max([off + len(d) for off, d in blocks] or [0]) + size % 4096, (1 << 33) - 1)
+    name = _place(name, str(sandbox.parent))
+    if fmt == "gnu" and len(name.encode()) > 99:
+        return
+    blob = gnu_sparse(name, size, blocks) if fmt == "gnu" else pax_sparse(name, size, blocks, fmt)
+    outcome = extract(sandbox, blob, UnpackOptions(lowers=[sandbox.lower]))
+    event(f"{fmt} {outcome}")
+    inside = name.lstrip("/") if ".." not in name else None
+    if inside is None:
+        assert outcome == "rejected"
+        return
+    assert outcome == ("ok" if _sparse_map_valid(blocks, size) else "rejected"), (blocks, size)
+    if outcome == "ok":
+        path = sandbox.target / inside
+        st_ = os.stat(path)
+        assert st_.st_size == size
+        assert st_.st_blocks * 512 <= 64 * 1024 + 8192 * len(blocks), (st_.st_blocks, blocks)
+        with open(path, "rb") as f:
+            for offset, data in blocks:
+                f.seek(offset)
+                assert f.read(len(data)) == data
 
 
 @given(seed=st.sampled_from(SEEDS), edits=st.lists(st.tuples(st.integers(0, 1 << 16), st.integers(0, 255)),

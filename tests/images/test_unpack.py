@@ -247,3 +247,55 @@ def test_a_deep_layer_unpacks_and_a_deep_directory_it_replaces_goes(tmp_path, sa
             os.close(fd)
     finally:
         remove_tree(target)  # (pytest's own removal of its temp dirs would hit the recursion limit)
+
+
+# -- sparse members ---------------------------------------------------------------------------------------------
+
+GiB = 1 << 30
+
+
+@pytest.mark.parametrize("fmt", ["gnu", "pax-1.0", "pax-0.1"])
+def test_sparse_members_are_written_with_holes(tmp_path, sandbox, fmt):
+    """A 4 GiB GNU sparse file of 12 KiB of data takes a few KiB of disk, not 4 GiB, and reads back right."""
+    from tests.fuzz.tarbuild import build, gnu_sparse, pax_sparse
+
+    target, _ = sandbox
+    blocks = [(4096, b"a" * 4096), (GiB, b"b" * 512), (4 * GiB - 4096, b"c" * 4096)]
+    data = gnu_sparse("big", 4 * GiB, blocks) if fmt == "gnu" else pax_sparse("big", 4 * GiB, blocks, fmt[4:])
+    assert len(data) < 16384
+    unpack(tmp_path, build([("dir", "d", None, {})])[:-1024] + data, target)
+    st = os.stat(target / "big")
+    assert st.st_size == 4 * GiB
+    assert st.st_blocks * 512 <= 64 * 1024, f"{st.st_blocks * 512} bytes allocated"
+    with open(target / "big", "rb") as f:
+        for offset, chunk in blocks:
+            f.seek(offset)
+            assert f.read(len(chunk)) == chunk
+        f.seek(0)
+        assert f.read(4096) == bytes(4096)
+        f.seek(GiB - 4096)
+        assert f.read(8192) == bytes(4096) + b"b" * 512 + bytes(3584)
+    assert (target / "d").is_dir()  # the entries around it are read right
+
+
+@pytest.mark.parametrize("blocks,size", [
+    ([(8192, b"x" * 512), (0, b"y" * 512)], 16384),  # out of order
+    ([(0, b"x" * 1024), (512, b"y" * 512)], 16384),  # overlapping
+    ([(16384, b"x" * 512)], 8192),  # past the real size
+])
+def test_hostile_sparse_maps_are_refused(tmp_path, sandbox, blocks, size):
+    from tests.fuzz.tarbuild import gnu_sparse
+
+    target, _ = sandbox
+    with pytest.raises(LayerError, match="sparse map"):
+        unpack(tmp_path, gnu_sparse("f", size, blocks), target)
+
+
+def test_sparse_header_cut_short_is_a_corrupt_layer(tmp_path, sandbox):
+    """An old GNU sparse header announcing extension blocks that are not there (tarfile: IndexError)."""
+    from tests.fuzz.tarbuild import gnu_sparse
+
+    target, _ = sandbox
+    data = gnu_sparse("f", 1 << 20, [(4096 * (i + 1), b"x" * 512) for i in range(8)])
+    with pytest.raises(LayerError, match="corrupt"):
+        unpack(tmp_path, data[:512], target)

@@ -9,7 +9,7 @@ import os
 
 import zstandard
 
-from tests.fuzz.tarbuild import build
+from tests.fuzz.tarbuild import build, gnu_sparse, pax_sparse
 
 ESC = "/tmp/pycri-fuzz-escape"
 D = os.path.join(os.path.dirname(__file__), "tar")
@@ -62,6 +62,22 @@ def main() -> None:
         f.write(gzip.compress(plain, mtime=0)[:60])
     with open(os.path.join(D, "garbage.bin"), "wb") as f:
         f.write(b"\x1f\x8b" + b"not gzip at all" * 10)
+    for name, blob in SPARSE.items():
+        with open(os.path.join(D, name + ".tar"), "wb") as f:
+            f.write(blob)
+
+
+# GNU sparse members (4 GiB of apparent size in a few KiB), and hostile maps.
+_BLOCKS = [(4096, b"a" * 512), (1 << 31, b"b" * 512)]
+SPARSE = {
+    "sparse-gnu": gnu_sparse("sparse", 1 << 32, _BLOCKS),
+    "sparse-gnu-extended": gnu_sparse("sparse", 1 << 32, [(4096 * (i + 1), bytes([65 + i % 26]) * 512)
+                                                          for i in range(30)]),
+    "sparse-pax10": pax_sparse("sparse", 1 << 32, _BLOCKS),
+    "sparse-pax01": pax_sparse("sparse", 1 << 32, _BLOCKS, "0.1"),
+    "sparse-out-of-order": gnu_sparse("sparse", 1 << 20, [(8192, b"x" * 512), (0, b"y" * 512)]),
+    "sparse-past-size": pax_sparse("sparse", 4096, [(8192, b"x" * 512)]),
+}
 
 
 if __name__ == "__main__":
