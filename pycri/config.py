@@ -159,6 +159,27 @@ class CDIConfig:
 
 
 @dataclass
+class ImagesConfig:
+    """Bounds on what an image unpacks to (pycri/images/unpack.py, UnpackBudget), as `[images]`."""
+
+    # Per image, over all its layers: uncompressed tar bytes plus bytes copied from lower layers for hardlinks
+    # (the holes of sparse files do not count), and tar entries. Past either, the pull fails (RESOURCE_EXHAUSTED).
+    max_unpacked_bytes: int = 64 << 30
+    max_entries: int = 4 << 20
+    # Free space kept on the file system of <root>/snapshots: checked before each layer and while unpacking.
+    min_free_bytes: int = 256 << 20
+    min_free_inodes: int = 4096
+
+    def validate(self, where: str) -> None:
+        for key in ("max_unpacked_bytes", "max_entries"):
+            if getattr(self, key) <= 0:
+                raise ConfigError(f"{where}.{key}: must be a positive integer")
+        for key in ("min_free_bytes", "min_free_inodes"):
+            if getattr(self, key) < 0:
+                raise ConfigError(f"{where}.{key}: must not be negative")
+
+
+@dataclass
 class Config:
     root: str = "/var/lib/pycri"
     state: str = "/run/pycri"
@@ -177,6 +198,7 @@ class Config:
     streaming: StreamingConfig = field(default_factory=StreamingConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     cdi: CDIConfig = field(default_factory=CDIConfig)
+    images: ImagesConfig = field(default_factory=ImagesConfig)
     registries: dict[str, RegistryConfig] = field(default_factory=dict)
     runtimes: dict[str, RuntimeHandlerConfig] = field(
         default_factory=lambda: {DEFAULT_RUNTIME: RuntimeHandlerConfig()}
@@ -197,6 +219,7 @@ class Config:
         self.streaming.validate("streaming")
         self.cdi.validate("cdi")
         self.metrics.validate("metrics")
+        self.images.validate("images")
         for host, reg in self.registries.items():
             if not host or "/" in host:
                 raise ConfigError(f"registries.{_toml_key(host)}: a registry key is a host[:port], e.g. \"docker.io\"")
@@ -282,6 +305,7 @@ _TABLE_TYPES = {
     "StreamingConfig": StreamingConfig,
     "CDIConfig": CDIConfig,
     "MetricsConfig": MetricsConfig,
+    "ImagesConfig": ImagesConfig,
 }
 _MAP_TYPES = {
     "dict[str, RegistryConfig]": RegistryConfig,

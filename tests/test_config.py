@@ -19,6 +19,8 @@ def test_defaults_match_the_documented_ones():
     assert cfg.cgroup.driver == "cgroupfs"
     assert cfg.runtimes == {"pycri": c.RuntimeHandlerConfig(type="builtin", path="")}
     assert cfg.streaming.address == "127.0.0.1"
+    assert (cfg.images.max_unpacked_bytes, cfg.images.max_entries) == (64 << 30, 4 << 20)
+    assert (cfg.images.min_free_bytes, cfg.images.min_free_inodes) == (256 << 20, 4096)
 
 
 def test_default_toml_round_trips():
@@ -45,7 +47,12 @@ type = "oci"
 path = "/usr/sbin/runc"
 [streaming]
 port = 10010
+[images]
+max_unpacked_bytes = 1073741824
+min_free_bytes = 0
 '''))
+    assert cfg.images.max_unpacked_bytes == 1 << 30 and cfg.images.min_free_bytes == 0
+    assert cfg.images.max_entries == 4 << 20  # the keys not given keep their defaults
     assert cfg.image_pull_progress_timeout == 30.0
     assert cfg.registries["registry.k8s.io"].mirrors[0] == "http://127.0.0.1:5000"
     assert cfg.registries["registry.k8s.io"].fallback_to_host is True
@@ -79,6 +86,10 @@ port = 10010
     ('[streaming]\nport = 65536', "streaming.port: 65536 is out of range"),
     ('cni = 3', "cni: expected a table"),
     ('[cgroup]\npids_limit = -1', "cgroup.pids_limit: must be 0 (no limit)"),
+    ('[images]\nmax_entries = 0', "images.max_entries: must be a positive integer"),
+    ('[images]\nmax_unpacked_bytes = "64G"', "images.max_unpacked_bytes: expected an integer"),
+    ('[images]\nmin_free_bytes = -1', "images.min_free_bytes: must not be negative"),
+    ('[images]\nmin_free_inode = 1', "images.min_free_inode: unknown key"),
 ])
 def test_bad_values_are_rejected_with_the_key_named(text, message):
     with pytest.raises(c.ConfigError) as err:

@@ -23,6 +23,7 @@ from typing import Any, Callable, Iterable
 from runtime.trees import tree_usage
 
 from .. import metrics
+from ..config import ImagesConfig
 from ..log import get as get_logger
 from ..store import Store, dumps, loads
 from . import reference
@@ -32,7 +33,7 @@ from .manifests import ManifestError
 from .progress import DONE, DOWNLOADING, UNPACKING, PullProgress, PullTracker
 from .registry import AuthError, Credentials, NotFoundError, RegistryClient, RegistryError, Resolved
 from .snapshots import Snapshots, chain_ids
-from .unpack import LayerError, UnpackOptions
+from .unpack import LayerError, UnpackBudget, UnpackLimit, UnpackOptions
 
 log = get_logger("images")
 
@@ -51,6 +52,10 @@ class ImageNotFound(ImageError):
 
 class ImageAuthError(ImageError):
     """The registry refused the credentials, or wants some and none were given."""
+
+
+class ImageTooLarge(ImageError):
+    """The image unpacks past a bound of [images], or the disk has too little room left for it."""
 
 
 @dataclass
@@ -148,7 +153,11 @@ class ImageManager:
                 chains = chain_ids(config["rootfs"]["diff_ids"])
                 self._lease(chains)
                 try:
-                    await self._fetch_and_unpack(resolved, creds, layers, config, chains, str(parsed), progress)
+                    try:
+                        await self._fetch_and_unpack(resolved, creds, layers, config, chains, str(parsed), progress)
+                    except UnpackLimit:
+                        await self._drop_partial(chains)
+                        raise
                     size = sum(len(b) for b in resolved.raw.values()) + config_desc["size"] + sum(
                         d["size"] for d in layers)
                     names = [parsed.name + "@" + resolved.digest]
@@ -167,7 +176,8 @@ class ImageManager:
         except (RegistryError, ManifestError, ContentError, LayerError) as exc:
             bound.warning("pull failed", error=str(exc))
             kind = (ImageNotFound if isinstance(exc, NotFoundError) else
-                    ImageAuthError if isinstance(exc, AuthError) else ImageError)
+                    ImageAuthError if isinstance(exc, AuthError) else
+                    ImageTooLarge if isinstance(exc, UnpackLimit) else ImageError)
             result = "not_found" if kind is ImageNotFound else "auth_error" if kind is ImageAuthError else "error"
             raise kind(str(exc)) from exc
         except asyncio.CancelledError:
@@ -200,11 +210,29 @@ class ImageManager:
             raise ImageError(f"{ref}: image {image_id} vanished right after its pull")
         return record
 
+    def _budget(self, image: str) -> UnpackBudget:
+        """The bounds of one image's unpack, from the [images] config."""
+        limits = getattr(self.config, "images", None) or ImagesConfig()
+        return UnpackBudget(max_bytes=limits.max_unpacked_bytes, max_entries=limits.max_entries,
+                            min_free_bytes=limits.min_free_bytes, min_free_inodes=limits.min_free_inodes,
+                            path=self.snapshots.dir, image=image)
+
+    async def _drop_partial(self, chains: list[str]) -> None:
+        """After an image went past a bound: the layers of it that other extractions finished meanwhile go
+        again, unless some image or container uses them (GC keeps those), so a refused image leaves nothing."""
+        await self.snapshots.settle(chains)
+        self._release(chains)
+        try:
+            await self.gc()
+        finally:
+            self._lease(chains)  # the caller releases them
+
     async def _fetch_and_unpack(self, resolved: Resolved, creds: Credentials | None, layers: list[dict],
                                 config: dict, chains: list[str], image: str, progress: PullProgress) -> None:
         """Download layers in parallel (at most PARALLEL_DOWNLOADS per pull, as containerd) and unpack each as
         it arrives (extractions run in parallel too, see Snapshots.ensure)."""
         slots = asyncio.Semaphore(PARALLEL_DOWNLOADS)
+        budget = self._budget(image)
         async def download(i: int, desc: dict) -> Path:
             if self.snapshots.exists(chains[i]):
                 progress.layer(i, DONE)
@@ -224,7 +252,8 @@ class ImageManager:
                 progress.layer(i, UNPACKING)
             await self.snapshots.ensure(chains[i], chains[:i][::-1], blob, media_type=desc.get("mediaType", ""),
                                         diff_id=config["rootfs"]["diff_ids"][i],
-                                        options=UnpackOptions(allow_devices=self.allow_devices), image=image)
+                                        options=UnpackOptions(allow_devices=self.allow_devices, budget=budget),
+                                        image=image)
             progress.layer(i, DONE)
 
         downloads = [asyncio.ensure_future(download(i, d)) for i, d in enumerate(layers)]
@@ -438,11 +467,13 @@ class ImageManager:
             try:
                 config = self._load_config(config_digest, len(plan["layers"]), "import")
                 chains = chain_ids(config["rootfs"]["diff_ids"])
+                budget = self._budget(f"import {config_digest}")
                 for i, desc in enumerate(plan["layers"]):
                     await self.snapshots.ensure(chains[i], chains[:i][::-1],
                                                 self.content.path(desc["digest"]), media_type=desc.get("mediaType", ""),
                                                 diff_id=config["rootfs"]["diff_ids"][i],
-                                                options=UnpackOptions(allow_devices=self.allow_devices),
+                                                options=UnpackOptions(allow_devices=self.allow_devices,
+                                                                      budget=budget),
                                                 image=f"import {config_digest}")
                 self._commit(config_digest, plan["names"], {
                     "manifest_digest": plan["manifest_digest"], "target_digest": plan["target_digest"],
@@ -450,7 +481,7 @@ class ImageManager:
                     "layer_media_types": [d.get("mediaType", "") for d in plan["layers"]],
                     "chain_ids": chains, "size": plan["size"]})
             except (ContentError, LayerError, ManifestError) as exc:
-                raise ImageError(f"import: {exc}") from exc
+                raise (ImageTooLarge if isinstance(exc, UnpackLimit) else ImageError)(f"import: {exc}") from exc
             finally:
                 self._release(plan["blobs"])
             log.info("image imported", image=",".join(plan["names"]) or config_digest, image_id=config_digest)

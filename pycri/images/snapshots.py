@@ -28,7 +28,7 @@ from runtime.trees import remove_tree
 from ..log import get as get_logger
 from ..store import Store, dumps, loads
 from ..topdir import ensure_top_dir
-from .unpack import LayerError, MissingLowers, UnpackOptions, UnpackResult, unpack_layer
+from .unpack import LayerError, MissingLowers, UnpackBudget, UnpackLimit, UnpackOptions, UnpackResult, unpack_layer
 
 log = get_logger("images.snapshots")
 
@@ -79,16 +79,35 @@ class Snapshots:
                      options: UnpackOptions, image: str = "") -> Path:
         """The snapshot for `chain_id`, extracting `blob` if it is not there yet. `ancestors` are the chain ids
         below it, top-first. Layers of one image may be extracted in parallel: the ancestors are waited for only
-        when a hardlink points into them."""
+        when a hardlink points into them. options.budget is charged as the layer is extracted, or with what the
+        snapshot recorded when it is already there (or another request extracts it): a bound holds for an image
+        whatever it shares with images pulled before."""
         if self.exists(chain_id):
+            self._charge_recorded(chain_id, options.budget)
             return self.path(chain_id)
         task = self._inflight.get(chain_id)
-        if task is None:
+        owner = task is None
+        if owner:
             task = asyncio.get_running_loop().create_task(
                 self._unpack(chain_id, list(ancestors), blob, media_type, diff_id, options, image))
             self._inflight[chain_id] = task
             task.add_done_callback(lambda t: self._done(chain_id, t))
-        return await asyncio.shield(task)
+        path = await asyncio.shield(task)
+        if not owner:
+            self._charge_recorded(chain_id, options.budget)
+        return path
+
+    def _charge_recorded(self, chain_id: str, budget: UnpackBudget | None) -> None:
+        if budget is not None:
+            data = self.data(chain_id)
+            budget.charge(int(data.get("size", 0)) + int(data.get("copied", 0)), int(data.get("entries", 0)),
+                          check_free=False)
+
+    async def settle(self, chain_ids: list[str]) -> None:
+        """Wait until no extraction of these chain ids runs (whatever their outcome)."""
+        tasks = [self._inflight[c] for c in chain_ids if c in self._inflight]
+        if tasks:
+            await asyncio.gather(*[asyncio.shield(t) for t in tasks], return_exceptions=True)
 
     def _done(self, chain_id: str, task: asyncio.Task) -> None:
         if self._inflight.get(chain_id) is task:
@@ -127,15 +146,18 @@ class Snapshots:
             self.store.execute(
                 "INSERT INTO snapshots (chain_id, num, parent, data) VALUES (?, ?, ?, ?)",
                 (chain_id, num, ancestors[0] if ancestors else None,
-                 dumps({"diff_id": result.diff_id, "size": result.size, "entries": result.entries})))
+                 dumps({"diff_id": result.diff_id, "size": result.size, "entries": result.entries,
+                        "copied": result.copied})))
             log.info("layer unpacked", image=image, chain_id=chain_id, snapshot=num, entries=result.entries,
                      seconds=round(loop.time() - started, 3))
             return self.dir / str(num) / "fs"
-        except BaseException:
+        except BaseException as exc:
+            if isinstance(exc, UnpackLimit):
+                log.warning("layer unpack stopped", image=image, chain_id=chain_id, error=str(exc))
             try:
                 await asyncio.to_thread(remove_tree, tmp)
-            except OSError as exc:  # swept at the next start
-                log.error("unfinished layer not removed", path=str(tmp), error=str(exc))
+            except OSError as err:  # swept at the next start
+                log.error("unfinished layer not removed", path=str(tmp), error=str(err))
             raise
 
     async def _extract(self, blob: Path, target: Path, media_type: str, diff_id: str,

@@ -20,6 +20,13 @@ an archive are refused (they would be overlayfs's own control attributes). Compr
 bytes (gzip, zstd, none), the media type only checked for being a layer type at all; the uncompressed stream is
 hashed and must equal the diff id. GNU sparse members (old GNU 'S', PAX 0.0/0.1/1.0) are written with holes: only
 their data blocks are written, and the file is truncated to its real size.
+
+Bounds (UnpackBudget, one per image pull, shared by its layers): the bytes of the uncompressed tar streams plus the
+bytes copied from lower layers for hardlinks, and the entries, summed over the image's layers; and a reserve of free
+bytes and inodes on the snapshots' file system, checked before each layer and every _FREE_CHECK_BYTES /
+_FREE_CHECK_ENTRIES during it. Past a bound, or on ENOSPC/EDQUOT, the layer fails with UnpackLimit. The stream is
+counted as it is read, so a decompression bomb (or a huge PAX header, which tarfile reads whole) stops at the
+bound. The holes of sparse files cost nothing and count for nothing.
 """
 
 from __future__ import annotations
@@ -30,6 +37,7 @@ import hashlib
 import os
 import stat
 import tarfile
+import threading
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -58,6 +66,9 @@ LAYER_MEDIA_TYPES = {
     "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip",
 }
 _CHUNK = 1 << 20
+_FREE_CHECK_BYTES = 16 << 20  # statvfs at least this often while unpacking (it costs ~1 us)
+_FREE_CHECK_ENTRIES = 4096
+_DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
@@ -69,6 +80,98 @@ class MissingLowers(LayerError):
     """A hardlink points below this layer and the lower layers were not given (UnpackOptions.lowers is None)."""
 
 
+class UnpackLimit(LayerError):
+    """The image unpacks past a configured bound, or the disk has too little room left for it."""
+
+
+class UnpackBudget:
+    """What the layers of one image may unpack to (thread-safe: its layers are extracted in parallel).
+
+    charge() counts bytes (uncompressed tar stream, copies from lower layers) and entries and raises UnpackLimit
+    past max_bytes / max_entries; once one charge failed, every later one fails too, so the other layers of the
+    image stop at their next read. `path` (on the snapshots' file system) is checked for min_free_bytes and
+    min_free_inodes before each layer (check_free) and periodically while charging. None: no bound."""
+
+    def __init__(self, *, max_bytes: int | None = None, max_entries: int | None = None, min_free_bytes: int = 0,
+                 min_free_inodes: int = 0, path: Path | None = None, image: str = "") -> None:
+        self.max_bytes = max_bytes
+        self.max_entries = max_entries
+        self.min_free_bytes = min_free_bytes
+        self.min_free_inodes = min_free_inodes
+        self.path = path
+        self.image = image
+        self.bytes = 0
+        self.entries = 0
+        self._lock = threading.Lock()
+        self._failed: str | None = None
+        self._next_check = (_FREE_CHECK_BYTES, _FREE_CHECK_ENTRIES)
+
+    def charge(self, nbytes: int = 0, entries: int = 0, *, check_free: bool = True) -> None:
+        with self._lock:
+            if self._failed:
+                raise UnpackLimit(self._failed)
+            self.bytes += nbytes
+            self.entries += entries
+            why = None
+            if self.max_bytes is not None and self.bytes > self.max_bytes:
+                why = f"image {self.image or '?'} unpacks to more than max_unpacked_bytes ({self.max_bytes} bytes)"
+            elif self.max_entries is not None and self.entries > self.max_entries:
+                why = f"image {self.image or '?'} has more than max_entries ({self.max_entries}) layer entries"
+            if why:
+                self._failed = why
+                raise UnpackLimit(why)
+            due = check_free and (self.bytes >= self._next_check[0] or self.entries >= self._next_check[1])
+            if due:
+                self._next_check = (self.bytes + _FREE_CHECK_BYTES, self.entries + _FREE_CHECK_ENTRIES)
+        if due:
+            self.check_free()
+
+    def refund(self, nbytes: int, entries: int) -> None:
+        """Give back what an extraction that is thrown away and redone charged."""
+        with self._lock:
+            self.bytes -= nbytes
+            self.entries -= entries
+
+    def check_free(self, need: int = 0) -> None:
+        """UnpackLimit if the file system of `path` has less than min_free_bytes + need bytes, or fewer than
+        min_free_inodes inodes, available (a file system that reports no inode count is not checked for them)."""
+        if self.path is None or not (self.min_free_bytes or self.min_free_inodes or need):
+            return
+        st = os.statvfs(self.path)
+        free = st.f_bavail * st.f_frsize
+        why = None
+        if free < self.min_free_bytes + need:
+            why = (f"only {free} bytes free on {self.path}, unpacking image {self.image or '?'} needs "
+                   f"{need} more than the reserve of {self.min_free_bytes} (images.min_free_bytes)")
+        elif st.f_files and st.f_favail < self.min_free_inodes:
+            why = (f"only {st.f_favail} inodes free on {self.path}, under the reserve of {self.min_free_inodes} "
+                   f"(images.min_free_inodes), unpacking image {self.image or '?'}")
+        if why:
+            with self._lock:
+                self._failed = self._failed or why
+            raise UnpackLimit(why)
+
+
+class _Meter:
+    """One extraction's share of a budget: what it charged, to refund if the extraction is redone."""
+
+    def __init__(self, budget: UnpackBudget | None) -> None:
+        self.budget = budget
+        self.bytes = 0
+        self.entries = 0
+
+    def charge(self, nbytes: int = 0, entries: int = 0) -> None:
+        self.bytes += nbytes
+        self.entries += entries
+        if self.budget is not None:
+            self.budget.charge(nbytes, entries)
+
+    def refund(self) -> None:
+        if self.budget is not None:
+            self.budget.refund(self.bytes, self.entries)
+        self.bytes = self.entries = 0
+
+
 @dataclass
 class UnpackOptions:
     allow_devices: bool = False  # mknod real device nodes (only a root daemon)
@@ -76,6 +179,7 @@ class UnpackOptions:
     # Parent snapshot dirs, top-first, for hardlinks to lower-layer files. None: not known yet (the parents are
     # still being unpacked); such a hardlink then raises MissingLowers so the caller can wait and retry.
     lowers: list[Path] | None = field(default_factory=list)
+    budget: UnpackBudget | None = None  # bounds shared by the layers of one image; None: unbounded
 
 
 @dataclass
@@ -83,18 +187,21 @@ class UnpackResult:
     diff_id: str
     size: int  # uncompressed bytes
     entries: int
+    copied: int = 0  # bytes copied from lower layers (hardlinks into them)
 
 
 class _HashingReader:
-    """A read()-only stream that hashes and counts what passes through it."""
+    """A read()-only stream that hashes and counts what passes through it, charging it to the meter."""
 
-    def __init__(self, inner: BinaryIO) -> None:
+    def __init__(self, inner: BinaryIO, meter: _Meter) -> None:
         self.inner = inner
+        self.meter = meter
         self.hasher = hashlib.sha256()
         self.count = 0
 
     def read(self, n: int = -1) -> bytes:
-        data = self.inner.read(n if n is not None and n >= 0 else _CHUNK)
+        data = self.inner.read(min(n, _CHUNK) if n is not None and n >= 0 else _CHUNK)
+        self.meter.charge(len(data))
         self.hasher.update(data)
         self.count += len(data)
         return data
@@ -140,9 +247,11 @@ def _clean(name: str) -> list[str]:
 
 
 class _Extractor:
-    def __init__(self, target: Path, options: UnpackOptions) -> None:
+    def __init__(self, target: Path, options: UnpackOptions, meter: _Meter) -> None:
         self.target = target
         self.options = options
+        self.meter = meter
+        self.copied = 0
         self.root_fd = os.open(target, _DIR_FLAGS)
         self.dir_times: list[tuple[list[str], int]] = []
         self._parent_cache: tuple[tuple[str, ...], int] | None = None
@@ -437,9 +546,9 @@ class _Extractor:
                           dir_fd=pfd)
             try:
                 while chunk := os.read(src, _CHUNK):
-                    view = memoryview(chunk)
-                    while view:
-                        view = view[os.write(dst, view):]
+                    self.meter.charge(len(chunk))  # disk this layer takes that its tar stream did not bring
+                    self.copied += len(chunk)
+                    _write_all(dst, chunk)
                 if self.options.same_owner:
                     os.chown(dst, st.st_uid, st.st_gid)
                 os.chmod(dst, stat.S_IMODE(st.st_mode))
@@ -477,15 +586,28 @@ def unpack_layer(blob: Path, target: Path, *, media_type: str = "", diff_id: str
                  options: UnpackOptions | None = None) -> UnpackResult:
     """Extract the layer blob into the empty directory `target` (blocking: run it in a thread)."""
     options = options or UnpackOptions()
+    meter = _Meter(options.budget)
+    try:
+        return _unpack(blob, target, media_type, diff_id, options, meter)
+    except MissingLowers:
+        meter.refund()  # the caller throws this extraction away and redoes it
+        raise
+
+
+def _unpack(blob: Path, target: Path, media_type: str, diff_id: str | None, options: UnpackOptions,
+            meter: _Meter) -> UnpackResult:
     entries = 0
+    if options.budget is not None:
+        options.budget.check_free(os.path.getsize(blob))  # the compressed size: the least the layer needs
     with open(blob, "rb") as raw:
-        reader = _HashingReader(decompressed(raw, media_type))
-        extractor = _Extractor(target, options)
+        reader = _HashingReader(decompressed(raw, media_type), meter)
+        extractor = _Extractor(target, options, meter)
         member = None
         try:
             with tarfile.open(fileobj=reader, mode="r|", errorlevel=2) as tar:  # type: ignore[call-overload]
                 for member in tar:
                     entries += 1
+                    meter.charge(entries=1)
                     extractor.entry(tar, member)
             extractor.finish()
             reader.drain()
@@ -495,7 +617,12 @@ def unpack_layer(blob: Path, target: Path, *, media_type: str = "", diff_id: str
             raise LayerError(f"corrupt layer archive: {exc}") from exc
         except IndexError as exc:  # tarfile parsing an old GNU sparse header cut short (found by tests/fuzz)
             raise LayerError(f"corrupt layer archive: truncated header ({exc})") from exc
-        except (OSError, OverflowError, ValueError) as exc:
+        except OSError as exc:
+            where = member.name if member is not None else "?"
+            if exc.errno in _DISK_FULL:
+                raise UnpackLimit(f"cannot extract {where!r}: {exc.strerror}") from exc
+            raise LayerError(f"cannot extract {where!r}: {exc.strerror or exc}") from exc
+        except (OverflowError, ValueError) as exc:
             # OverflowError/ValueError: metadata the OS cannot take (a PAX uid out of range, an mtime of "nan" or
             # 1e30, a NUL in a name): the layer is rejected like any other unextractable entry.
             where = member.name if member is not None else "?"
@@ -505,4 +632,4 @@ def unpack_layer(blob: Path, target: Path, *, media_type: str = "", diff_id: str
     actual = "sha256:" + reader.hasher.hexdigest()
     if diff_id is not None and actual != diff_id:
         raise LayerError(f"uncompressed layer has digest {actual}, the image config says {diff_id}")
-    return UnpackResult(actual, reader.count, entries)
+    return UnpackResult(actual, reader.count, entries, extractor.copied)

@@ -5,8 +5,9 @@ from __future__ import annotations
 import time
 
 from pycri.api import api_pb2 as cri
-from pycri.errors import FailedPrecondition, InvalidArgument, NotFound, TeardownError, Unavailable
-from pycri.images import ImageAuthError, ImageError, ImageNotFound
+from pycri.errors import (FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted, TeardownError,
+                          Unavailable)
+from pycri.images import ImageAuthError, ImageError, ImageNotFound, ImageTooLarge
 
 
 class ImageService:
@@ -28,6 +29,8 @@ class ImageService:
             raise NotFound(str(exc)) from None
         except ImageAuthError as exc:
             raise FailedPrecondition(f"authentication failed: {exc}") from None
+        except ImageTooLarge as exc:
+            raise ResourceExhausted(str(exc)) from None
         except ImageError as exc:
             raise Unavailable(str(exc)) from None
         return cri.PullImageResponse(image_ref=image_id)

@@ -23,7 +23,7 @@ import zstandard
 from hypothesis import event, given, settings
 from hypothesis import strategies as st
 
-from pycri.images.unpack import LayerError, UnpackOptions, unpack_layer
+from pycri.images.unpack import LayerError, UnpackBudget, UnpackOptions, unpack_layer
 from tests.fuzz.profiles import budget, corpus
 from tests.fuzz.tarbuild import build, gnu_sparse, pax_sparse
 
@@ -230,6 +230,23 @@ def test_generated_layers_never_escape(sandbox, entries, devices, lowers, compre
     elif compress == "zstd":
         blob = zstandard.ZstdCompressor().compress(blob)
     extract(sandbox, blob, UnpackOptions(allow_devices=devices, lowers=[sandbox.lower] if lowers else None))
+
+
+@given(entries=entries_strategy(), max_bytes=st.integers(0, 16384), max_entries=st.integers(0, 12),
+       compress=st.sampled_from(["tar", "gzip"]))
+@settings(max_examples=budget(150))
+def test_generated_layers_within_bounds(sandbox, entries, max_bytes, max_entries, compress):
+    """With a budget, a layer is extracted within it or refused (LayerError), never past it nor outside."""
+    parent = str(sandbox.parent)
+    try:
+        blob = build([(k, _place(n, parent), _place(a, parent), dict(p)) for k, n, a, p in entries])
+    except (ValueError, UnicodeError, tarfile.TarError, OverflowError):
+        return
+    if compress == "gzip":
+        blob = gzip.compress(blob, mtime=0)
+    limits = UnpackBudget(max_bytes=max_bytes, max_entries=max_entries)
+    if extract(sandbox, blob, UnpackOptions(lowers=[sandbox.lower], budget=limits)) == "ok":
+        assert limits.bytes <= max_bytes and limits.entries <= max_entries
 
 
 def _sparse_map_valid(blocks: list[tuple[int, bytes]], size: int) -> bool:

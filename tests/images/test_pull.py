@@ -247,8 +247,10 @@ def test_import_oci_and_docker_archives(registry, image_root, tmp_path):
     run(main())
 
 
-def push_image(registry, repo: str, layers: list[bytes], tag: str = "latest") -> str:
-    """Push an image made of the given gzip layer blobs (diff ids computed); returns its config digest."""
+def push_image(registry, repo: str, layers: list[bytes], tag: str = "latest", diff_ids: list[str] | None = None
+               ) -> str:
+    """Push an image made of the given gzip layer blobs (diff ids computed unless given); returns its config
+    digest."""
     import gzip
     import hashlib
 
@@ -257,7 +259,7 @@ def push_image(registry, repo: str, layers: list[bytes], tag: str = "latest") ->
 
     config = json.dumps({"architecture": "amd64", "os": "linux", "config": {},
                          "rootfs": {"type": "layers",
-                                    "diff_ids": [digest(gzip.decompress(l)) for l in layers]}}).encode()
+                                    "diff_ids": diff_ids or [digest(gzip.decompress(l)) for l in layers]}}).encode()
     pusher = registry.pusher
     for blob in [config, *layers]:
         pusher.push_blob(repo, digest(blob), blob)

@@ -6,6 +6,7 @@ import gzip
 import hashlib
 import io
 import os
+import shutil
 import stat
 import tarfile
 from pathlib import Path
@@ -249,7 +250,7 @@ def test_a_deep_layer_unpacks_and_a_deep_directory_it_replaces_goes(tmp_path, sa
         remove_tree(target)  # (pytest's own removal of its temp dirs would hit the recursion limit)
 
 
-# -- sparse members ---------------------------------------------------------------------------------------------
+# -- sparse members and bounds ------------------------------------------------------------------------------------
 
 GiB = 1 << 30
 
@@ -299,3 +300,79 @@ def test_sparse_header_cut_short_is_a_corrupt_layer(tmp_path, sandbox):
     data = gnu_sparse("f", 1 << 20, [(4096 * (i + 1), b"x" * 512) for i in range(8)])
     with pytest.raises(LayerError, match="corrupt"):
         unpack(tmp_path, data[:512], target)
+
+
+def zeros_layer(name: str, size: int) -> tuple[bytes, str]:
+    """(gzip blob, diff id) of a layer holding one file of `size` zero bytes: a decompression bomb."""
+    import zlib
+
+    info = tarfile.TarInfo(name)
+    info.size, info.mode = size, 0o644
+    header = info.tobuf(tarfile.PAX_FORMAT)
+    gz = zlib.compressobj(6, zlib.DEFLATED, 31)
+    digest = hashlib.sha256()
+    out = []
+    zero = bytes(1 << 20)
+    for piece in [header] + [zero] * (size >> 20) + [bytes(size % (1 << 20)), bytes(-size % 512), bytes(1024)]:
+        digest.update(piece)
+        out.append(gz.compress(piece))
+    out.append(gz.flush())
+    return b"".join(out), "sha256:" + digest.hexdigest()
+
+
+def test_bytes_bound_stops_a_decompression_bomb(tmp_path):
+    from pycri.images.unpack import UnpackBudget, UnpackLimit
+
+    target = tmp_path / "t"
+    target.mkdir()
+    blob, _ = zeros_layer("bomb", 256 << 20)
+    assert len(blob) < 512 * 1024
+    budget = UnpackBudget(max_bytes=32 << 20, image="example/bomb")
+    with pytest.raises(UnpackLimit, match="max_unpacked_bytes"):
+        unpack(tmp_path, blob, target, options=UnpackOptions(budget=budget))
+    assert os.stat(target / "bomb").st_size <= 33 << 20  # stopped at the bound, not at the end
+    with pytest.raises(UnpackLimit):  # the budget stays spent: the image's other layers stop too
+        unpack(tmp_path, make_tar(entry("f", data=b"x")), tmp_path, options=UnpackOptions(budget=budget))
+
+
+def test_entries_bound_over_the_layers_of_an_image(tmp_path):
+    from pycri.images.unpack import UnpackBudget, UnpackLimit
+
+    budget = UnpackBudget(max_entries=100)
+    for i in range(2):
+        (tmp_path / f"l{i}").mkdir()
+        unpack(tmp_path, make_tar(*[entry(f"f{i}-{n}") for n in range(50)]), tmp_path / f"l{i}",
+               options=UnpackOptions(budget=budget))
+    assert budget.entries == 100
+    (tmp_path / "l2").mkdir()
+    with pytest.raises(UnpackLimit, match="max_entries"):
+        unpack(tmp_path, make_tar(entry("one-more")), tmp_path / "l2", options=UnpackOptions(budget=budget))
+
+
+def test_hardlink_copies_from_lower_layers_count(tmp_path, sandbox):
+    """Hardlinks into a lower layer are copies: 20 of a 1 MiB file are 20 MiB on disk from a 20 KiB tar."""
+    from pycri.images.unpack import UnpackBudget, UnpackLimit
+
+    target, _ = sandbox
+    lower = tmp_path / "lower"
+    lower.mkdir()
+    (lower / "base").write_bytes(os.urandom(1 << 20))
+    data = make_tar(*[entry(f"copy{n}", "hardlink", link="base") for n in range(20)])
+    assert len(data) < 32 * 1024
+    result = unpack(tmp_path, data, target, options=UnpackOptions(lowers=[lower], budget=UnpackBudget()))
+    assert result.copied == 20 << 20
+    shutil.rmtree(target)
+    target.mkdir()
+    with pytest.raises(UnpackLimit, match="max_unpacked_bytes"):
+        unpack(tmp_path, data, target, options=UnpackOptions(lowers=[lower], budget=UnpackBudget(max_bytes=8 << 20)))
+
+
+def test_free_space_reserve_is_checked_before_unpacking(tmp_path):
+    from pycri.images.unpack import UnpackBudget, UnpackLimit
+
+    target = tmp_path / "t"
+    target.mkdir()
+    budget = UnpackBudget(min_free_bytes=1 << 60, path=tmp_path, image="example/app")
+    with pytest.raises(UnpackLimit, match=r"bytes free on .*images.min_free_bytes"):
+        unpack(tmp_path, make_tar(entry("f", data=b"x")), target, options=UnpackOptions(budget=budget))
+    assert os.listdir(target) == []

@@ -90,7 +90,8 @@ def disk_daemon(daemon_factory, registry):
     made: list = []
 
     def make(one_disk: bool):
-        overrides = {"sandbox_image": registry.ref("pause"), f'registries."{registry.host}"': {"insecure": True}}
+        overrides = {"sandbox_image": registry.ref("pause"), f'registries."{registry.host}"': {"insecure": True},
+                     "images": {"min_free_bytes": 0}}  # (the default reserve is more than this whole disk)
         d = daemon_factory(overrides, start=False, network=True)
         if one_disk:  # the daemon's config is rewritten with the state dir inside the root's tmpfs
             from tests.fixtures.daemon import DaemonProcess
