@@ -25,8 +25,9 @@ Bounds (UnpackBudget, one per image pull, shared by its layers): the bytes of th
 bytes copied from lower layers for hardlinks, and the entries, summed over the image's layers; and a reserve of free
 bytes and inodes on the snapshots' file system, checked before each layer and every _FREE_CHECK_BYTES /
 _FREE_CHECK_ENTRIES during it. Past a bound, or on ENOSPC/EDQUOT, the layer fails with UnpackLimit. The stream is
-counted as it is read, so a decompression bomb (or a huge PAX header, which tarfile reads whole) stops at the
-bound. The holes of sparse files cost nothing and count for nothing.
+counted as it is read, so a decompression bomb stops at the bound; a PAX or long-name header, which tarfile
+reads whole into memory, is refused past MAX_HEADER before it is read. The holes of sparse files cost nothing and
+count for nothing.
 """
 
 from __future__ import annotations
@@ -69,6 +70,9 @@ _CHUNK = 1 << 20
 _FREE_CHECK_BYTES = 16 << 20  # statvfs at least this often while unpacking (it costs ~1 us)
 _FREE_CHECK_ENTRIES = 4096
 _DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
+MAX_HEADER = 1 << 20  # a PAX record block or a GNU long name/link: tarfile reads one whole into memory
+_HEADER_TYPES = (tarfile.XHDTYPE, tarfile.XGLTYPE, tarfile.SOLARIS_XHDTYPE, tarfile.GNUTYPE_LONGNAME,
+                 tarfile.GNUTYPE_LONGLINK)
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
@@ -230,6 +234,17 @@ def decompressed(raw: BinaryIO, media_type: str = "") -> BinaryIO:
     if media_type and declared != kind:
         log.warning("layer compression differs from its media type", media_type=media_type, detected=kind)
     return stream
+
+
+class _BoundedTarInfo(tarfile.TarInfo):
+    """Refuses a metadata header larger than MAX_HEADER before tarfile reads it (PAX records hold xattrs, at most
+    64 KiB each on Linux, and long names, at most 4 KiB)."""
+
+    def _proc_member(self, tarfile):
+        if self.type in _HEADER_TYPES and self.size > MAX_HEADER:
+            raise LayerError(f"a {self.type.decode(errors='replace')!r} header of {self.size} bytes (more than "
+                             f"{MAX_HEADER})")
+        return super()._proc_member(tarfile)
 
 
 def _clean(name: str) -> list[str]:
@@ -604,7 +619,8 @@ def _unpack(blob: Path, target: Path, media_type: str, diff_id: str | None, opti
         extractor = _Extractor(target, options, meter)
         member = None
         try:
-            with tarfile.open(fileobj=reader, mode="r|", errorlevel=2) as tar:  # type: ignore[call-overload]
+            with tarfile.open(fileobj=reader, mode="r|", errorlevel=2,  # type: ignore[call-overload]
+                              tarinfo=_BoundedTarInfo) as tar:
                 for member in tar:
                     entries += 1
                     meter.charge(entries=1)

@@ -376,3 +376,20 @@ def test_free_space_reserve_is_checked_before_unpacking(tmp_path):
     with pytest.raises(UnpackLimit, match=r"bytes free on .*images.min_free_bytes"):
         unpack(tmp_path, make_tar(entry("f", data=b"x")), target, options=UnpackOptions(budget=budget))
     assert os.listdir(target) == []
+
+
+def test_oversized_metadata_headers_are_refused_before_they_are_read(tmp_path, sandbox):
+    """tarfile reads a PAX header or a GNU long name whole into memory: past 1 MiB the layer is refused."""
+    target, _ = sandbox
+    ok = make_tar(entry("f", data=b"x", pax={"comment": "c" * 60000}))
+    unpack(tmp_path, ok, target)
+    big = make_tar(entry("g", data=b"x", pax={"comment": "c" * (2 << 20)}))
+    with pytest.raises(LayerError, match="header of .* bytes"):
+        unpack(tmp_path, big, target)
+    info = tarfile.TarInfo("n" * (2 << 20))
+    out = io.BytesIO()
+    with tarfile.open(fileobj=out, mode="w", format=tarfile.GNU_FORMAT) as tar:
+        tar.addfile(info, io.BytesIO(b""))
+    with pytest.raises(LayerError, match="header of .* bytes"):
+        unpack(tmp_path, out.getvalue(), target)
+    assert not os.path.lexists(target / "g")
