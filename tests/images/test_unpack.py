@@ -393,3 +393,39 @@ def test_oversized_metadata_headers_are_refused_before_they_are_read(tmp_path, s
     with pytest.raises(LayerError, match="header of .* bytes"):
         unpack(tmp_path, out.getvalue(), target)
     assert not os.path.lexists(target / "g")
+
+
+def test_directories_an_archive_implies_count_as_entries(tmp_path):
+    """Three members 3,000 levels deep made 9,000 directories and were charged 3 entries (found by an attacker's
+    review): each parent the extractor makes is charged as an entry too."""
+    from pycri.images.unpack import UnpackBudget, UnpackLimit
+    from runtime.trees import remove_tree
+
+    target = tmp_path / "t"
+    target.mkdir()
+    deep = "/".join(["a"] * 3_000)
+    budget = UnpackBudget(max_entries=1_000)
+    try:
+        with pytest.raises(UnpackLimit, match="max_entries"):
+            unpack(tmp_path, make_tar(*[entry(f"{top}/{deep}/f", data=b"x") for top in "kxy"]), target,
+                   options=UnpackOptions(budget=budget))
+        assert budget.entries == 1_001
+    finally:
+        remove_tree(target)
+
+
+@pytest.mark.parametrize("fmt", ["gnu", "pax-1.0", "pax-0.1"])
+def test_a_sparse_map_longer_than_the_bound_is_refused_before_it_is_read(tmp_path, fmt):
+    """A GNU 1.0 map lives in the member's data and old GNU extension blocks follow the header: tarfile read
+    either whole into a list (a 20 KB gzip layer cost 718 MiB of memory), past what MAX_HEADER bounds."""
+    from pycri.images.unpack import MAX_SPARSE_ENTRIES
+    from tests.fuzz.tarbuild import build, gnu_sparse, pax_sparse
+
+    blocks = [(2 * i, b"x") for i in range(MAX_SPARSE_ENTRIES + 1)]
+    size = 2 * len(blocks)
+    data = gnu_sparse("big", size, blocks) if fmt == "gnu" else pax_sparse("big", size, blocks, fmt[4:])
+    target = tmp_path / "t"
+    target.mkdir()
+    with pytest.raises(LayerError, match="extents" if fmt != "pax-0.1" else "header of"):  # (0.1: in a PAX header)
+        unpack(tmp_path, build([("dir", "d", None, {})])[:-1024] + data, target)
+    assert not (target / "big").exists()
