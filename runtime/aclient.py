@@ -80,12 +80,14 @@ class _Call:
                 if then is not None:
                     for line in then():
                         await loop.sock_sendall(sock, request_line(line))
-                while not chunks or not chunks[-1].endswith(b"\n"):
+                while not chunks or b"\n" not in chunks[-1]:
                     chunk = await loop.sock_recv(sock, 1 << 20)
                     if not chunk:
                         raise MonitorError(f"monitor at {self.path} closed the connection during {self.op}")
                     chunks.append(chunk)
-            done = True
+            # one answer, one line: anything after it (a reply to follow-up lines the monitor gave up waiting
+            # for) means the connection is out of step, and it is closed rather than reused
+            done = chunks[-1].endswith(b"\n") and chunks[-1].count(b"\n") == 1
         except OSError as exc:  # (a timeout too)
             raise io_error(self.path, self.op, exc) from None
         finally:  # (a cancelled call's socket is closed: its late answer must never reach the next caller)
@@ -96,5 +98,5 @@ class _Call:
                     sock.close()
         if self.op == "shutdown":
             forget(self.path)
-        answer = answer_of(b"".join(chunks))
+        answer = answer_of(b"".join(chunks).split(b"\n", 1)[0] + b"\n")
         return finish(answer) if finish is not None else answer
