@@ -11,6 +11,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from tests.fixtures.pace import scaled
+
 _CHAOS = Path(__file__).resolve().parents[2] / "hack" / "chaos.py"
 
 
@@ -38,7 +40,7 @@ def test_chaos_kills_lose_nothing_and_leak_nothing(registry):
     assert result["kills"] == 10
     assert result["checks"] >= 10 and result["objects_checked"] > 0
     assert result["counts"].get("requests_ok", 0) > 20
-    assert elapsed < 90, f"the short chaos run took {elapsed:.0f}s"
+    assert elapsed < scaled(90), f"the short chaos run took {elapsed:.0f}s"
 
 
 def test_a_start_the_daemon_died_answering_is_running_after_the_restart(kubelet):

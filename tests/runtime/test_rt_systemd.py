@@ -12,6 +12,7 @@ import pytest
 
 from runtime import dbus, systemd_cgroup
 from runtime.cgroups import CgroupError
+from tests.fixtures.pace import scaled
 from tests.runtime.systemd_box import MEMORY_LIMIT, V2, SystemdBox, available
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -142,7 +143,7 @@ def test_monitor_exec_joins_the_scope_and_delete_stops_it(box, bundle, tmp_root)
                                      and line.endswith(f"/system.slice/{unit}")
                                      for line in r.stdout.splitlines()), r.stdout
     assert _cli(box, root, "kill", name, "KILL").returncode == 0
-    deadline = time.monotonic() + 10
+    deadline = time.monotonic() + scaled(10)
     while json.loads(_cli(box, root, "state", name).stdout)["status"] != "stopped":
         assert time.monotonic() < deadline
         time.sleep(0.05)
@@ -160,7 +161,7 @@ def test_oom_kill_is_detected_in_a_scope(box, bundle, tmp_root):
                                                   resources={"memory": {"limit": 16 << 20}}))
     assert _cli(box, root, "create", name, "--bundle", b).returncode == 0
     assert _cli(box, root, "start", name).returncode == 0
-    deadline = time.monotonic() + 20
+    deadline = time.monotonic() + scaled(20)
     while (state := json.loads(_cli(box, root, "state", name).stdout))["status"] != "stopped":
         assert time.monotonic() < deadline
         time.sleep(0.1)

@@ -15,12 +15,13 @@ import pytest
 
 from pycri.api import api_pb2 as cri
 from runtime import fastinit, linux
+from tests.fixtures.pace import scaled
 from tests.lifecycle.test_handlers import handler_daemon  # noqa: F401 - fixture
 from tests.security.ctx_helpers import log_stdout
 
 ATTACKS = Path(__file__).resolve().parent / "attack"
 # how long each race runs: a few seconds in the suite; hack/attack.py runs them for minutes
-RACE_SECONDS = float(os.environ.get("PYCRI_ATTACK_SECONDS", "6"))
+RACE_SECONDS = float(os.environ.get("PYCRI_ATTACK_SECONDS", scaled(6)))
 
 
 @pytest.fixture(scope="session")
