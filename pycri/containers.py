@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 from runtime.client import MonitorError
-from runtime.linux import MNT_DETACH, mount_setattr_supported, umount2
+from runtime.host.linux import MNT_DETACH, mount_setattr_supported, umount2
 from runtime.trees import remove_tree, tree_usage
 
 from pycri import cdi, log, validation

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import structlog
 
-from runtime import linux
+from runtime.host import linux
 
 from pycri.dirs import write_private
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pycri import lsm, seccomp_profiles
 from pycri.api import api_pb2 as cri
 from pycri.errors import InvalidArgument
-from runtime import linux
+from runtime.host import linux
 
 OCI_VERSION = "1.1.0"
 DEFAULT_PATH_ENV = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"

@@ -14,7 +14,7 @@ import signal
 import time
 from typing import Callable
 
-from runtime import linux
+from runtime.host import linux
 
 ROOT = "/sys/fs/cgroup"
 _V1_CONTROLLERS = ("cpu", "cpuacct", "cpuset", "memory", "pids", "devices", "freezer", "blkio", "hugetlb",

@@ -82,7 +82,7 @@ def cmd_exec(a) -> int:
 
 def cmd_run(a) -> int:
     """Foreground: create + start + wait in this process, exit with the container's code."""
-    from runtime import linux
+    from runtime.host import linux
     bundle = _bundle(a.bundle)
     spec = launch.spec_json(os.path.join(bundle, "config.json"))
     linux.prctl(linux.PR_SET_CHILD_SUBREAPER, 1)

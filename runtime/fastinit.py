@@ -40,8 +40,9 @@ import resource
 import socket
 import struct
 
-from runtime import hooks, linux, rootfs as rootfs_mod
-from runtime.linux import MS_BIND, MS_RDONLY, MS_REC, MS_REMOUNT
+from runtime import hooks, rootfs as rootfs_mod
+from runtime.host import linux
+from runtime.host.linux import MS_BIND, MS_RDONLY, MS_REC, MS_REMOUNT
 
 BINARY = os.path.join(os.path.dirname(os.path.abspath(__file__)), "initc", "pycri-init")
 _sealed: str | None = None  # "/proc/self/fd/<n>" of this process's sealed copy of BINARY, once made

@@ -26,7 +26,8 @@ import signal
 import termios
 from dataclasses import dataclass, field
 
-from runtime import caps, fastinit, hooks, linux, rootfs as rootfs_mod, seccomp, userns as userns_mod
+from runtime import caps, fastinit, hooks, rootfs as rootfs_mod, seccomp, userns as userns_mod
+from runtime.host import linux
 
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 

@@ -20,7 +20,8 @@ import socket
 import subprocess
 import time
 
-from runtime import linux, rootfs as rootfs_mod
+from runtime import rootfs as rootfs_mod
+from runtime.host import linux
 from runtime.launch import DEFAULT_PATH, LaunchError
 
 CLI_TIMEOUT = 60.0     # seconds any one runtime command may take

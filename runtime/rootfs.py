@@ -7,8 +7,9 @@ import errno
 import os
 import stat
 
-from runtime import linux, userns
-from runtime.linux import (MNT_DETACH, MS_BIND, MS_NODEV, MS_NOEXEC, MS_NOSUID, MS_PRIVATE, MS_RDONLY, MS_REC,
+from runtime import userns
+from runtime.host import linux
+from runtime.host.linux import (MNT_DETACH, MS_BIND, MS_NODEV, MS_NOEXEC, MS_NOSUID, MS_PRIVATE, MS_RDONLY, MS_REC,
                            MS_REMOUNT, MS_SHARED, MS_SLAVE, MS_UNBINDABLE)
 
 # option -> (clear?, flag); "clear" options remove the flag

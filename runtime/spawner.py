@@ -71,7 +71,7 @@ def start() -> Spawner:
     which no one can write, not the host's interpreter (CVE-2019-5736; the children are non-dumpable as well).
     An interpreter that cannot run from a copy (one that finds its libraries relative to its own path) runs from
     its file, and the Spawner says so in .warning."""
-    from runtime import linux
+    from runtime.host import linux
     exe = linux.sealed_copy(os.path.realpath(sys.executable), "python")
     try:
         return _start(exe)
@@ -125,7 +125,7 @@ def main(fd: int) -> None:
     daemon goes on with the pod. At EOF the unassigned spare is released (it exits before the spawner does)."""
     import signal
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    from runtime import linux
+    from runtime.host import linux
     from runtime import fastinit
     from runtime.monitor import SOCKET_NAME, prefork
     linux.set_comm("pycri-spawner")

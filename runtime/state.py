@@ -11,7 +11,7 @@ import json
 import os
 import re
 
-from runtime import linux
+from runtime.host import linux
 
 _ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 

@@ -15,7 +15,7 @@ from pycri.errors import InvalidArgument, Unavailable
 from pycri.network.cniconf import load_network_config, network_status
 from pycri.records import C_RUNNING, matches
 from pycri.streaming.container_backend import ready_sandbox, running_container
-from runtime.linux import mount_setattr_supported
+from runtime.host.linux import mount_setattr_supported
 from runtime.userns import supported as userns_supported
 
 _log = log.get("runtime")

@@ -13,7 +13,8 @@ import pytest
 
 from tests.runtime.rt_helpers import MARKER_ENV, make_rootfs, make_spec, write_bundle
 
-from runtime import cgroups, linux, spawner
+from runtime import cgroups, spawner
+from runtime.host import linux
 from runtime.client import MonitorClient
 
 TOKEN = uuid.uuid4().hex[:12]

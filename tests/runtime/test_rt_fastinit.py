@@ -103,7 +103,7 @@ def _plan(spec, bundle_dir):
 def test_resolve_is_realpath_for_existing_paths(tmp_path):
     """linux.resolve, the planning's faster realpath: the same answer, whether a directory, and OSError where
     realpath would still answer for a path that is not there."""
-    from runtime import linux
+    from runtime.host import linux
     (tmp_path / "d" / "e").mkdir(parents=True)
     (tmp_path / "f").write_text("")
     os.symlink(tmp_path / "d", tmp_path / "link")
@@ -466,7 +466,7 @@ def _without_pidns(spec: dict) -> dict:
 
 
 def linux_alive(pid: int) -> bool:
-    from runtime import linux
+    from runtime.host import linux
     return linux.is_alive(pid, None)
 
 

@@ -8,7 +8,8 @@ import subprocess
 
 import pytest
 
-from runtime import linux, trees
+from runtime import trees
+from runtime.host import linux
 
 _DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
 
