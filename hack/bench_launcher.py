@@ -108,7 +108,8 @@ def _pod_spec(args: list[str], cg: str, namespaces: list[dict], mounts: list[dic
 
 def bench_pod(tmp: str, n: int, run: str) -> dict[str, list[float]]:
     """The monitor ops of one pod's life, as pycri sends them (see POD_OPS), n pods one after the other."""
-    from runtime import cgroups, podns
+    from runtime import cgroups
+    from runtime.host import podns
     lower = make_rootfs(os.path.join(tmp, "lower"))
     cg_root = f"/pycri-bench-launcher-{os.getpid()}"
     times: dict[str, list[float]] = {k: [] for k in POD_OPS}

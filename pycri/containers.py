@@ -12,7 +12,7 @@ from pathlib import Path
 
 from runtime.client import MonitorError
 from runtime.host.linux import MNT_DETACH, mount_setattr_supported, umount2
-from runtime.trees import remove_tree, tree_usage
+from runtime.host.trees import remove_tree, tree_usage
 
 from pycri import cdi, log, validation
 from pycri.api import api_pb2 as cri
@@ -633,7 +633,7 @@ class Containers:
 
 
 def _remove_dirs(*dirs: str) -> None:
-    """Remove a container's bundle and writable layer (runtime/trees.py: any depth, no other mount entered); all
+    """Remove a container's bundle and writable layer (runtime/host/trees.py: any depth, no other mount entered); all
     are tried, then the first failure is raised (OSError)."""
     failures = []
     for d in dirs:

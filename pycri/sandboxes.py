@@ -14,11 +14,11 @@ import secrets
 import time
 from pathlib import Path
 
-from runtime import podns
+from runtime.host import podns
 from runtime.userns import supported as userns_supported
 from runtime.cgroups import open_cgroup
 from runtime.client import MonitorError
-from runtime.trees import remove_tree
+from runtime.host.trees import remove_tree
 
 from pycri import log, validation
 from pycri.api import api_pb2 as cri

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
-from runtime.trees import tree_usage
+from runtime.host.trees import tree_usage
 
 from .. import metrics
 from ..config import ImagesConfig

@@ -23,7 +23,7 @@ import uuid
 from pathlib import Path
 from typing import Iterable
 
-from runtime.trees import remove_tree
+from runtime.host.trees import remove_tree
 
 from ..log import get as get_logger
 from ..store import Store, dumps, loads

@@ -46,7 +46,7 @@ from typing import BinaryIO
 
 import zstandard
 
-from runtime.trees import remove_tree
+from runtime.host.trees import remove_tree
 
 from ..log import get as get_logger
 
