@@ -11,7 +11,8 @@ import os
 import signal
 import sys
 
-from runtime import cgroups, hooks, launch, state
+from runtime import cgroups, hooks, state
+from runtime.launch import process as launch
 from runtime.client import MonitorClient, MonitorError
 
 DEFAULT_ROOT = "/run/pycri-runtime"

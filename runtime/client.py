@@ -16,7 +16,8 @@ import threading
 from collections import OrderedDict
 from dataclasses import dataclass
 
-from runtime import cgroups, fastinit, launch, state
+from runtime import cgroups, fastinit, state
+from runtime.launch import process as launch
 from runtime.frames import CH_CLOSE_STDIN, CH_EXIT, CH_RESIZE, CH_STDIN, CH_STDOUT, frame, split
 
 

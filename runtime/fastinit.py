@@ -312,7 +312,7 @@ def prepared_plan(prepared: dict, spec: dict, stdio: tuple[int, int, int] | None
     """(launch.Plan, (head, tail)) from prepare()'s dict, for the spec it was made from, with the monitor's
     stdio fds; tail is None when it follows (prepare's tail=False). Raises ValueError on a malformed dict (or
     one made for stdio when there is none, or the reverse)."""
-    from runtime import launch
+    from runtime.launch import process as launch
     try:
         f = prepared["plan"]
         parts = (binascii.a2b_base64(prepared["head"], strict_mode=True),
@@ -438,7 +438,7 @@ def _encode_tail(e: _Enc, plan, stdio_fds: tuple[int, int, int] | None) -> None:
 
 
 def launch_default_path() -> str:
-    from runtime import launch
+    from runtime.launch import process as launch
     return launch.DEFAULT_PATH
 
 
@@ -722,7 +722,8 @@ def warm() -> None:
     (~0.15 MiB: no-op ones here, so that ctypes makes its function objects in the spawner), and for the
     spare-factory code a monitor runs after its first start (~45 KiB): one factory and one spare, started and
     reaped here; nothing is left running."""
-    from runtime import cgroups, launch
+    from runtime import cgroups
+    from runtime.launch import process as launch
     try:
         cgroups.open_cgroup("/pycri-warm-up").self_attach_paths()  # reads the v1 hierarchies (cached), makes nothing
     except (cgroups.CgroupError, OSError):

@@ -23,7 +23,8 @@ import struct
 import termios
 import time
 
-from runtime import cgroups, fastinit, frames, hooks, jsonlog, launch, state
+from runtime import cgroups, fastinit, frames, hooks, jsonlog, state
+from runtime.launch import process as launch
 from runtime.host import trees
 from runtime.host import linux
 from runtime.frames import CH_CLOSE_STDIN, CH_EXIT, CH_RESIZE, CH_STDERR, CH_STDIN, CH_STDOUT, frame

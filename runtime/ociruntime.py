@@ -22,7 +22,7 @@ import time
 
 from runtime import rootfs as rootfs_mod
 from runtime.host import linux
-from runtime.launch import DEFAULT_PATH, LaunchError
+from runtime.launch.process import DEFAULT_PATH, LaunchError
 
 CLI_TIMEOUT = 60.0     # seconds any one runtime command may take
 _RESET_SIGNALS = (signal.SIGPIPE, signal.SIGHUP, signal.SIGINT, signal.SIGTERM, signal.SIGCHLD)

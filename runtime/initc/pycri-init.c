@@ -3,7 +3,7 @@
  * Usage: pycri-init <base fd>: fd base+0 holds the encoded plan (a memfd), base+1 is p2c (reads "G", "S"),
  * base+2 is c2p (writes "W <text>\n", "R \n", "E <text>\n"; close-on-exec, so EOF means execve succeeded).
  * The plan is a list of operations (see fastinit.py for the encoding), run in order; the first failure sends
- * "E <stage>: <text>" and exits 1, as runtime/launch.py's Python child does.
+ * "E <stage>: <text>" and exits 1, as runtime/launch/process.py's Python child does.
  *
  * Spare mode: pycri-init spare <socket fd>: started ahead of need (fastinit.Spare), it waits on a unix socket
  * for one message: a u32 plan length with p2c, c2p and, optionally, the three stdio fds (SCM_RIGHTS), then the

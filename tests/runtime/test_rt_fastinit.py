@@ -9,7 +9,8 @@ import pytest
 from tests.runtime.conftest import MonitorHandle
 from tests.runtime.rt_helpers import log_text, make_rootfs, make_spec, write_bundle
 
-from runtime import fastinit, launch
+from runtime import fastinit
+from runtime.launch import process as launch
 from runtime.client import MonitorError
 
 pytestmark = pytest.mark.skipif(not os.access(fastinit.BINARY, os.X_OK),
@@ -531,7 +532,8 @@ def test_spawn_places_fds_that_sit_where_they_go(tmp_path, rootfs):
     import sys
     code = f"""
 import os, select, sys
-from runtime import fastinit, launch
+from runtime import fastinit
+from runtime.launch import process as launch
 B = fastinit.BASE
 def at(fd, where):
     os.dup2(fd, where)

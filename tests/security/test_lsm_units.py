@@ -12,7 +12,7 @@ from pycri import lsm
 from pycri.api import api_pb2 as cri
 from pycri.errors import InvalidArgument
 from pycri.spec import PodPaths, container_spec, sandbox_spec
-from runtime import launch
+from runtime.launch import process as launch
 
 SP = cri.SecurityProfile
 
