@@ -183,7 +183,7 @@ class Containers:
         layer = Path(rec.layer_dir)
         overlay = {"lower": lowerdirs, "upper": str(layer / "upper"), "work": str(layer / "work")}
         userns = userns_mappings(sandbox.config.linux.security_context.namespace_options)
-        if userns is not None:  # the image's layers idmapped into the pod's user namespace (runtime/userns.py)
+        if userns is not None:  # the image's layers idmapped into the pod's user namespace (runtime/launch/userns.py)
             overlay["uidMappings"], overlay["gidMappings"] = userns
         config = rec.config
 

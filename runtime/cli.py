@@ -11,7 +11,8 @@ import os
 import signal
 import sys
 
-from runtime import cgroups, hooks, state
+from runtime import cgroups, state
+from runtime.launch import hooks
 from runtime.launch import process as launch
 from runtime.client import MonitorClient, MonitorError
 
@@ -96,7 +97,7 @@ def cmd_run(a) -> int:
         if cg:
             cg.apply((spec.get("linux") or {}).get("resources"))
         plan = launch.plan_from_spec(spec, bundle, stdio=(0, 1, 2))
-        plan.hook_state = {"id": a.id, "bundle": bundle}  # createContainer/startContainer hooks (runtime/hooks.py)
+        plan.hook_state = {"id": a.id, "bundle": bundle}  # createContainer/startContainer hooks (runtime/launch/hooks.py)
         plan.runtime_hooks = bool(hooks.of(spec, "prestart") or hooks.of(spec, "createRuntime"))
         proc = launch.Process(plan)
         if cg:

@@ -23,7 +23,8 @@ import struct
 import termios
 import time
 
-from runtime import cgroups, fastinit, frames, hooks, jsonlog, state
+from runtime import cgroups, fastinit, frames, jsonlog, state
+from runtime.launch import hooks
 from runtime.launch import process as launch
 from runtime.host import trees
 from runtime.host import linux
@@ -943,7 +944,7 @@ class Monitor:
         return {}
 
     def _hooks(self, c: Container, kinds: tuple[str, ...], status: str, *, fatal: bool) -> None:
-        """Run the spec's OCI hooks of these kinds (runtime/hooks.py); a fatal failure fails the request."""
+        """Run the spec's OCI hooks of these kinds (runtime/launch/hooks.py); a fatal failure fails the request."""
         if c.oci is not None:
             return  # an external runtime runs the spec's hooks itself
         for kind in kinds:

@@ -7,7 +7,7 @@ import errno
 import os
 import stat
 
-from runtime import userns
+from runtime.launch import userns
 from runtime.host import linux
 from runtime.host.linux import (MNT_DETACH, MS_BIND, MS_NODEV, MS_NOEXEC, MS_NOSUID, MS_PRIVATE, MS_RDONLY, MS_REC,
                            MS_REMOUNT, MS_SHARED, MS_SLAVE, MS_UNBINDABLE)
@@ -248,7 +248,7 @@ def mount_rootfs(rootfs: str, overlay: dict | None, propagation: str | None, ove
         linux.mount(None, mount_point_of(rootfs), None, MS_PRIVATE)
     else:
         linux.mount(None, "/", None, _PROPAGATION.get(propagation or "rprivate", MS_PRIVATE | MS_REC))
-    if overlay_fd >= 0:  # an overlay with idmapped layers, made by the parent (runtime/userns.py)
+    if overlay_fd >= 0:  # an overlay with idmapped layers, made by the parent (runtime/launch/userns.py)
         userns.move_mount(overlay_fd, rootfs)
         os.close(overlay_fd)
     elif overlay:
@@ -287,7 +287,7 @@ def mount_one(root_fd: int, m: dict, cgroup_v2: bool, v1_hier: list[tuple[str, s
     """Mount one OCI mount entry in the rootfs root_fd (an O_PATH fd of it): its destination is made and opened
     by open_in_root, mounted on through its fd, and what follows the mount acts on the fd of the mount made.
 
-    mount_fd: a detached copy of the bind source made by the parent (runtime/userns.py; idmapped when the mount
+    mount_fd: a detached copy of the bind source made by the parent (runtime/launch/userns.py; idmapped when the mount
     has uidMappings), attached here in place of the bind. in_userns: what cannot be mounted from a user namespace
     falls back as runc does (see _userns_fallback)."""
     dest_rel = m.get("destination")

@@ -26,7 +26,8 @@ import signal
 import termios
 from dataclasses import dataclass, field
 
-from runtime import caps, fastinit, hooks, rootfs as rootfs_mod, seccomp, userns as userns_mod
+from runtime import fastinit, rootfs as rootfs_mod
+from runtime.launch import caps, hooks, seccomp, userns as userns_mod
 from runtime.host import linux
 
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -217,7 +218,7 @@ def _plan_userns(plan: Plan, spec: dict, linux_cfg: dict, overlay: dict | None) 
 
 
 def _prepare_userns(plan: Plan) -> None:
-    """Parent side, before the clone: the user namespace fd and the idmapped mounts (see runtime/userns.py).
+    """Parent side, before the clone: the user namespace fd and the idmapped mounts (see runtime/launch/userns.py).
     On failure everything opened so far is closed and LaunchError raised."""
     try:
         if plan.uid_map is not None:
