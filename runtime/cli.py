@@ -97,7 +97,7 @@ def cmd_run(a) -> int:
         if cg:
             cg.apply((spec.get("linux") or {}).get("resources"))
         plan = launch.plan_from_spec(spec, bundle, stdio=(0, 1, 2))
-        plan.hook_state = {"id": a.id, "bundle": bundle}  # createContainer/startContainer hooks (runtime/launch/hooks.py)
+        plan.hook_state = {"id": a.id, "bundle": bundle}  # createContainer/startContainer hooks (launch/hooks.py)
         plan.runtime_hooks = bool(hooks.of(spec, "prestart") or hooks.of(spec, "createRuntime"))
         proc = launch.Process(plan)
         if cg:

@@ -40,7 +40,7 @@ import resource
 import socket
 import struct
 
-from runtime import rootfs as rootfs_mod
+from runtime.launch import rootfs as rootfs_mod
 from runtime.launch import hooks
 from runtime.host import linux
 from runtime.host.linux import MS_BIND, MS_RDONLY, MS_REC, MS_REMOUNT

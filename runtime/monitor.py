@@ -84,7 +84,7 @@ def _container_pty(pid: int) -> tuple[int, int]:
 
 def _open_device(root: int, path: str, rdev: int) -> int:
     """path in the container whose root is root, opened read-write if it is the character device rdev."""
-    from runtime import rootfs
+    from runtime.launch import rootfs
     fd = rootfs.open_in_root(root, path)
     try:
         st = os.fstat(fd)

@@ -20,7 +20,7 @@ import socket
 import subprocess
 import time
 
-from runtime import rootfs as rootfs_mod
+from runtime.launch import rootfs as rootfs_mod
 from runtime.host import linux
 from runtime.launch.process import DEFAULT_PATH, LaunchError
 

@@ -191,7 +191,7 @@ static char *get_path_at(char *out, int *r_out, const char **suffix) {
 
 static char *get_path(char *out) { return get_path_at(out, NULL, NULL); }
 
-/* ---- helpers mirroring runtime/rootfs.py ---- */
+/* ---- helpers mirroring runtime/launch/rootfs.py ---- */
 /* mount(2); an error names the target as shown (a container path where target is an fd's) */
 static void mount_as(const char *src, const char *target, const char *shown, const char *fstype,
                      unsigned long flags, const char *data) {

@@ -26,7 +26,8 @@ import signal
 import termios
 from dataclasses import dataclass, field
 
-from runtime import fastinit, rootfs as rootfs_mod
+from runtime import fastinit
+from runtime.launch import rootfs as rootfs_mod
 from runtime.launch import caps, hooks, seccomp, userns as userns_mod
 from runtime.host import linux
 

@@ -7,7 +7,7 @@ import os
 
 import pytest
 
-from runtime import rootfs
+from runtime.launch import rootfs
 from runtime.host import linux
 
 CASES = [  # (path in the container, where it must lead, relative to the root; None: ENOENT)

@@ -10,7 +10,7 @@ from pycri import hostmounts
 from pycri.api import api_pb2 as cri
 from pycri.spec import PodPaths, container_spec, host_devices
 from runtime.host import linux
-from runtime.rootfs import parse_options, parse_recursive
+from runtime.launch.rootfs import parse_options, parse_recursive
 
 P = cri.MountPropagation
 
@@ -85,7 +85,7 @@ def test_privileged_gets_host_devices_but_not_ptmx_or_console():
 
 
 def test_rro_without_mount_setattr_fails_clearly(monkeypatch):
-    from runtime import rootfs
+    from runtime.launch import rootfs
 
     def enosys(path, attr_set, attr_clr=0):
         raise OSError(38, "mount_setattr: Function not implemented")
