@@ -497,7 +497,7 @@ class Containers:
                                                   timeout=left, output_cap=EXEC_OUTPUT_CAP - len(EXEC_CUT_NOTE),
                                                   client_timeout=None,
                                                   # planned in the daemon, not in the pod's monitor (the
-                                                  # built-in runtime's only: see runtime/fastinit.py)
+                                                  # built-in runtime's only: see runtime/launch/fastinit.py)
                                                   target=None if self.ctx.sandboxes.runtime_request(sandbox)
                                                   else (rec.pid, rec.bundle))
         except MonitorError as exc:

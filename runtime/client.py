@@ -16,7 +16,8 @@ import threading
 from collections import OrderedDict
 from dataclasses import dataclass
 
-from runtime import cgroups, fastinit, state
+from runtime import cgroups, state
+from runtime.launch import fastinit
 from runtime.launch import process as launch
 from runtime.frames import CH_CLOSE_STDIN, CH_EXIT, CH_RESIZE, CH_STDIN, CH_STDOUT, frame, split
 
@@ -96,7 +97,7 @@ def monitor_protocol(socket_path: str) -> int:
 
 def plan_init(cid: str, bundle: str, spec: dict | None, overlay: dict | None):
     """The launch.Plan of a create by the built-in runtime, made here for fastinit.prepare so that the monitor
-    need not run that code (runtime/fastinit.py says why); None where fast init does not apply, and for a
+    need not run that code (runtime/launch/fastinit.py says why); None where fast init does not apply, and for a
     spec the planning refuses: the monitor then plans it itself and reports the error. A spec not given is
     read from the bundle here (the monitor reads it too: sending it costs more)."""
     if not fastinit.enabled():
@@ -117,7 +118,7 @@ def plan_init(cid: str, bundle: str, spec: dict | None, overlay: dict | None):
 
 def prepare_exec(pid: int, bundle: str, process: dict) -> dict | None:
     """The init of an exec into the container whose process is pid and whose bundle is bundle, planned as the
-    monitor would (Monitor._exec_builtin), here rather than there (runtime/fastinit.py says why); None where
+    monitor would (Monitor._exec_builtin), here rather than there (runtime/launch/fastinit.py says why); None where
     fast init does not apply (a terminal) or the planning refuses (the monitor then plans and reports)."""
     if not fastinit.enabled() or not isinstance(process, dict) or process.get("terminal") or not pid:
         return None
@@ -212,7 +213,7 @@ class Ops:
         inside the container's mount namespace. log_path overrides the io.pycri.log-path annotation.
         spec: the OCI spec inline, instead of <bundle>/config.json (which then need not exist).
         runtime: {"type": "oci", "path": "/usr/bin/runc"} runs it with that OCI runtime (else the built-in one).
-        With the built-in one, the container's init is planned and encoded here (see runtime/fastinit.py),
+        With the built-in one, the container's init is planned and encoded here (see runtime/launch/fastinit.py),
         after the request is sent: the monitor makes the container's pipes and state meanwhile (init_lines).
         A monitor of older code (monitor_protocol below 4) gets the create without it and plans it itself.
         ready_later: answered once the child is launched, not set up (the built-in runtime of a monitor_protocol

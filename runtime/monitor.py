@@ -23,7 +23,8 @@ import struct
 import termios
 import time
 
-from runtime import cgroups, fastinit, frames, jsonlog, state
+from runtime import cgroups, frames, jsonlog, state
+from runtime.launch import fastinit
 from runtime.launch import hooks
 from runtime.launch import process as launch
 from runtime.host import trees
@@ -643,7 +644,7 @@ class Monitor:
         if init == "follows":  # the client planned it while we made the pipes and state: its line is here
             init = c.init_lines.head()
         if init is not None and console is None and fastinit.prepared_usable(init):
-            # planned and encoded by the client, which found fast init enabled (see runtime/fastinit.py)
+            # planned and encoded by the client, which found fast init enabled (see runtime/launch/fastinit.py)
             plan, parts = fastinit.prepared_plan(init, spec, stdio)
             plan.hook_state = {"id": c.id, "bundle": c.bundle}
             if parts[1] is None:

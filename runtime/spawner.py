@@ -126,7 +126,7 @@ def main(fd: int) -> None:
     import signal
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     from runtime.host import linux
-    from runtime import fastinit
+    from runtime.launch import fastinit
     from runtime.monitor import SOCKET_NAME, prefork
     linux.set_comm("pycri-spawner")
     if fastinit.enabled():

@@ -26,7 +26,7 @@ import signal
 import termios
 from dataclasses import dataclass, field
 
-from runtime import fastinit
+from runtime.launch import fastinit
 from runtime.launch import rootfs as rootfs_mod
 from runtime.launch import caps, hooks, seccomp, userns as userns_mod
 from runtime.host import linux
@@ -431,7 +431,7 @@ class Process:
             for fd in (c2p_r, c2p_w, p2c_r, p2c_w):
                 os.close(fd)
             raise
-        # fast init (runtime/fastinit.py): a small C program executes the plan, spawned without copying us
+        # fast init (runtime/launch/fastinit.py): a small C program executes the plan, spawned without copying us
         self.fast = parts is not None or (fastinit.enabled() and fastinit.eligible(plan))
         try:
             if self.fast and spare is not None and spare.fits(plan):

@@ -1,5 +1,5 @@
-"""Fast init (runtime/fastinit.py, runtime/initc/pycri-init): which plans go to the C child, and that a container
-sees the same thing whichever child set it up (PYCRI_FASTINIT=0: the Python child)."""
+"""Fast init (runtime/launch/fastinit.py, runtime/launch/initc/pycri-init): which plans go to the C child, and that
+a container sees the same thing whichever child set it up (PYCRI_FASTINIT=0: the Python child)."""
 from __future__ import annotations
 
 import os
@@ -9,12 +9,12 @@ import pytest
 from tests.runtime.conftest import MonitorHandle
 from tests.runtime.rt_helpers import log_text, make_rootfs, make_spec, write_bundle
 
-from runtime import fastinit
+from runtime.launch import fastinit
 from runtime.launch import process as launch
 from runtime.client import MonitorError
 
 pytestmark = pytest.mark.skipif(not os.access(fastinit.BINARY, os.X_OK),
-                                reason="runtime/initc/pycri-init not built (make initc)")
+                                reason="runtime/launch/initc/pycri-init not built (make initc)")
 
 # what the container reports about itself: status lines, ids, mounts (point, per-mount options, fs type and
 # super options: ids differ between runs), masked and read-only paths, cwd, env, rlimits, umask, /dev
@@ -532,7 +532,7 @@ def test_spawn_places_fds_that_sit_where_they_go(tmp_path, rootfs):
     import sys
     code = f"""
 import os, select, sys
-from runtime import fastinit
+from runtime.launch import fastinit
 from runtime.launch import process as launch
 B = fastinit.BASE
 def at(fd, where):
