@@ -16,7 +16,7 @@ from pathlib import Path
 
 from runtime.host import podns
 from runtime.launch.userns import supported as userns_supported
-from runtime.cgroups import open_cgroup
+from runtime.cgroups.cgroupfs import open_cgroup
 from runtime.client import MonitorError
 from runtime.host.trees import remove_tree
 

@@ -11,7 +11,8 @@ import os
 import signal
 import sys
 
-from runtime import cgroups, state
+from runtime import state
+from runtime.cgroups import cgroupfs as cgroups
 from runtime.launch import hooks
 from runtime.launch import process as launch
 from runtime.client import MonitorClient, MonitorError

@@ -23,7 +23,8 @@ import struct
 import termios
 import time
 
-from runtime import cgroups, frames, jsonlog, state
+from runtime import frames, jsonlog, state
+from runtime.cgroups import cgroupfs as cgroups
 from runtime.launch import fastinit
 from runtime.launch import hooks
 from runtime.launch import process as launch

@@ -14,7 +14,7 @@ import os
 import time
 from typing import Callable
 
-from runtime import cgroups, dbus
+from runtime.cgroups import cgroupfs as cgroups, dbus
 
 _DEST = "org.freedesktop.systemd1"
 _PATH = "/org/freedesktop/systemd1"

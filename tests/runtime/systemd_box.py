@@ -18,7 +18,7 @@ import tempfile
 import time
 import uuid
 
-from runtime import cgroups
+from runtime.cgroups import cgroupfs as cgroups
 
 SYSTEMD = "/lib/systemd/systemd"
 V2 = cgroups.detect_version() == 2

@@ -10,7 +10,8 @@ import uuid
 import pytest
 
 from pycri.spec import DEFAULT_DEVICE_RULES
-from runtime import cgroups, devicefilter
+from runtime import devicefilter
+from runtime.cgroups import cgroupfs as cgroups
 
 
 def _v2_mount() -> str | None:

@@ -10,8 +10,9 @@ import uuid
 
 import pytest
 
-from runtime import dbus, systemd_cgroup
-from runtime.cgroups import CgroupError
+from runtime import systemd_cgroup
+from runtime.cgroups import dbus
+from runtime.cgroups.cgroupfs import CgroupError
 from tests.runtime.systemd_box import MEMORY_LIMIT, V2, SystemdBox, available
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
