@@ -4,7 +4,7 @@
     cg.create(); cg.apply(linux_resources); cg.attach(pid)
     cg.update(resources); cg.stats(); cg.oom_kills(); cg.oom_watch(); cg.remove()
 
-The systemd driver (runtime/systemd_cgroup.py) is the same interface over a transient scope unit.
+The systemd driver (runtime/cgroups/systemd.py) is the same interface over a transient scope unit.
 """
 from __future__ import annotations
 
@@ -47,7 +47,7 @@ def open_cgroup(path: str, driver: str = "", root: str = ROOT) -> "Cgroup":
     if not driver:
         driver = "systemd" if isinstance(path, str) and path.count(":") == 2 and "/" not in path else "cgroupfs"
     if driver == "systemd":
-        from runtime.systemd_cgroup import SystemdCgroup  # only where used: it brings the D-Bus client
+        from runtime.cgroups.systemd import SystemdCgroup  # only where used: it brings the D-Bus client
         return SystemdCgroup(path, root)
     if driver != "cgroupfs":
         raise CgroupError(f"unknown cgroup driver {driver!r} (cgroupfs or systemd)")
@@ -557,7 +557,7 @@ class CgroupV2(Cgroup):
         return out, warnings
 
     def apply(self, resources: dict | None) -> list[str]:
-        """The files of files_for, and the device rules as a program attached to the cgroup (runtime/devicefilter.py;
+        """The files of files_for, and the device rules as a program attached to the cgroup (devicefilter.py;
         each apply with rules attaches one more, and all must allow: the CRI never updates device rules)."""
         files, warnings = self.files_for(resources)
         for name, value in files.items():
@@ -570,7 +570,7 @@ class CgroupV2(Cgroup):
             _write(path, value)
         devices = (resources or {}).get("devices")
         if devices:
-            from runtime import devicefilter  # (only where there is cgroup v2)
+            from runtime.cgroups import devicefilter  # (only where there is cgroup v2)
             try:
                 devicefilter.attach(self.dir, devices)
             except (OSError, devicefilter.DeviceRuleError) as exc:

@@ -10,7 +10,7 @@ import uuid
 
 import pytest
 
-from runtime import systemd_cgroup
+from runtime.cgroups import systemd as systemd_cgroup
 from runtime.cgroups import dbus
 from runtime.cgroups.cgroupfs import CgroupError
 from tests.runtime.systemd_box import MEMORY_LIMIT, V2, SystemdBox, available
