@@ -108,7 +108,7 @@ def _pod_spec(args: list[str], cg: str, namespaces: list[dict], mounts: list[dic
 
 def bench_pod(tmp: str, n: int, run: str) -> dict[str, list[float]]:
     """The monitor ops of one pod's life, as pycri sends them (see POD_OPS), n pods one after the other."""
-    from runtime.cgroups import cgroupfs as cgroups
+    from runtime import cgroups
     from runtime.host import podns
     lower = make_rootfs(os.path.join(tmp, "lower"))
     cg_root = f"/pycri-bench-launcher-{os.getpid()}"
@@ -252,7 +252,7 @@ def main() -> int:
         release_tmpfs(run)
         shutil.rmtree(tmp, ignore_errors=True)
         if a.cgroup:
-            from runtime.cgroups import cgroupfs as cgroups
+            from runtime import cgroups
             parent = cgroups.open_cgroup("/pycri-bench")
             if parent.exists():
                 parent.remove()

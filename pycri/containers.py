@@ -535,7 +535,7 @@ class Containers:
         self.ctx.records.save_container(rec)
 
     async def cgroup_stats(self, rec: ContainerRecord) -> dict | None:
-        """The raw cgroup figures of a running container (runtime/cgroups/cgroupfs.py stats()), None if unavailable."""
+        """The raw cgroup figures of a running container (runtime/cgroups stats()), None if unavailable."""
         sandbox = self.ctx.records.sandboxes[rec.sandbox_id]
         try:
             return await self.ctx.monitors.call(sandbox.monitor_dir, "stats", rec.id)

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from runtime.host import podns
 from runtime.launch.userns import supported as userns_supported
-from runtime.cgroups.cgroupfs import open_cgroup
+from runtime import cgroups
 from runtime.client import MonitorError
 from runtime.host.trees import remove_tree
 
@@ -487,36 +487,14 @@ def _process_count(pids: list[int]) -> int:
 def remove_cgroup(path: str, driver: str) -> None:
     """Remove a container's cgroup (killing what is left in it) when its monitor cannot: it died, or a reboot."""
     try:
-        cg = open_cgroup(path, driver)
-        if cg.exists():
-            cg.remove()
+        cgroups.remove_if_present(path, driver)
     except Exception as exc:  # noqa: BLE001 - best effort, logged
         _log.warning("cgroup removal failed", cgroup=path, error=str(exc))
 
 
 def _remove_default_cgroup_parent() -> None:
-    """The parent pycri made for pods without one goes with the last such pod (the kubelet's own stay).
-
-    Also from the hierarchies pycri does not manage but an OCI runtime joins (runc makes the same path in the
-    named systemd hierarchy and, on a hybrid host, in the unified one): an empty directory there is removed."""
-    cg = open_cgroup(DEFAULT_CGROUP_PARENT)
-    if cg.exists() and not cg.pids():
-        cg.remove()
-    for mount_point in _cgroup_mount_points():
-        try:
-            os.rmdir(mount_point + DEFAULT_CGROUP_PARENT)
-        except OSError:
-            pass  # absent, or in use
-
-
-def _cgroup_mount_points() -> list[str]:
-    out = []
-    with open("/proc/self/mountinfo") as f:
-        for line in f:
-            pre, _, post = line.partition(" - ")
-            if post.split()[:1] in (["cgroup"], ["cgroup2"]):
-                out.append(pre.split()[4])
-    return out
+    """The parent pycri made for pods without one goes with the last such pod (the kubelet's own stay)."""
+    cgroups.remove_parent(DEFAULT_CGROUP_PARENT)
 
 
 def pod_root_group(config: cri.PodSandboxConfig) -> int | None:

@@ -368,7 +368,7 @@ def host_devices(root: str = "/dev") -> list[dict]:
 @functools.cache
 def host_cgroup_v2() -> bool:
     """Whether this host's cgroups are v2 (unified): containers then get a cgroup namespace of their own."""
-    from runtime.cgroups.cgroupfs import detect_version
+    from runtime.cgroups import detect_version
     return detect_version() == 2
 
 

@@ -12,7 +12,7 @@ import signal
 import sys
 
 from runtime import state
-from runtime.cgroups import cgroupfs as cgroups
+from runtime import cgroups
 from runtime.launch import hooks
 from runtime.launch import process as launch
 from runtime.client import MonitorClient, MonitorError

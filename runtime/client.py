@@ -17,7 +17,7 @@ from collections import OrderedDict
 from dataclasses import dataclass
 
 from runtime import state
-from runtime.cgroups import cgroupfs as cgroups
+from runtime import cgroups
 from runtime.launch import fastinit
 from runtime.launch import process as launch
 from runtime.frames import CH_CLOSE_STDIN, CH_EXIT, CH_RESIZE, CH_STDIN, CH_STDOUT, frame, split

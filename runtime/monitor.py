@@ -24,7 +24,7 @@ import termios
 import time
 
 from runtime import frames, jsonlog, state
-from runtime.cgroups import cgroupfs as cgroups
+from runtime import cgroups
 from runtime.launch import fastinit
 from runtime.launch import hooks
 from runtime.launch import process as launch

@@ -723,7 +723,7 @@ def warm() -> None:
     (~0.15 MiB: no-op ones here, so that ctypes makes its function objects in the spawner), and for the
     spare-factory code a monitor runs after its first start (~45 KiB): one factory and one spare, started and
     reaped here; nothing is left running."""
-    from runtime.cgroups import cgroupfs as cgroups
+    from runtime import cgroups
     from runtime.launch import process as launch
     try:
         cgroups.open_cgroup("/pycri-warm-up").self_attach_paths()  # reads the v1 hierarchies (cached), makes nothing

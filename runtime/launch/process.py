@@ -296,7 +296,7 @@ def _id_map(mappings, name: str) -> str:
 def _host() -> dict:
     """Facts about this host and process that do not change while it runs (read once)."""
     if not _HOST_CACHE:
-        from runtime.cgroups import cgroupfs as cgroups
+        from runtime import cgroups
         _HOST_CACHE.update(cgroup_v2=cgroups.detect_version() == 2, last_cap=linux.cap_last_cap(),
                            permitted=caps.current_permitted(), cgroup_v1=rootfs_mod.v1_hierarchies())
     return _HOST_CACHE

@@ -15,7 +15,7 @@ import grpc
 import pytest
 
 from pycri.api import api_pb2 as cri
-from runtime.cgroups import cgroupfs as cgroups
+from runtime import cgroups
 from tests.lifecycle.conftest import container_config, pod_config
 
 HTTPD = ["sh", "-c", "mkdir -p /www && echo served-by-$(hostname) > /www/index.html && exec httpd -f -p 80 -h /www"]
@@ -180,7 +180,7 @@ def test_stop_with_timeout_then_sigkill_and_exit_reasons(kubelet):
 @pytest.fixture
 def pod_cgroup():
     """A pod cgroup made and removed as the kubelet does (the runtime makes only the containers' cgroups)."""
-    from runtime.cgroups.cgroupfs import open_cgroup
+    from runtime.cgroups import open_cgroup
 
     path = f"/kubepods-test/pod{os.getpid()}"
     yield path

@@ -126,7 +126,7 @@ def test_after_a_reboot_sandboxes_are_not_ready_and_containers_exited(kubelet):
 
 def _simulate_reboot(d, sid: str) -> None:
     """Power off: every process of the pod dies, the kernel objects go, /run (the state dir) is emptied."""
-    from runtime.cgroups.cgroupfs import open_cgroup
+    from runtime.cgroups import open_cgroup
 
     os.kill(_monitor_pid(d, sid), signal.SIGKILL)
     for rel in ("/pycri",):  # the default cgroup parent of test pods: its members are the pod's processes

@@ -2,7 +2,7 @@
 have). It runs in the guest that hack/node.py boots (`make node-test`); on a host with cgroup v1 there is nothing
 of it to collect."""
 
-from runtime.cgroups.cgroupfs import detect_version
+from runtime.cgroups import detect_version
 
 if detect_version() != 2:
     collect_ignore_glob = ["test_*.py"]

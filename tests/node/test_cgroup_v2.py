@@ -8,7 +8,7 @@ import os
 import pytest
 
 from pycri.api import api_pb2 as cri
-from runtime.cgroups.cgroupfs import open_cgroup, shares_to_weight
+from runtime.cgroups import open_cgroup, shares_to_weight
 from tests.lifecycle.conftest import pod_config
 from tests.lifecycle.helpers import Kubelet
 from tests.security.ctx_helpers import run_to_exit

@@ -14,7 +14,7 @@ import pytest
 from tests.runtime.rt_helpers import MARKER_ENV, make_rootfs, make_spec, write_bundle
 
 from runtime import spawner
-from runtime.cgroups import cgroupfs as cgroups
+from runtime import cgroups
 from runtime.host import linux
 from runtime.client import MonitorClient
 

@@ -18,7 +18,7 @@ import tempfile
 import time
 import uuid
 
-from runtime.cgroups import cgroupfs as cgroups
+from runtime import cgroups
 
 SYSTEMD = "/lib/systemd/systemd"
 V2 = cgroups.detect_version() == 2

@@ -8,8 +8,8 @@ import time
 
 import pytest
 
-from runtime.cgroups import cgroupfs as cgroups
-from runtime.cgroups.cgroupfs import CgroupError, CgroupV2
+from runtime import cgroups
+from runtime.cgroups import CgroupError, CgroupV2
 
 
 def _fake_v2(root, controllers=("cpuset", "cpu", "io", "memory", "hugetlb", "pids")):

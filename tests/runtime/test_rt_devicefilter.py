@@ -11,7 +11,7 @@ import pytest
 
 from pycri.spec import DEFAULT_DEVICE_RULES
 from runtime.cgroups import devicefilter
-from runtime.cgroups import cgroupfs as cgroups
+from runtime import cgroups
 
 
 def _v2_mount() -> str | None:

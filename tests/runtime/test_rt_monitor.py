@@ -119,14 +119,14 @@ def test_oom_kill_is_detected(mon, bundle, cgroup_path):
     mon.client.delete("c")
 
 
-@pytest.mark.skipif(__import__("runtime.cgroups.cgroupfs").cgroups.cgroupfs.detect_version() != 1,
+@pytest.mark.skipif(__import__("runtime.cgroups").cgroups.detect_version() != 1,
                     reason="moves a process by v1 files")
 def test_oom_kill_is_known_when_the_cgroup_is_gone_at_exit(mon, bundle, cgroup_path):
     """As with the systemd driver, whose empty scope can be removed before the monitor reaps its process: the
     OOM kill is read when the kernel notifies it, not only at the exit. A child (awk) is OOM-killed while the
     container's init lives on; the test then moves the init out and removes the cgroup, as systemd would, and
     kills the init: the exit still says OOMKilled."""
-    from runtime.cgroups import cgroupfs as cgroups
+    from runtime import cgroups
 
     def mutate(spec):
         spec["linux"]["cgroupsPath"] = cgroup_path
@@ -193,7 +193,7 @@ def test_state_on_disk_survives_monitor_death(mon, bundle, cgroup_path):
     _wait_for(lambda: not linux.is_alive(pid, None))
     st = state.container_status(mon.state_dir, "c")
     assert st["status"] == "stopped" and st["reason"] == "monitor-lost"
-    from runtime.cgroups import cgroupfs as cgroups
+    from runtime import cgroups
     cgroups.open_cgroup(cgroup_path).remove()
 
 

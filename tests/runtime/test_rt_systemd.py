@@ -12,7 +12,7 @@ import pytest
 
 from runtime.cgroups import systemd as systemd_cgroup
 from runtime.cgroups import dbus
-from runtime.cgroups.cgroupfs import CgroupError
+from runtime.cgroups import CgroupError
 from tests.runtime.systemd_box import MEMORY_LIMIT, V2, SystemdBox, available
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
