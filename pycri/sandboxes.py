@@ -14,11 +14,11 @@ import secrets
 import time
 from pathlib import Path
 
-from runtime.host import podns
-from runtime.launch.userns import supported as userns_supported
 from runtime import cgroups
 from runtime.client import MonitorError
+from runtime.host import podns
 from runtime.host.trees import remove_tree
+from runtime.launch.userns import supported as userns_supported
 
 from pycri import log, validation
 from pycri.api import api_pb2 as cri

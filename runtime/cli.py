@@ -11,11 +11,9 @@ import os
 import signal
 import sys
 
-from runtime import state
-from runtime import cgroups
-from runtime.launch import hooks
-from runtime.launch import process as launch
+from runtime import cgroups, launch, state
 from runtime.client import MonitorClient, MonitorError
+from runtime.launch import hooks
 
 DEFAULT_ROOT = "/run/pycri-runtime"
 

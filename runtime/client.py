@@ -16,11 +16,9 @@ import threading
 from collections import OrderedDict
 from dataclasses import dataclass
 
-from runtime import state
-from runtime import cgroups
-from runtime.launch import fastinit
-from runtime.launch import process as launch
+from runtime import cgroups, launch, state
 from runtime.frames import CH_CLOSE_STDIN, CH_EXIT, CH_RESIZE, CH_STDIN, CH_STDOUT, frame, split
+from runtime.launch import fastinit
 
 
 class MonitorError(Exception):

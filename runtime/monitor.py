@@ -23,14 +23,10 @@ import struct
 import termios
 import time
 
-from runtime import frames, jsonlog, state
-from runtime import cgroups
-from runtime.launch import fastinit
-from runtime.launch import hooks
-from runtime.launch import process as launch
-from runtime.host import trees
-from runtime.host import linux
+from runtime import cgroups, frames, jsonlog, launch, state
 from runtime.frames import CH_CLOSE_STDIN, CH_EXIT, CH_RESIZE, CH_STDERR, CH_STDIN, CH_STDOUT, frame
+from runtime.host import linux, trees
+from runtime.launch import fastinit, hooks
 from runtime.logfile import DEFAULT_MAX_LINE, LogFile
 
 LOG_PATH_ANNOTATION = "io.pycri.log-path"

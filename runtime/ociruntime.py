@@ -20,9 +20,8 @@ import socket
 import subprocess
 import time
 
-from runtime.launch import rootfs as rootfs_mod
 from runtime.host import linux
-from runtime.launch.process import DEFAULT_PATH, LaunchError
+from runtime.launch import DEFAULT_PATH, LaunchError, rootfs as rootfs_mod
 
 CLI_TIMEOUT = 60.0     # seconds any one runtime command may take
 _RESET_SIGNALS = (signal.SIGPIPE, signal.SIGHUP, signal.SIGINT, signal.SIGTERM, signal.SIGCHLD)

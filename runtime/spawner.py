@@ -127,7 +127,7 @@ def main(fd: int) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     from runtime.host import linux
     from runtime.launch import fastinit
-    from runtime.monitor import SOCKET_NAME, prefork
+    from runtime.monitor import prefork, SOCKET_NAME
     linux.set_comm("pycri-spawner")
     if fastinit.enabled():
         fastinit.sealed_binary()  # one copy, shared by every monitor forked from here

@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 
 from runtime.cgroups.cgroupfs import CgroupV1, CgroupV2, oom_kill_logged, shares_to_weight, v1_mounts, validate_path
-from runtime.cgroups.driver import ROOT, Cgroup, CgroupError, OomWatch, detect_version
+from runtime.cgroups.driver import Cgroup, CgroupError, detect_version, OomWatch, ROOT
 
 __all__ = ["ROOT", "Cgroup", "CgroupError", "CgroupV1", "CgroupV2", "OomWatch", "detect_version", "oom_kill_logged",
            "open_cgroup", "remove_if_present", "remove_parent", "shares_to_weight", "v1_mounts", "validate_path"]

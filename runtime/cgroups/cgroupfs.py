@@ -8,7 +8,7 @@ import os
 import signal
 import time
 
-from runtime.cgroups.driver import ROOT, Cgroup, CgroupError, OomWatch, detect_version
+from runtime.cgroups.driver import Cgroup, CgroupError, detect_version, OomWatch, ROOT
 from runtime.host import linux
 
 _V1_CONTROLLERS = ("cpu", "cpuacct", "cpuset", "memory", "pids", "devices", "freezer", "blkio", "hugetlb",

@@ -40,10 +40,11 @@ import resource
 import socket
 import struct
 
-from runtime.launch import rootfs as rootfs_mod
-from runtime.launch import hooks
+from runtime import cgroups
 from runtime.host import linux
 from runtime.host.linux import MS_BIND, MS_RDONLY, MS_REC, MS_REMOUNT
+from runtime.launch import hooks, rootfs as rootfs_mod
+from runtime.launch.plan import DEFAULT_PATH, LaunchError, Plan, plan_from_spec
 
 BINARY = os.path.join(os.path.dirname(os.path.abspath(__file__)), "initc", "pycri-init")
 _sealed: str | None = None  # "/proc/self/fd/<n>" of this process's sealed copy of BINARY, once made
@@ -313,7 +314,6 @@ def prepared_plan(prepared: dict, spec: dict, stdio: tuple[int, int, int] | None
     """(launch.Plan, (head, tail)) from prepare()'s dict, for the spec it was made from, with the monitor's
     stdio fds; tail is None when it follows (prepare's tail=False). Raises ValueError on a malformed dict (or
     one made for stdio when there is none, or the reverse)."""
-    from runtime.launch import process as launch
     try:
         f = prepared["plan"]
         parts = (binascii.a2b_base64(prepared["head"], strict_mode=True),
@@ -321,7 +321,7 @@ def prepared_plan(prepared: dict, spec: dict, stdio: tuple[int, int, int] | None
         if bool(f["stdio"]) != (stdio is not None):
             raise ValueError("made for other stdio")
         tasks = f["cgroup_tasks"]
-        plan = launch.Plan(spec=spec, rootfs=f["rootfs"], stdio=stdio, clone_flags=int(f["clone_flags"]),
+        plan = Plan(spec=spec, rootfs=f["rootfs"], stdio=stdio, clone_flags=int(f["clone_flags"]),
                            unshare_flags=int(f["unshare_flags"]), join=[(k, p) for k, p in f["join"]],
                            join_pid=f["join_pid"], go_stage=f["go_stage"], warnings=list(f["warnings"]),
                            auto_start=bool(f.get("auto_start")),
@@ -401,7 +401,7 @@ def _encode_tail(e: _Enc, plan, stdio_fds: tuple[int, int, int] | None) -> None:
     env = [x for x in proc.get("env") or [] if isinstance(x, str) and "=" in x]
     env_map = dict(x.split("=", 1) for x in env)
     e.stage("resolving the executable")
-    e.op(OP_FINDEXE, proc["args"][0], env_map.get("PATH", launch_default_path()))
+    e.op(OP_FINDEXE, proc["args"][0], env_map.get("PATH", DEFAULT_PATH))
     cwd = proc.get("cwd") or "/"
     e.stage(f"changing to cwd {cwd!r}")
     e.op(OP_CHDIR, cwd)
@@ -436,11 +436,6 @@ def _encode_tail(e: _Enc, plan, stdio_fds: tuple[int, int, int] | None) -> None:
     e.i64(len(env_map))
     for k, v in env_map.items():
         e.s(f"{k}={v}")
-
-
-def launch_default_path() -> str:
-    from runtime.launch import process as launch
-    return launch.DEFAULT_PATH
 
 
 def _rlim(v) -> int:
@@ -723,18 +718,16 @@ def warm() -> None:
     (~0.15 MiB: no-op ones here, so that ctypes makes its function objects in the spawner), and for the
     spare-factory code a monitor runs after its first start (~45 KiB): one factory and one spare, started and
     reaped here; nothing is left running."""
-    from runtime import cgroups
-    from runtime.launch import process as launch
     try:
         cgroups.open_cgroup("/pycri-warm-up").self_attach_paths()  # reads the v1 hierarchies (cached), makes nothing
     except (cgroups.CgroupError, OSError):
         pass
     try:
-        plan = launch.plan_from_spec(_WARM_SPEC, None, stdio=(0, 1, 2))
+        plan = plan_from_spec(_WARM_SPEC, None, stdio=(0, 1, 2))
         plan.go_stage = "late"
         if eligible(plan):
             encode_parts(plan)
-    except (launch.LaunchError, OSError, ValueError):
+    except (LaunchError, OSError, ValueError):
         pass  # only a warm-up
     try:
         own = os.open("/proc/self/ns/pid", os.O_RDONLY | os.O_CLOEXEC)

@@ -7,8 +7,8 @@ import errno
 import os
 import stat
 
-from runtime.launch import userns
 from runtime.host import linux
+from runtime.launch import userns
 from runtime.host.linux import (MNT_DETACH, MS_BIND, MS_NODEV, MS_NOEXEC, MS_NOSUID, MS_PRIVATE, MS_RDONLY, MS_REC,
                            MS_REMOUNT, MS_SHARED, MS_SLAVE, MS_UNBINDABLE)
 

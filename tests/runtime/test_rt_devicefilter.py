@@ -10,8 +10,8 @@ import uuid
 import pytest
 
 from pycri.spec import DEFAULT_DEVICE_RULES
-from runtime.cgroups import devicefilter
 from runtime import cgroups
+from runtime.cgroups import devicefilter
 
 
 def _v2_mount() -> str | None:

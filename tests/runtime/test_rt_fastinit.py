@@ -9,9 +9,9 @@ import pytest
 from tests.runtime.conftest import MonitorHandle
 from tests.runtime.rt_helpers import log_text, make_rootfs, make_spec, write_bundle
 
-from runtime.launch import fastinit
-from runtime.launch import process as launch
+from runtime import launch
 from runtime.client import MonitorError
+from runtime.launch import fastinit
 
 pytestmark = pytest.mark.skipif(not os.access(fastinit.BINARY, os.X_OK),
                                 reason="runtime/launch/initc/pycri-init not built (make initc)")
@@ -532,8 +532,8 @@ def test_spawn_places_fds_that_sit_where_they_go(tmp_path, rootfs):
     import sys
     code = f"""
 import os, select, sys
+from runtime import launch
 from runtime.launch import fastinit
-from runtime.launch import process as launch
 B = fastinit.BASE
 def at(fd, where):
     os.dup2(fd, where)
@@ -673,8 +673,7 @@ def test_a_monitor_of_older_code_gets_creates_it_understands(monkeypatch, tmp_ro
     import json
     import tempfile
 
-    from runtime import client as client_mod
-    from runtime import monitor
+    from runtime import client as client_mod, monitor
     monkeypatch.setenv("PYCRI_FASTINIT", "1")
     b = write_bundle(str(tmp_path / "b"), make_spec(["sh", "-c", "exit 5"]), rootfs)
     h = MonitorHandle(tempfile.mkdtemp(prefix="m", dir=tmp_root))

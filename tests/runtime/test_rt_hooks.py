@@ -10,8 +10,8 @@ import time
 
 import pytest
 
-from runtime.launch import hooks
 from runtime.client import MonitorError
+from runtime.launch import hooks
 
 
 def _script(tmp_path, name, body):

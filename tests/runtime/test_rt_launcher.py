@@ -272,7 +272,7 @@ def test_pid_report_may_arrive_after_ready(mon, bundle, monkeypatch):
     Delay the intermediate (it is a clone of this process, so patching os.fork here reaches it)."""
     import json
     import time
-    from runtime.launch import process as launch
+    from runtime import launch
     from runtime.host import linux
     b = bundle(["sleep", "1000"])
     mon.client.create("c", b)

@@ -10,9 +10,7 @@ import uuid
 
 import pytest
 
-from runtime.cgroups import systemd as systemd_cgroup
-from runtime.cgroups import dbus
-from runtime.cgroups import CgroupError
+from runtime.cgroups import CgroupError, dbus, systemd as systemd_cgroup
 from tests.runtime.systemd_box import MEMORY_LIMIT, V2, SystemdBox, available
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))

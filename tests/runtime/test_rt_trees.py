@@ -8,8 +8,7 @@ import subprocess
 
 import pytest
 
-from runtime.host import trees
-from runtime.host import linux
+from runtime.host import linux, trees
 
 _DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
 
