@@ -11,7 +11,7 @@ from tests.runtime.rt_helpers import log_text, make_rootfs, make_spec, write_bun
 
 from runtime import launch
 from runtime.client import MonitorError
-from runtime.launch import fastinit
+from runtime.launch import fastinit, prepare
 
 pytestmark = pytest.mark.skipif(not os.access(fastinit.BINARY, os.X_OK),
                                 reason="runtime/launch/initc/pycri-init not built (make initc)")
@@ -488,20 +488,19 @@ def test_warm_plans_and_encodes_and_leaves_nothing_running():
 
 def test_the_monitor_runs_the_init_its_client_prepared(monkeypatch, tmp_root, tmp_path, rootfs):
     """MonitorClient.create plans and encodes the container's init itself and sends it with the request
-    (client.prepare_init); the monitor runs that, without planning the spec again. A malformed one is refused
+    (launch/prepare.py); the monitor runs that, without planning the spec again. A malformed one is refused
     with a clear error, and the monitor goes on serving."""
     import tempfile
 
-    from runtime import client as client_mod
     monkeypatch.setenv("PYCRI_FASTINIT", "1")
     said_a = make_spec(["sh", "-c", "echo prepared; exit 4"])
     said_b = make_spec(["sh", "-c", "echo planned; exit 5"])
     b = write_bundle(str(tmp_path / "b"), said_b, rootfs)
-    init = client_mod.prepare_init("x", b, None, None)
+    init = prepare.prepare_init("x", b, None, None)
     assert init is not None and set(init) == {"head", "tail", "plan", "fork"}
-    init_a = client_mod.prepare_init("a", b, said_a, None)
+    init_a = prepare.prepare_init("a", b, said_a, None)
     monkeypatch.setenv("PYCRI_FASTINIT", "0")
-    assert client_mod.prepare_init("x", b, said_b, None) is None
+    assert prepare.prepare_init("x", b, said_b, None) is None
     monkeypatch.setenv("PYCRI_FASTINIT", "1")
     h = MonitorHandle(tempfile.mkdtemp(prefix="m", dir=tmp_root))
     try:
@@ -575,10 +574,9 @@ def test_the_init_second_part_follows_the_create_on_its_connection(monkeypatch, 
     import socket
     import tempfile
 
-    from runtime import client as client_mod
     monkeypatch.setenv("PYCRI_FASTINIT", "1")
     b = write_bundle(str(tmp_path / "b"), make_spec(["sh", "-c", "echo two-part; exit 6"]), rootfs)
-    plan = client_mod.plan_init("c", b, None, None)
+    plan = prepare.plan_init("c", b, None, None)
     head_only = fastinit.prepare(plan, tail=False)
     assert head_only["tail"] is None and set(fastinit.prepare_tail(plan)) == {"tail"}
     h = MonitorHandle(tempfile.mkdtemp(prefix="m", dir=tmp_root))
@@ -615,18 +613,17 @@ def test_the_init_second_part_follows_the_create_on_its_connection(monkeypatch, 
 
 def test_the_init_follows_the_create_and_is_read_when_needed(monkeypatch, tmp_root, tmp_path, rootfs):
     """MonitorClient.create sends the request with "init": "follows" and plans the init after it: the line with
-    the first part comes next, then the second part (client.init_lines), while the monitor makes the pipes and
-    state. {"init": null} has the monitor plan it. Each line is read whatever becomes of the create, so the
+    the first part comes next, then the second part (launch/prepare.py: init_lines), while the monitor makes the
+    pipes and state. {"init": null} has the monitor plan it. Each line is read whatever becomes of the create, so the
     connection stays in step: a create refused before its init is looked at, a malformed init line and a
     malformed second part, each followed by a request that gets its own answer."""
     import json
     import socket
     import tempfile
 
-    from runtime import client as client_mod
     monkeypatch.setenv("PYCRI_FASTINIT", "1")
     b = write_bundle(str(tmp_path / "b"), make_spec(["sh", "-c", "echo planned-by-me; exit 3"]), rootfs)
-    lines = list(client_mod.init_lines("c", b, None, None))
+    lines = list(prepare.init_lines("c", b, None, None))
     assert [set(x) for x in lines] == [{"init"}, {"tail"}] and lines[0]["init"]["tail"] is None
     h = MonitorHandle(tempfile.mkdtemp(prefix="m", dir=tmp_root))
     s = socket.socket(socket.AF_UNIX)
@@ -708,13 +705,12 @@ def test_a_monitor_of_older_code_gets_creates_it_understands(monkeypatch, tmp_ro
 
 
 def test_an_exec_planned_by_the_client_runs_when_made_for_the_container(monkeypatch, tmp_root, tmp_path, rootfs):
-    """MonitorClient.exec(..., target=(pid, bundle)) plans and encodes the exec itself (client.prepare_exec)
+    """MonitorClient.exec(..., target=(pid, bundle)) plans and encodes the exec itself (launch/prepare.py)
     and the monitor runs that plan; one made for another process, or by older code that did not fork into the pid
     namespace, is not used (the monitor plans the exec)."""
     import base64
     import tempfile
 
-    from runtime import client as client_mod
     monkeypatch.setenv("PYCRI_FASTINIT", "1")
     b = write_bundle(str(tmp_path / "b"), make_spec(["sleep", "1000"]), rootfs)
     h = MonitorHandle(tempfile.mkdtemp(prefix="m", dir=tmp_root))
@@ -730,9 +726,9 @@ def test_an_exec_planned_by_the_client_runs_when_made_for_the_container(monkeypa
             ans = h.client.call("exec", id="c", process={"args": ["echo", "planned here"]}, timeout=10,
                                 output_cap=1 << 20, init=init)
             return base64.b64decode(ans["stdout"])
-        assert run(client_mod.prepare_exec(pid, b, {"args": ["echo", "prepared"]})) == b"prepared\n"
-        assert run(client_mod.prepare_exec(other, b, {"args": ["echo", "prepared"]})) == b"planned here\n"
-        older = client_mod.prepare_exec(pid, b, {"args": ["echo", "prepared"]})
+        assert run(prepare.prepare_exec(pid, b, {"args": ["echo", "prepared"]})) == b"prepared\n"
+        assert run(prepare.prepare_exec(other, b, {"args": ["echo", "prepared"]})) == b"planned here\n"
+        older = prepare.prepare_exec(pid, b, {"args": ["echo", "prepared"]})
         del older["fork"]  # as a daemon of older code made it (rolled back): no fork into the pid namespace
         assert run(older) == b"planned here\n"
         for cid in ("c", "other"):
