@@ -19,7 +19,6 @@ from runtime import state as rtstate
 from runtime.aclient import AsyncMonitorClient
 from runtime.client import MonitorClient, MonitorError
 from runtime.exitwatch import ExitWatch
-from runtime.monitor import SOCKET_NAME
 
 from pycri import log, metrics
 from pycri.errors import CRIError
@@ -79,7 +78,7 @@ class Monitors:
 
     @staticmethod
     def socket_path(monitor_dir: str) -> str:
-        return os.path.join(monitor_dir, SOCKET_NAME)
+        return os.path.join(monitor_dir, rtstate.SOCKET_NAME)
 
     async def spawn(self, pod_id: str, monitor_dir: str) -> MonitorClient:
         os.makedirs(monitor_dir, mode=0o700, exist_ok=True)

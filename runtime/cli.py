@@ -19,7 +19,7 @@ DEFAULT_ROOT = "/run/pycri-runtime"
 
 
 def _client(root: str, start: bool = False) -> MonitorClient:
-    sock = os.path.join(root, "monitor.sock")
+    sock = os.path.join(root, state.SOCKET_NAME)
     if start and not state.monitor_alive(root):
         from runtime import monitor
         monitor.run_detached(root, "cli")

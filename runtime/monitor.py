@@ -30,7 +30,6 @@ from runtime.launch import fastinit, hooks
 from runtime.logfile import DEFAULT_MAX_LINE, LogFile
 
 LOG_PATH_ANNOTATION = "io.pycri.log-path"
-SOCKET_NAME = "monitor.sock"
 DEFAULT_OUTPUT_CAP = 16 * 1024 * 1024
 log = jsonlog.get_logger("runtime.monitor")
 
@@ -301,7 +300,7 @@ class Monitor:
     def bind(self) -> None:
         self.prepare()
         os.makedirs(self.state_dir, mode=0o700, exist_ok=True)
-        path = os.path.join(self.state_dir, SOCKET_NAME)
+        path = os.path.join(self.state_dir, state.SOCKET_NAME)
         if len(path.encode()) > 107:
             raise ValueError(f"socket path too long for AF_UNIX: {path}")
         try:
@@ -1356,7 +1355,7 @@ class Monitor:
         for conn in [k.data for k in list(self.sel.get_map().values()) if isinstance(k.data, Conn)]:
             self._conn_flush(conn)
             self._conn_close(conn)
-        path = os.path.join(self.state_dir, SOCKET_NAME)
+        path = os.path.join(self.state_dir, state.SOCKET_NAME)
         try:
             os.unlink(path)
         except FileNotFoundError:

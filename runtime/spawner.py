@@ -127,7 +127,8 @@ def main(fd: int) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     from runtime.host import linux
     from runtime.launch import fastinit
-    from runtime.monitor import prefork, SOCKET_NAME
+    from runtime.monitor import prefork
+    from runtime.state import SOCKET_NAME
     linux.set_comm("pycri-spawner")
     if fastinit.enabled():
         fastinit.sealed_binary()  # one copy, shared by every monitor forked from here

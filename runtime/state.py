@@ -13,6 +13,8 @@ import re
 
 from runtime.host import linux
 
+SOCKET_NAME = "monitor.sock"  # the monitor's socket in its state dir
+
 _ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 
 
