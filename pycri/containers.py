@@ -18,7 +18,7 @@ from pycri import cdi, log, validation
 from pycri.api import api_pb2 as cri
 from pycri.errors import DeadlineExceeded, FailedPrecondition, InvalidArgument, NotFound, TeardownError
 from pycri.dirs import private_dir, write_private
-from pycri.hostmounts import SharedMounts
+from runtime.host.mounts import SharedMounts
 from pycri.images import ImageError
 from pycri.monitors import MonitorUnavailable
 from pycri.records import (C_CREATED, C_CREATING, C_EXITED, C_RUNNING, CONTAINER_STATE, SB_READY, ContainerRecord,

@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from pycri import hostmounts
+from runtime.host import mounts as hostmounts
 from pycri.api import api_pb2 as cri
 from pycri.spec import PodPaths, container_spec, host_devices
 from runtime.host import linux
