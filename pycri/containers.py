@@ -10,15 +10,17 @@ import stat
 import time
 from pathlib import Path
 
+import structlog
+
 from runtime.client import MonitorError
-from runtime.host.linux import MNT_DETACH, mount_setattr_supported, umount2
+from runtime.host.linux import mount_setattr_supported
+from runtime.host.mounts import SharedMounts, detach_if_mounted
 from runtime.host.trees import remove_tree, tree_usage
 
 from pycri import cdi, log, validation
 from pycri.api import api_pb2 as cri
 from pycri.errors import DeadlineExceeded, FailedPrecondition, InvalidArgument, NotFound, TeardownError
 from pycri.dirs import private_dir, write_private
-from runtime.host.mounts import SharedMounts
 from pycri.images import ImageError
 from pycri.monitors import MonitorUnavailable
 from pycri.records import (C_CREATED, C_CREATING, C_EXITED, C_RUNNING, CONTAINER_STATE, SB_READY, ContainerRecord,
@@ -50,7 +52,8 @@ class Containers:
         self._cpu_samples: dict[str, tuple[int, int]] = {}  # id -> (time ns, usage ns): for usage_nano_cores
         self._users: dict[tuple, object] = {}
         self._fs_usage: tuple[float, tuple[str, int, int]] | None = None
-        self.shared_mounts = SharedMounts(ctx.config.state_path / "shared-mounts.json")
+        self.shared_mounts = SharedMounts(ctx.config.state_path / "shared-mounts.json",
+                                          log=structlog.get_logger("pycri.hostmounts"))
         # Monitor-side creates (the clone of the container's process) begun by CreateContainer and awaited by
         # whatever touches the process next (start, update, remove): see _begin_monitor_create.
         self._monitor_creates: dict[str, asyncio.Task] = {}
@@ -641,8 +644,7 @@ def _remove_dirs(*dirs: str) -> None:
             continue
         try:
             rootfs = os.path.join(d, "rootfs")
-            if os.path.ismount(rootfs):  # an OCI runtime's rootfs, left by a monitor that died (docs/runtime.md)
-                umount2(rootfs, MNT_DETACH)
+            detach_if_mounted(rootfs)  # an OCI runtime's rootfs, left by a monitor that died (docs/runtime.md)
             remove_tree(d)
         except OSError as exc:
             failures.append(exc)

@@ -12,7 +12,8 @@ from __future__ import annotations
 import os
 
 from runtime.cgroups.cgroupfs import CgroupV1, CgroupV2, oom_kill_logged, shares_to_weight, v1_mounts, validate_path
-from runtime.cgroups.driver import Cgroup, CgroupError, detect_version, OomWatch, ROOT
+from runtime.cgroups.driver import ROOT, Cgroup, CgroupError, OomWatch, detect_version
+from runtime.host import mountinfo
 
 __all__ = ["ROOT", "Cgroup", "CgroupError", "CgroupV1", "CgroupV2", "OomWatch", "detect_version", "oom_kill_logged",
            "open_cgroup", "remove_if_present", "remove_parent", "shares_to_weight", "v1_mounts", "validate_path"]
@@ -48,18 +49,9 @@ def remove_parent(path: str) -> None:
     cg = open_cgroup(path)
     if cg.exists() and not cg.pids():
         cg.remove()
-    for mount_point in _mount_points():
+    for m in mountinfo.cgroup_mounts():
         try:
-            os.rmdir(mount_point + path)
+            os.rmdir(m.mount_point + path)
         except OSError:
             pass  # absent, or in use
 
-
-def _mount_points() -> list[str]:
-    out = []
-    with open("/proc/self/mountinfo") as f:
-        for line in f:
-            pre, _, post = line.partition(" - ")
-            if post.split()[:1] in (["cgroup"], ["cgroup2"]):
-                out.append(pre.split()[4])
-    return out

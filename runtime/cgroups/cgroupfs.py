@@ -8,8 +8,9 @@ import os
 import signal
 import time
 
-from runtime.cgroups.driver import Cgroup, CgroupError, detect_version, OomWatch, ROOT
+from runtime.cgroups.driver import ROOT, Cgroup, CgroupError, OomWatch
 from runtime.host import linux
+from runtime.host.mountinfo import MOUNTINFO, entries
 
 _V1_CONTROLLERS = ("cpu", "cpuacct", "cpuset", "memory", "pids", "devices", "freezer", "blkio", "hugetlb",
                    "net_cls", "net_prio", "perf_event")
@@ -30,30 +31,25 @@ def validate_path(path: str) -> str:
 _V1_MOUNTS: dict[str, str] | None = None
 
 
-def v1_mounts(mountinfo: str = "/proc/self/mountinfo") -> dict[str, str]:
+def v1_mounts(mountinfo: str = MOUNTINFO) -> dict[str, str]:
     """controller -> mount point, for each v1 hierarchy (co-mounted controllers share a mount point).
     Read once per process (parsing mountinfo costs ~0.5 ms; hierarchies do not move while we run)."""
     global _V1_MOUNTS
-    if mountinfo == "/proc/self/mountinfo" and _V1_MOUNTS:
+    if mountinfo == MOUNTINFO and _V1_MOUNTS:
         return dict(_V1_MOUNTS)
     out = _read_v1_mounts(mountinfo)
-    if mountinfo == "/proc/self/mountinfo":
+    if mountinfo == MOUNTINFO:
         _V1_MOUNTS = dict(out)
     return out
 
 
 def _read_v1_mounts(mountinfo: str) -> dict[str, str]:
     out: dict[str, str] = {}
-    with open(mountinfo) as f:
-        for line in f:
-            pre, _, post = line.partition(" - ")
-            fields = post.split()
-            if len(fields) < 3 or fields[0] != "cgroup":
-                continue
-            mp = pre.split()[4]
-            for opt in fields[2].split(","):
+    for m in entries(mountinfo):
+        if m.fstype == "cgroup":
+            for opt in m.super_options.split(","):
                 if opt in _V1_CONTROLLERS:
-                    out.setdefault(opt, mp)
+                    out.setdefault(opt, m.mount_point)
     return out
 
 

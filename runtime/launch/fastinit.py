@@ -41,7 +41,7 @@ import socket
 import struct
 
 from runtime import cgroups
-from runtime.host import linux
+from runtime.host import linux, mountinfo
 from runtime.host.linux import MS_BIND, MS_RDONLY, MS_REC, MS_REMOUNT
 from runtime.launch import hooks, rootfs as rootfs_mod
 from runtime.launch.plan import DEFAULT_PATH, LaunchError, Plan, plan_from_spec
@@ -488,7 +488,7 @@ def _encode_rootfs(e: _Enc, plan, spec: dict, lin: dict, late: bool) -> None:
     e.stage("mounting rootfs")
     prop = lin.get("rootfsPropagation")
     if prop in ("shared", "rshared"):
-        e.mount(None, ABS, rootfs_mod.mount_point_of(rootfs), None, linux.MS_PRIVATE, None)
+        e.mount(None, ABS, mountinfo.holding(rootfs).mount_point, None, linux.MS_PRIVATE, None)
     else:
         e.mount(None, ABS, "/", None, rootfs_mod._PROPAGATION.get(prop or "rprivate", linux.MS_PRIVATE | MS_REC),
                 None)
