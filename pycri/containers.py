@@ -12,10 +12,6 @@ from pathlib import Path
 
 import structlog
 
-from runtime.client import MonitorError
-from runtime.host.linux import mount_setattr_supported
-from runtime.host.mounts import SharedMounts, detach_if_mounted
-from runtime.host.trees import remove_tree, tree_usage
 
 from pycri import cdi, log, validation
 from pycri.api import api_pb2 as cri
@@ -23,6 +19,7 @@ from pycri.errors import DeadlineExceeded, FailedPrecondition, InvalidArgument, 
 from pycri.dirs import private_dir, write_private
 from pycri.images import ImageError
 from pycri.monitors import MonitorUnavailable
+from pycri.node import MonitorError, SharedMounts, detach_if_mounted, mount_setattr_supported, remove_tree, tree_usage
 from pycri.records import (C_CREATED, C_CREATING, C_EXITED, C_RUNNING, CONTAINER_STATE, SB_READY, ContainerRecord,
                            SandboxRecord, matches, pb)
 from pycri.reservations import Reservations

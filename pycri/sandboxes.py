@@ -14,14 +14,10 @@ import secrets
 import time
 from pathlib import Path
 
-from runtime import cgroups
-from runtime.client import MonitorError
-from runtime.host import podns
-from runtime.host.trees import remove_tree
-from runtime.launch.userns import supported as userns_supported
 
 from pycri import log, validation
 from pycri.api import api_pb2 as cri
+from pycri.node import MonitorError, cgroups, podns, process_count, remove_tree, userns_supported
 from pycri.cadvisor_metrics import read_net_dev
 from pycri.dirs import private_dir, secure_pod_dir, write_private
 from pycri.errors import FailedPrecondition, InvalidArgument, NotFound, TeardownError
@@ -412,7 +408,7 @@ class Sandboxes:
                 default = next((i for i in interfaces if i.name == "eth0"), interfaces[0])
                 usage.default_interface.CopyFrom(default)
                 linux.network.CopyFrom(usage)
-        processes = await asyncio.to_thread(_process_count, [c.pid for c in containers])
+        processes = await asyncio.to_thread(process_count, [c.pid for c in containers])
         linux.process.CopyFrom(cri.ProcessUsage(timestamp=now, process_count=cri.UInt64Value(value=processes)))
         attrs = cri.PodSandboxAttributes(id=rec.id, metadata=config.metadata, labels=config.labels,
                                          annotations=config.annotations)
@@ -464,24 +460,6 @@ def _net_dev(pid: int) -> list:
         name=name, rx_bytes=cri.UInt64Value(value=c["rx_bytes"]), rx_errors=cri.UInt64Value(value=c["rx_errors"]),
         tx_bytes=cri.UInt64Value(value=c["tx_bytes"]), tx_errors=cri.UInt64Value(value=c["tx_errors"]))
         for name, c in read_net_dev(pid).items()]
-
-
-def _process_count(pids: list[int]) -> int:
-    """Processes in the pod's containers' pid namespaces' trees: children counted via /proc/<pid>/task/*/children."""
-    seen: set[int] = set()
-    todo = [p for p in pids if p]
-    while todo:
-        pid = todo.pop()
-        if pid in seen:
-            continue
-        seen.add(pid)
-        try:
-            for task in os.listdir(f"/proc/{pid}/task"):
-                with open(f"/proc/{pid}/task/{task}/children") as f:
-                    todo.extend(int(c) for c in f.read().split())
-        except OSError:
-            continue
-    return len(seen)
 
 
 def remove_cgroup(path: str, driver: str) -> None:

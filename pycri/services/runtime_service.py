@@ -13,10 +13,9 @@ from pycri import CRI_API_VERSION, RUNTIME_NAME, __version__, cadvisor_metrics, 
 from pycri.api import api_pb2 as cri
 from pycri.errors import InvalidArgument, Unavailable
 from pycri.network.cniconf import load_network_config, network_status
+from pycri.node import mount_setattr_supported, userns_supported
 from pycri.records import C_RUNNING, matches
 from pycri.streaming.container_backend import ready_sandbox, running_container
-from runtime.host.linux import mount_setattr_supported
-from runtime.launch.userns import supported as userns_supported
 
 _log = log.get("runtime")
 

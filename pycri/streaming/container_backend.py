@@ -28,12 +28,9 @@ import socket
 import struct
 from typing import Any, Callable
 
-from runtime.client import MonitorClient, MonitorError, Stream
-from runtime.frames import CH_CLOSE_STDIN, CH_EXIT, CH_RESIZE, CH_STDERR, CH_STDIN, CH_STDOUT, HEADER, MAX_PAYLOAD, \
-    frame
-from runtime.host.netns_socket import NetnsError, socket_in_netns
-
 from pycri import log
+from pycri.node import (CH_CLOSE_STDIN, CH_EXIT, CH_RESIZE, CH_STDERR, CH_STDIN, CH_STDOUT, HEADER, MAX_PAYLOAD,
+                        MonitorClient, MonitorError, NetnsError, Stream, frame, socket_in_netns)
 from pycri.errors import FailedPrecondition, NotFound
 from pycri.records import C_CREATING, C_RUNNING, SB_CREATING, SB_READY, ContainerRecord, SandboxRecord
 from pycri.streaming.backend import NotFoundError, StreamReaderLike, StreamWriterLike
