@@ -8,6 +8,7 @@ pycri/ imports runtime/, and pycri/ mounts, unmounts, removes cgroups or walks /
 from __future__ import annotations
 
 from runtime import cgroups, spawner, state as monitor_state
+from runtime.state import write_private
 from runtime.aclient import AsyncMonitorClient
 from runtime.client import MonitorClient, MonitorError, Stream
 from runtime.exitwatch import ExitWatch
@@ -26,7 +27,7 @@ __all__ = ["AsyncMonitorClient", "CH_CLOSE_STDIN", "CH_EXIT", "CH_RESIZE", "CH_S
            "Stream",
            "cgroup_version", "cgroups", "detach_if_mounted", "frame", "monitor_state", "mount_setattr_supported",
            "podns", "process_count", "remove_tree", "resolve_path", "socket_in_netns", "spawner", "tree_usage",
-           "userns_supported"]
+           "userns_supported", "write_private"]
 
 
 def cgroup_version() -> int:
