@@ -26,7 +26,7 @@ import time
 from runtime import cgroups, frames, jsonlog, launch, state
 from runtime.frames import CH_CLOSE_STDIN, CH_EXIT, CH_RESIZE, CH_STDERR, CH_STDIN, CH_STDOUT, frame
 from runtime.host import linux, trees
-from runtime.launch import fastinit, hooks
+from runtime.launch import fastinit, hooks, rootfs
 from runtime.logfile import DEFAULT_MAX_LINE, LogFile
 
 LOG_PATH_ANNOTATION = "io.pycri.log-path"
@@ -81,7 +81,6 @@ def _container_pty(pid: int) -> tuple[int, int]:
 
 def _open_device(root: int, path: str, rdev: int) -> int:
     """path in the container whose root is root, opened read-write if it is the character device rdev."""
-    from runtime.launch import rootfs
     fd = rootfs.open_in_root(root, path)
     try:
         st = os.fstat(fd)
@@ -111,10 +110,8 @@ STREAM_OUTBUF_MAX = 8 * 1024 * 1024
 # pod's containers (the kubelet creates them one after another), short enough that an idle pod holds none.
 SPARE_KEEP_S = 5.0
 # When op_start's spare is made: at the started container's exit, or this long after its start, whichever
-# comes first. Not at once: the spare's clone then competed with the container's exec and first instructions
-# (on two CPUs, a short-lived container's whole life: -0.1 to -0.3 ms on create+start+wait of `true`). The
-# kubelet's next create in the pod comes later than this (an ImageStatus and a CreateContainer round trip);
-# a create that comes sooner has the spare made first.
+# comes first, so that its clone does not compete with the container's exec (docs/runtime.md, "The spare"); a
+# create that comes sooner has the spare made first.
 SPARE_AFTER_START_S = 0.002
 
 
@@ -659,17 +656,11 @@ class Monitor:
         t2 = time.perf_counter()
         c.pid = c.proc.pid
         if cg is not None:
-            if cg.exists() and cg.pids():
-                raise RequestError(f"cgroup {cg_path} is in use by other processes")
-            c.cgroup = cg
-            cg.create()
-            for w in cg.apply(lin.get("resources")):
-                self._later(self.log.warning, "cgroup.warning", container_id=c.id, warning=w)
+            self._take_cgroup(c, cg, cg_path)
             if not plan.cgroup_tasks:
                 cg.attach(c.pid)
             # after the attach: under the systemd driver it is what makes the scope, and so the cgroup to watch
-            c.oom_base = cg.oom_kills()
-            self._watch_oom(c)
+            self._count_ooms(c)
         c.proc.go()
         # in parallel with the child's set-up
         os.mkdir(c.dir, 0o700)
@@ -698,6 +689,21 @@ class Monitor:
             state.write_json(os.path.join(c.dir, "state.json"), {**c.record(), "status": "created"})
         return t0, t1, t2
 
+    def _take_cgroup(self, c: Container, cg: cgroups.Cgroup, cg_path: str) -> None:
+        """Make cg the container's (refused if processes are in it already), with the spec's resources applied:
+        what cannot be applied is a warning."""
+        if cg.exists() and cg.pids():
+            raise RequestError(f"cgroup {cg_path} is in use by other processes")
+        c.cgroup = cg
+        cg.create()
+        for w in cg.apply((c.spec.get("linux") or {}).get("resources")):
+            self._later(self.log.warning, "cgroup.warning", container_id=c.id, warning=w)
+
+    def _count_ooms(self, c: Container) -> None:
+        """OOM kills in the container's cgroup count from now, and are watched for."""
+        c.oom_base = c.cgroup.oom_kills()
+        self._watch_oom(c)
+
     def _launch_oci(self, c: Container, req: dict, log_path, max_line, stdio):
         """_launch through an external OCI runtime (runtime/ociruntime.py): rootfs, `create`, then our view of
         the container (pty master, cgroup for stats and OOM, log file, state.json) as _launch leaves it."""
@@ -712,12 +718,7 @@ class Monitor:
         cg_path = (c.spec.get("linux") or {}).get("cgroupsPath")
         if cg_path and c.oci.own_cgroups:  # as _launch does; the runtime joins it before it execs
             cg = cgroups.open_cgroup(cg_path)
-            if cg.exists() and cg.pids():
-                raise RequestError(f"cgroup {cg_path} is in use by other processes")
-            c.cgroup = cg
-            cg.create()
-            for w in cg.apply((c.spec.get("linux") or {}).get("resources")):
-                self._later(self.log.warning, "cgroup.warning", container_id=c.id, warning=w)
+            self._take_cgroup(c, cg, cg_path)
             joined = cg.make_joinable()
             c.oci.cgroup_tasks = cg.self_attach_paths()
             if not c.oci.cgroup_tasks:
@@ -739,8 +740,7 @@ class Monitor:
         if cg_path and c.cgroup is None:
             c.cgroup = cgroups.open_cgroup(cg_path)  # the runtime's: for stats and OOM kills
         if c.cgroup is not None:
-            c.oom_base = c.cgroup.oom_kills()
-            self._watch_oom(c)
+            self._count_ooms(c)
         c.start_time = linux.proc_start_time(c.pid)
         state.write_json(os.path.join(c.dir, "state.json"), {**c.record(), "status": "created"})
         return t0, t1, t2
@@ -1036,7 +1036,7 @@ class Monitor:
 
     def _exec_builtin(self, c: Container, process: dict, stdio, console, init: dict | None = None) -> int:
         """Clone, join the container's namespaces and cgroup, exec process; returns its pid. init: the exec
-        planned by the client (client.prepare_exec), used when it was made for this container's process."""
+        planned by the client (launch/prepare.py), used when it was made for this container's process."""
         plan = parts = None
         if init is not None and console is None and fastinit.prepared_usable(init):
             plan, parts = fastinit.prepared_plan(init, dict(c.spec, process=process), stdio)
@@ -1380,7 +1380,7 @@ def run_detached(state_dir: str, pod_id: str = "", log_path: str | None = None) 
     return prefork().assign(state_dir, pod_id, log_path)
 
 
-class Spare:
+class SpareMonitor:
     """A detached monitor process (double fork + setsid, stdio on /dev/null, no other fds) that waits for
     its pod: `assign()` makes it bind `<state_dir>/monitor.sock` and serve. The spawner keeps one ready, so a
     pod's monitor costs a pipe message instead of two forks. A spare whose pipe closes unassigned exits."""
@@ -1419,7 +1419,7 @@ class Spare:
             self._ready_r = -1
 
 
-def prefork() -> Spare:
+def prefork() -> SpareMonitor:
     """Fork a detached spare monitor (the caller must be single-threaded)."""
     ready_r, ready_w = os.pipe2(os.O_CLOEXEC)
     assign_r, assign_w = os.pipe2(os.O_CLOEXEC)
@@ -1437,7 +1437,7 @@ def prefork() -> Spare:
     os.close(ready_w)
     os.close(assign_r)
     os.waitpid(pid, 0)
-    return Spare(assign_w, ready_r)
+    return SpareMonitor(assign_w, ready_r)
 
 
 def _read_all(fd: int) -> bytes:

@@ -1,34 +1,13 @@
-"""Fast init: the container child as a small static C program (runtime/initc/pycri-init) instead of a clone of
-the Python monitor running launch._child.
-
-The parent still plans everything (launch.plan_from_spec / plan_for_exec); here the plan is reduced to a list of
-primitive operations (mount this, resolve that destination inside the rootfs, pivot, write a sysctl, drop
-privileges...) in exactly the order launch._child performs them, with the same stage names for error messages.
-pycri-init is started with posix_spawn (CLONE_VM|CLONE_VFORK: no copy of the monitor's page tables, and its execve
-has next to nothing to tear down); it speaks the same messages on c2p and reads the same bytes on p2c as the Python
-child, so launch.Process drives both the same way.
+"""Fast init: the container's child as a small static C program (initc/pycri-init.c) instead of a clone of the
+Python monitor running process._child, for the plans it carries out completely (docs/runtime.md, "Fast init").
 
     eligible(plan) -> bool      what the C side implements completely (else: the Python child)
-    encode(plan) -> bytes       the operation list
-    prepare(plan) -> dict       the operation list made by the monitor's client (see below)
+    encode(plan) -> bytes       the operation list, in process._child's order and with its stage names
+    prepare(plan) -> dict       the operation list made by the monitor's client (launch/prepare.py)
     spawn(plan, c2p_w, p2c_r) -> pid
     Spare(new_pidns[, factory]) a pycri-init started ahead of need; .use(plan, c2p_w, p2c_r) -> pid
     SpareFactory()              a pycri-init that makes spares as the monitor's children, so it need not wait
-
-The client of a monitor (runtime/client.py: the daemon, `python -m runtime`) plans and encodes a container's
-init and sends the result on the create's connection (`prepare`, `prepared_plan`; an exec's too, when it
-knows the container's process). The monitor then runs none of that Python: under CPython 3.11 every code
-object and constant a path runs is written to (reference counts, warm-up counters), so each monitor that ran
-it kept its own copy of those pages: 0.2-0.35 MiB per pod, measured. The daemon is one process; it pays that
-once.
-
-A spawn costs the caller ~0.2-0.4 ms (posix_spawn returns after the execve); the monitor keeps a spare for a
-while after each start (see Monitor._keep_spare), so a pod's next container skips it, and has it made by a
-SpareFactory, so that it does not wait for that spawn either.
-
-A new pid namespace is made by the parent (unshare(CLONE_NEWPID) around the spawn, then back to its own): the
-spawned init is the namespace's pid 1 and execs the container in place, as a cloned Python child would.
-Set PYCRI_FASTINIT=0 to always use the Python child.
+PYCRI_FASTINIT=0 (in the monitor's environment) always uses the Python child.
 """
 from __future__ import annotations
 
