@@ -26,7 +26,7 @@ import time
 from runtime import cgroups, frames, jsonlog, launch, state
 from runtime.frames import CH_CLOSE_STDIN, CH_EXIT, CH_RESIZE, CH_STDERR, CH_STDIN, CH_STDOUT, frame
 from runtime.host import linux, trees
-from runtime.launch import fastinit, hooks, rootfs
+from runtime.launch import fastinit, hooks, initproc, rootfs
 from runtime.logfile import DEFAULT_MAX_LINE, LogFile
 
 LOG_PATH_ANNOTATION = "io.pycri.log-path"
@@ -106,7 +106,7 @@ def _signum(sig) -> int:
 
 _STREAM_CH = {"stdout": CH_STDOUT, "stderr": CH_STDERR}
 STREAM_OUTBUF_MAX = 8 * 1024 * 1024
-# How long a spare pycri-init (fastinit.Spare) is kept after a container's create: long enough for the rest of a
+# How long a spare pycri-init (initproc.Spare) is kept after a container's create: long enough for the rest of a
 # pod's containers (the kubelet creates them one after another), short enough that an idle pod holds none.
 SPARE_KEEP_S = 5.0
 # When op_start's spare is made: at the started container's exit, or this long after its start, whichever
@@ -275,8 +275,8 @@ class Monitor:
         self.running = True
         self.log = log.bind(pod_id=pod_id)
         self._after: list = []  # (fn, args, kwargs) run once the current answer is sent (logging)
-        self.spare: fastinit.Spare | None = None  # see _keep_spare
-        self.spare_factory: fastinit.SpareFactory | None = None  # makes the spares, while there are any
+        self.spare: initproc.Spare | None = None  # see _keep_spare
+        self.spare_factory: initproc.SpareFactory | None = None  # makes the spares, while there are any
         self.spare_until = 0.0
         self.spare_due: tuple[float, bool, str] | None = None  # (when, new pid ns, container): see op_start
 
@@ -1313,8 +1313,8 @@ class Monitor:
         self._drop_spare()
         try:
             if self.spare_factory is None:
-                self.spare_factory = fastinit.SpareFactory()
-            self.spare = fastinit.Spare(new_pidns, self.spare_factory)
+                self.spare_factory = initproc.SpareFactory()
+            self.spare = initproc.Spare(new_pidns, self.spare_factory)
         except OSError as exc:  # (a factory gone: the next start makes another)
             self._drop_spare_factory()
             self.log.warning("monitor.spare_failed", error=str(exc))
@@ -1456,7 +1456,7 @@ def _spare_main(assign_r: int, ready_w: int) -> None:
     try:
         os.chdir("/")
         linux.set_comm("pycri-monitor")
-        linux.close_all_but({assign_r, ready_w, fastinit.sealed_fd()})  # the spawner's copy of pycri-init stays
+        linux.close_all_but({assign_r, ready_w, initproc.sealed_fd()})  # the spawner's copy of pycri-init stays
         m = Monitor("/", "")
         m.prepare()
         line = b""

@@ -126,13 +126,13 @@ def main(fd: int) -> None:
     import signal
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     from runtime.host import linux
-    from runtime.launch import fastinit
+    from runtime.launch import fastinit, initproc
     from runtime.monitor import prefork
     from runtime.state import SOCKET_NAME
     linux.set_comm("pycri-spawner")
     if fastinit.enabled():
-        fastinit.sealed_binary()  # one copy, shared by every monitor forked from here
-    fastinit.warm()
+        initproc.sealed_binary()  # one copy, shared by every monitor forked from here
+    initproc.warm()
     sock = socket.socket(fileno=fd)
     spare = prefork()
     sock.sendall(b"READY\n")

@@ -24,7 +24,7 @@ import signal
 import termios
 
 from runtime.host import linux
-from runtime.launch import fastinit, hooks, rootfs as rootfs_mod, userns as userns_mod
+from runtime.launch import fastinit, hooks, initproc, rootfs as rootfs_mod, userns as userns_mod
 from runtime.launch.plan import DEFAULT_PATH, LaunchError, Plan
 
 
@@ -135,9 +135,9 @@ class _Channel:
 class Process:
     """Parent-side handle on a launched container process."""
 
-    def __init__(self, plan: Plan, spare: fastinit.Spare | None = None,
+    def __init__(self, plan: Plan, spare: initproc.Spare | None = None,
                  parts: tuple[bytes, bytes] | None = None):
-        """spare: a pycri-init started ahead (fastinit.Spare), used when it fits the plan (self.used_spare);
+        """spare: a pycri-init started ahead (initproc.Spare), used when it fits the plan (self.used_spare);
         the caller releases it otherwise. parts: the plan's pycri-init operation list, made by the client
         (fastinit.prepared_plan): fast init, with no eligibility check or encoding here."""
         self.plan = plan
@@ -159,9 +159,9 @@ class Process:
                     pid = spare.use(plan, c2p_w, p2c_r, parts)
                     self.used_spare = True
                 except OSError:  # it died meanwhile: spawn one
-                    pid = fastinit.spawn(plan, c2p_w, p2c_r, parts)
+                    pid = initproc.spawn(plan, c2p_w, p2c_r, parts)
             elif self.fast:
-                pid = fastinit.spawn(plan, c2p_w, p2c_r, parts)
+                pid = initproc.spawn(plan, c2p_w, p2c_r, parts)
             else:
                 pid = linux.clone(plan.clone_flags)
         except (OSError, ValueError) as exc:

@@ -11,7 +11,7 @@ from tests.runtime.rt_helpers import log_text, make_rootfs, make_spec, write_bun
 
 from runtime import launch
 from runtime.client import MonitorError
-from runtime.launch import fastinit, prepare
+from runtime.launch import fastinit, initproc, prepare
 
 pytestmark = pytest.mark.skipif(not os.access(fastinit.BINARY, os.X_OK),
                                 reason="runtime/launch/initc/pycri-init not built (make initc)")
@@ -379,7 +379,7 @@ def _ppid(pid: int) -> int:
 
 
 def test_a_spare_factory_makes_spares_that_are_its_callers_children():
-    """fastinit.SpareFactory: each spare it makes is the caller's child (clone with CLONE_PARENT), so the
+    """initproc.SpareFactory: each spare it makes is the caller's child (clone with CLONE_PARENT), so the
     caller reaps it and waits for its container's exit as for a spawned one; in a new pid namespace when
     asked. The factory exits when closed."""
     import time
@@ -387,11 +387,11 @@ def test_a_spare_factory_makes_spares_that_are_its_callers_children():
     def _mode(pid: int) -> bytes:
         with open(f"/proc/{pid}/cmdline", "rb") as f:
             return f.read().split(b"\0")[1]
-    factory = fastinit.SpareFactory()
+    factory = initproc.SpareFactory()
     spares = []
     try:
         assert _ppid(factory.pid) == os.getpid()
-        spares = [fastinit.Spare(True, factory), fastinit.Spare(False, factory)]
+        spares = [initproc.Spare(True, factory), initproc.Spare(False, factory)]
         pids = [s.pid for s in spares]  # the answers, read in order
         assert len(set(pids)) == 2 and factory.pid not in pids
         deadline = time.monotonic() + 5
@@ -413,7 +413,7 @@ def test_a_spare_factory_makes_spares_that_are_its_callers_children():
     assert os.waitstatus_to_exitcode(status) == 0
     # a factory gone: asking fails at once, or the spare's pid does
     with pytest.raises(OSError):
-        fastinit.Spare(True, factory)
+        initproc.Spare(True, factory)
 
 
 def test_the_monitor_makes_another_spare_factory_when_one_is_gone(monkeypatch, tmp_root, tmp_path, rootfs):
@@ -472,7 +472,7 @@ def linux_alive(pid: int) -> bool:
 
 
 def test_warm_plans_and_encodes_and_leaves_nothing_running():
-    """fastinit.warm() (the spawner's, before it forks monitors) runs the planning and encoding code once and
+    """initproc.warm() (the spawner's, before it forks monitors) runs the planning and encoding code once and
     leaves no process behind (the spare factory and the spare it starts to warm their code are reaped)."""
     def children() -> set[str]:
         out = set()
@@ -481,7 +481,7 @@ def test_warm_plans_and_encodes_and_leaves_nothing_running():
                 out |= set(f.read().split())
         return out
     before = children()
-    fastinit.warm()
+    initproc.warm()
     assert children() == before
     assert fastinit._DEFAULT_DEVICES  # the encoding ran (its cache is filled)
 
@@ -524,7 +524,7 @@ def test_the_monitor_runs_the_init_its_client_prepared(monkeypatch, tmp_root, tm
 
 
 def test_spawn_places_fds_that_sit_where_they_go(tmp_path, rootfs):
-    """fastinit.spawn moves the plan, pipe and stdio fds to BASE.. in the child even when the parent's own
+    """initproc.spawn moves the plan, pipe and stdio fds to BASE.. in the child even when the parent's own
     numbers are already in that range, in another order (a plain dup2 to each place would overwrite one
     still to be moved). Run in a fresh interpreter, whose fds in that range are the test's to choose."""
     import subprocess
@@ -532,7 +532,7 @@ def test_spawn_places_fds_that_sit_where_they_go(tmp_path, rootfs):
     code = f"""
 import os, select, sys
 from runtime import launch
-from runtime.launch import fastinit
+from runtime.launch import fastinit, initproc
 B = fastinit.BASE
 def at(fd, where):
     os.dup2(fd, where)
