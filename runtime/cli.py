@@ -21,7 +21,7 @@ DEFAULT_ROOT = "/run/pycri-runtime"
 def _client(root: str, start: bool = False) -> MonitorClient:
     sock = os.path.join(root, state.SOCKET_NAME)
     if start and not state.monitor_alive(root):
-        from runtime import monitor
+        from runtime.monitor import server as monitor
         monitor.run_detached(root, "cli")
     return MonitorClient(sock, timeout=None)
 

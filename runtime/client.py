@@ -81,9 +81,9 @@ _protocols: dict[str, int] = {}  # monitor socket -> its monitor.json "protocol"
 
 
 def monitor_protocol(socket_path: str) -> int:
-    """What the monitor at socket_path understands (runtime/monitor.py: PROTOCOL), from the monitor.json beside
-    it, read once; 0 where it has none: a monitor of older code (pods outlive a daemon upgrade), which plans
-    every create itself."""
+    """What the monitor at socket_path understands (runtime/monitor/server.py: PROTOCOL), from the monitor.json
+    beside it, read once; 0 where it has none: a monitor of older code (pods outlive a daemon upgrade), which
+    plans every create itself."""
     proto = _protocols.get(socket_path)
     if proto is None:
         m = state.read_json(os.path.join(os.path.dirname(socket_path), "monitor.json"))

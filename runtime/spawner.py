@@ -120,14 +120,14 @@ def main(fd: int) -> None:
     code that ran in both processes of each monitor's double fork, writing to objects shared with the spawner.
     It cost every pod 0.23 MiB of private memory (2.95 -> 2.72 MiB per monitor without it, measured).
 
-    It keeps one spare monitor forked ahead (runtime.monitor.prefork): a request hands the spare its pod
+    It keeps one spare monitor forked ahead (runtime.monitor.server.prefork): a request hands the spare its pod
     (bind the socket, write monitor.json: ~1 ms) and the next spare is forked after the answer, while the
     daemon goes on with the pod. At EOF the unassigned spare is released (it exits before the spawner does)."""
     import signal
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     from runtime.host import linux
     from runtime.launch import fastinit, initproc
-    from runtime.monitor import prefork
+    from runtime.monitor.server import prefork
     from runtime.state import SOCKET_NAME
     linux.set_comm("pycri-spawner")
     if fastinit.enabled():

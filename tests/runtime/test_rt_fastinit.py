@@ -323,7 +323,7 @@ def test_spare_runs_the_pods_next_container_then_goes_away(monkeypatch, tmp_root
     import tempfile
     import time
 
-    from runtime import monitor
+    from runtime.monitor import server as monitor
     monkeypatch.setenv("PYCRI_FASTINIT", "1")
     h = MonitorHandle(tempfile.mkdtemp(prefix="m", dir=tmp_root))
     try:
@@ -670,7 +670,8 @@ def test_a_monitor_of_older_code_gets_creates_it_understands(monkeypatch, tmp_ro
     import json
     import tempfile
 
-    from runtime import client as client_mod, monitor
+    from runtime import client as client_mod
+    from runtime.monitor import server as monitor
     monkeypatch.setenv("PYCRI_FASTINIT", "1")
     b = write_bundle(str(tmp_path / "b"), make_spec(["sh", "-c", "exit 5"]), rootfs)
     h = MonitorHandle(tempfile.mkdtemp(prefix="m", dir=tmp_root))

@@ -249,7 +249,7 @@ def test_spawner_process_imports_no_threading():
     from runtime import spawner
     code = ("import sys; sys.path.insert(0, %r); import runtime.spawner, signal; "
             "from runtime.host import linux; from runtime.launch import fastinit; "
-            "from runtime.state import SOCKET_NAME; from runtime.monitor import prefork; "
+            "from runtime.state import SOCKET_NAME; from runtime.monitor.server import prefork; "
             "print(sorted({'threading', 'subprocess'} & set(sys.modules)))" % spawner._ROOT)
     out = subprocess.run([sys.executable, "-S", "-c", code], capture_output=True, text=True, timeout=30)
     assert out.returncode == 0, out.stderr
