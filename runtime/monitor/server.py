@@ -27,7 +27,7 @@ from runtime import cgroups, frames, jsonlog, launch, state
 from runtime.frames import CH_CLOSE_STDIN, CH_EXIT, CH_RESIZE, CH_STDERR, CH_STDIN, CH_STDOUT, frame
 from runtime.host import linux, trees
 from runtime.launch import fastinit, hooks, initproc, rootfs
-from runtime.logfile import DEFAULT_MAX_LINE, LogFile
+from runtime.monitor.logfile import DEFAULT_MAX_LINE, LogFile
 
 LOG_PATH_ANNOTATION = "io.pycri.log-path"
 DEFAULT_OUTPUT_CAP = 16 * 1024 * 1024
@@ -583,7 +583,7 @@ class Monitor:
         c = Container(cid, bundle, spec, sdir)
         c.init_lines = lines
         if req.get("runtime") is not None:
-            from runtime import ociruntime  # only pods of an OCI handler pay for it
+            from runtime.monitor import oci as ociruntime  # only pods of an OCI handler pay for it
             rt = ociruntime.check_request(req["runtime"])
             c.oci = ociruntime.OciRuntime(rt["path"], cid, sdir, bundle, spec, rt["cgroup_manager"] == "pycri")
         try:
@@ -705,7 +705,7 @@ class Monitor:
         self._watch_oom(c)
 
     def _launch_oci(self, c: Container, req: dict, log_path, max_line, stdio):
-        """_launch through an external OCI runtime (runtime/ociruntime.py): rootfs, `create`, then our view of
+        """_launch through an external OCI runtime (runtime/monitor/oci.py): rootfs, `create`, then our view of
         the container (pty master, cgroup for stats and OOM, log file, state.json) as _launch leaves it."""
         t0 = time.perf_counter()
         os.mkdir(c.dir, 0o700)
@@ -838,7 +838,7 @@ class Monitor:
                         os.kill(pid, sig)
                     except ProcessLookupError:
                         pass
-            from runtime import ociruntime
+            from runtime.monitor import oci as ociruntime
             try:
                 c.oci.kill(sig, bool(req.get("all")) and not c.oci.own_cgroups)
             except ociruntime.OciError:
