@@ -12,7 +12,6 @@ from pathlib import Path
 
 import structlog
 
-
 from pycri import cdi, log, validation
 from pycri.api import api_pb2 as cri
 from pycri.errors import DeadlineExceeded, FailedPrecondition, InvalidArgument, NotFound, TeardownError

@@ -15,7 +15,6 @@ import os
 import time
 from typing import Any, Awaitable
 
-
 from pycri import log, metrics
 from pycri.errors import CRIError
 from pycri.node import AsyncMonitorClient, ExitWatch, MonitorClient, MonitorError, monitor_state

@@ -14,15 +14,14 @@ import secrets
 import time
 from pathlib import Path
 
-
 from pycri import log, validation
 from pycri.api import api_pb2 as cri
-from pycri.node import MonitorError, cgroups, podns, process_count, remove_tree, userns_supported
 from pycri.cadvisor_metrics import read_net_dev
 from pycri.dirs import private_dir, secure_pod_dir, write_private
 from pycri.errors import FailedPrecondition, InvalidArgument, NotFound, TeardownError
 from pycri.network.cni import CNIError, PodNetworkArgs, pod_ips
 from pycri.network.cniconf import load_network_config
+from pycri.node import MonitorError, cgroups, podns, process_count, remove_tree, userns_supported
 from pycri.podfiles import write_pod_files
 from pycri.records import SB_CREATING, SB_NOTREADY, SB_READY, SANDBOX_STATE, SandboxRecord, matches, pb, unpb
 from pycri.reservations import Reservations
