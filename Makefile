@@ -29,10 +29,10 @@ venv: $(VENV)/.installed
 proto: venv
 	$(PY) -m pycri.api.generate
 
-# The container child's fast path (runtime/fastinit.py): a static C program, built here, never committed.
-initc: runtime/initc/pycri-init
+# The container child's fast path (runtime/launch/fastinit.py): a static C program, built here, never committed.
+initc: runtime/launch/initc/pycri-init
 
-runtime/initc/pycri-init: runtime/initc/pycri-init.c
+runtime/launch/initc/pycri-init: runtime/launch/initc/pycri-init.c
 	gcc -static -O2 -s -o $@ $<
 
 images: venv
@@ -78,4 +78,4 @@ install: deps venv wheels
 	$(PY) hack/install.py --destdir "$(DESTDIR)" --prefix "$(PREFIX)" --venv "$(DESTDIR)$(PYCRI_HOME)" $(INSTALL_ARGS)
 
 clean:
-	rm -rf $(VENV) .cache build *.egg-info runtime/initc/pycri-init
+	rm -rf $(VENV) .cache build *.egg-info runtime/launch/initc/pycri-init

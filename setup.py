@@ -1,7 +1,7 @@
 """What setuptools does not make by itself, made in the build tree so that a wheel holds it: the CRI stubs (from
-proto/api.proto, with grpcio-tools: pycri.api.generate's compile) and pycri-init (runtime/initc, with gcc -static).
-pycri-init makes the wheel a platform wheel. An editable install (`make venv`) makes neither: `make proto initc`
-makes them in the checkout."""
+proto/api.proto, with grpcio-tools: pycri.api.generate's compile) and pycri-init
+(runtime/launch/initc, with gcc -static). pycri-init makes the wheel a platform wheel. An editable install
+(`make venv`) makes neither: `make proto initc` makes them in the checkout."""
 
 import subprocess
 from pathlib import Path
@@ -24,10 +24,10 @@ class BuildPy(build_py):
                           f"--pyi_out={out}", f"--grpc_python_out={out}", "pycri/api/api.proto"])
         if rc != 0:
             raise SystemExit(f"protoc failed with {rc}")
-        init = out / "runtime" / "initc" / "pycri-init"
+        init = out / "runtime" / "launch" / "initc" / "pycri-init"
         init.parent.mkdir(parents=True, exist_ok=True)
-        subprocess.run(["gcc", "-static", "-O2", "-s", "-o", str(init), str(HERE / "runtime/initc/pycri-init.c")],
-                       check=True)
+        subprocess.run(["gcc", "-static", "-O2", "-s", "-o", str(init),
+                        str(HERE / "runtime/launch/initc/pycri-init.c")], check=True)
 
 
 class PlatformWheel(bdist_wheel):

@@ -108,7 +108,8 @@ def _pod_spec(args: list[str], cg: str, namespaces: list[dict], mounts: list[dic
 
 def bench_pod(tmp: str, n: int, run: str) -> dict[str, list[float]]:
     """The monitor ops of one pod's life, as pycri sends them (see POD_OPS), n pods one after the other."""
-    from runtime import cgroups, podns
+    from runtime import cgroups
+    from runtime.host import podns
     lower = make_rootfs(os.path.join(tmp, "lower"))
     cg_root = f"/pycri-bench-launcher-{os.getpid()}"
     times: dict[str, list[float]] = {k: [] for k in POD_OPS}
@@ -187,7 +188,7 @@ def bench_pod(tmp: str, n: int, run: str) -> dict[str, list[float]]:
 def run_tmpfs(tmp: str) -> str:
     """A tmpfs for every runtime's state (our monitor's, runc's and crun's --root), as /run is on a node (here /run
     and /tmp are on the disk, where creating a small file costs ~0.3 ms instead of ~0.03)."""
-    from runtime import linux
+    from runtime.host import linux
     run = os.path.join(tmp, "run")
     os.mkdir(run)
     linux.mount("tmpfs", run, "tmpfs", linux.MS_NOSUID | linux.MS_NODEV, "mode=0700")
@@ -195,14 +196,14 @@ def run_tmpfs(tmp: str) -> str:
 
 
 def release_tmpfs(run: str) -> None:
-    from runtime import linux
+    from runtime.host import linux
     linux.umount2(run, linux.MNT_DETACH)
 
 
 def private_cgroup_view() -> None:
     """crun refuses hybrid hosts when cgroup2 holds a controller (here: hugetlb). Run the whole benchmark,
     all runtimes alike, in a private mount namespace without /sys/fs/cgroup/unified."""
-    from runtime import linux
+    from runtime.host import linux
     if not os.path.ismount("/sys/fs/cgroup/unified"):
         return
     linux.unshare(linux.CLONE_NEWNS)

@@ -80,7 +80,7 @@ NET = {
                     "Cumulative count of errors encountered while transmitting.", "interface"),
 }
 
-# Stats keys (runtime/cgroups.py stats()) served as-is.
+# Stats keys (runtime/cgroups stats()) served as-is.
 _PLAIN = [
     (CPU_PERIODS, "cpu_periods"), (CPU_THROTTLED, "cpu_throttled_periods"),
     (MEM_CACHE, "memory_cache"), (MEM_RSS, "memory_rss"), (MEM_KERNEL, "memory_kernel"),
@@ -103,7 +103,7 @@ def _metric(desc: Descriptor, value: int, labels: list[str], now: int) -> cri.Me
 
 def container_metrics(container_id: str, name: str, image: str, stats: dict,
                       resources: cri.LinuxContainerResources, now: int | None = None) -> list[cri.Metric]:
-    """Metrics of one container from its cgroup stats (see runtime/cgroups.py) and its resources in effect."""
+    """Metrics of one container from its cgroup stats (see runtime/cgroups) and its resources in effect."""
     now = now or time.time_ns()
     base = [container_id, name, image]
     out = [_metric(LAST_SEEN, now // _NS, base, now),

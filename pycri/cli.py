@@ -156,7 +156,7 @@ def _serve(config_path: str | None) -> int:
 
     _limit_malloc_arenas()
     log.setup(cfg.log_level)
-    from runtime import spawner as spawner_mod
+    from pycri.node import spawner as spawner_mod
 
     spawner = spawner_mod.start()  # before grpc exists in this process (see the module docstring)
     if spawner.warning:

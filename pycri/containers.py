@@ -10,17 +10,15 @@ import stat
 import time
 from pathlib import Path
 
-from runtime.client import MonitorError
-from runtime.linux import MNT_DETACH, mount_setattr_supported, umount2
-from runtime.trees import remove_tree, tree_usage
+import structlog
 
 from pycri import cdi, log, validation
 from pycri.api import api_pb2 as cri
 from pycri.errors import DeadlineExceeded, FailedPrecondition, InvalidArgument, NotFound, TeardownError
 from pycri.dirs import private_dir, write_private
-from pycri.hostmounts import SharedMounts
 from pycri.images import ImageError
 from pycri.monitors import MonitorUnavailable
+from pycri.node import MonitorError, SharedMounts, detach_if_mounted, mount_setattr_supported, remove_tree, tree_usage
 from pycri.records import (C_CREATED, C_CREATING, C_EXITED, C_RUNNING, CONTAINER_STATE, SB_READY, ContainerRecord,
                            SandboxRecord, matches, pb)
 from pycri.reservations import Reservations
@@ -50,7 +48,8 @@ class Containers:
         self._cpu_samples: dict[str, tuple[int, int]] = {}  # id -> (time ns, usage ns): for usage_nano_cores
         self._users: dict[tuple, object] = {}
         self._fs_usage: tuple[float, tuple[str, int, int]] | None = None
-        self.shared_mounts = SharedMounts(ctx.config.state_path / "shared-mounts.json")
+        self.shared_mounts = SharedMounts(ctx.config.state_path / "shared-mounts.json",
+                                          log=structlog.get_logger("pycri.hostmounts"))
         # Monitor-side creates (the clone of the container's process) begun by CreateContainer and awaited by
         # whatever touches the process next (start, update, remove): see _begin_monitor_create.
         self._monitor_creates: dict[str, asyncio.Task] = {}
@@ -183,7 +182,7 @@ class Containers:
         layer = Path(rec.layer_dir)
         overlay = {"lower": lowerdirs, "upper": str(layer / "upper"), "work": str(layer / "work")}
         userns = userns_mappings(sandbox.config.linux.security_context.namespace_options)
-        if userns is not None:  # the image's layers idmapped into the pod's user namespace (runtime/userns.py)
+        if userns is not None:  # the image's layers idmapped into the pod's user namespace (runtime/launch/userns.py)
             overlay["uidMappings"], overlay["gidMappings"] = userns
         config = rec.config
 
@@ -497,7 +496,7 @@ class Containers:
                                                   timeout=left, output_cap=EXEC_OUTPUT_CAP - len(EXEC_CUT_NOTE),
                                                   client_timeout=None,
                                                   # planned in the daemon, not in the pod's monitor (the
-                                                  # built-in runtime's only: see runtime/fastinit.py)
+                                                  # built-in runtime's only: see runtime/launch/fastinit.py)
                                                   target=None if self.ctx.sandboxes.runtime_request(sandbox)
                                                   else (rec.pid, rec.bundle))
         except MonitorError as exc:
@@ -535,7 +534,7 @@ class Containers:
         self.ctx.records.save_container(rec)
 
     async def cgroup_stats(self, rec: ContainerRecord) -> dict | None:
-        """The raw cgroup figures of a running container (runtime/cgroups.py stats()), None if unavailable."""
+        """The raw cgroup figures of a running container (runtime/cgroups stats()), None if unavailable."""
         sandbox = self.ctx.records.sandboxes[rec.sandbox_id]
         try:
             return await self.ctx.monitors.call(sandbox.monitor_dir, "stats", rec.id)
@@ -633,7 +632,7 @@ class Containers:
 
 
 def _remove_dirs(*dirs: str) -> None:
-    """Remove a container's bundle and writable layer (runtime/trees.py: any depth, no other mount entered); all
+    """Remove a container's bundle and writable layer (runtime/host/trees.py: any depth, no other mount entered); all
     are tried, then the first failure is raised (OSError)."""
     failures = []
     for d in dirs:
@@ -641,8 +640,7 @@ def _remove_dirs(*dirs: str) -> None:
             continue
         try:
             rootfs = os.path.join(d, "rootfs")
-            if os.path.ismount(rootfs):  # an OCI runtime's rootfs, left by a monitor that died (docs/runtime.md)
-                umount2(rootfs, MNT_DETACH)
+            detach_if_mounted(rootfs)  # an OCI runtime's rootfs, left by a monitor that died (docs/runtime.md)
             remove_tree(d)
         except OSError as exc:
             failures.append(exc)

@@ -28,6 +28,7 @@ from pycri.monitors import Monitors
 from pycri.network.cni import CNI
 from pycri.network.cniconf import load_network_config
 from pycri.network.defaultnet import write_default_conflist
+from pycri.node import cgroup_version
 from pycri.records import Records
 from pycri.rpc import service_handler
 from pycri.sandboxes import Sandboxes
@@ -155,9 +156,7 @@ class Daemon:
 
 
 def _cgroup_version() -> str:
-    if os.path.exists("/sys/fs/cgroup/cgroup.controllers"):
-        return "v2"
-    return "v1"
+    return f"v{cgroup_version()}"
 
 
 def prepare_socket(path: Path) -> None:

@@ -17,6 +17,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from pycri import node
+
 TOP_MODE = 0o711
 
 
@@ -69,9 +71,4 @@ def secure_pod_dir(pod_dir: Path, group: int | None) -> None:
 
 def write_private(path: Path, data: str) -> None:
     """Replace path with data, mode 0600 from the start (a spec holds the container's env: secrets)."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
-    with os.fdopen(fd, "w") as f:
-        os.fchmod(fd, 0o600)  # (a leftover of the same name kept its mode)
-        f.write(data)
-    os.replace(tmp, path)
+    node.write_private(str(path), data.encode())

@@ -15,14 +15,9 @@ import os
 import time
 from typing import Any, Awaitable
 
-from runtime import state as rtstate
-from runtime.aclient import AsyncMonitorClient
-from runtime.client import MonitorClient, MonitorError
-from runtime.exitwatch import ExitWatch
-from runtime.monitor import SOCKET_NAME
-
 from pycri import log, metrics
 from pycri.errors import CRIError
+from pycri.node import AsyncMonitorClient, ExitWatch, MonitorClient, MonitorError, monitor_state
 
 _log = log.get("monitors")
 
@@ -79,7 +74,7 @@ class Monitors:
 
     @staticmethod
     def socket_path(monitor_dir: str) -> str:
-        return os.path.join(monitor_dir, SOCKET_NAME)
+        return os.path.join(monitor_dir, monitor_state.SOCKET_NAME)
 
     async def spawn(self, pod_id: str, monitor_dir: str) -> MonitorClient:
         os.makedirs(monitor_dir, mode=0o700, exist_ok=True)
@@ -94,7 +89,7 @@ class Monitors:
 
     @staticmethod
     def alive(monitor_dir: str) -> bool:
-        return rtstate.monitor_alive(monitor_dir)
+        return monitor_state.monitor_alive(monitor_dir)
 
     async def call(self, monitor_dir: str, method: str, *args: Any, client_timeout: float | None = 30.0,
                    **kwargs: Any):
@@ -120,6 +115,6 @@ class Monitors:
     def status_from_disk(monitor_dir: str, container_id: str) -> dict:
         """What the state files say when the monitor cannot be asked (it died, or the host rebooted)."""
         try:
-            return rtstate.container_status(monitor_dir, container_id)
+            return monitor_state.container_status(monitor_dir, container_id)
         except (ValueError, OSError):
             return {"id": container_id, "status": "unknown"}

@@ -14,12 +14,6 @@ import secrets
 import time
 from pathlib import Path
 
-from runtime import podns
-from runtime.userns import supported as userns_supported
-from runtime.cgroups import open_cgroup
-from runtime.client import MonitorError
-from runtime.trees import remove_tree
-
 from pycri import log, validation
 from pycri.api import api_pb2 as cri
 from pycri.cadvisor_metrics import read_net_dev
@@ -27,6 +21,7 @@ from pycri.dirs import private_dir, secure_pod_dir, write_private
 from pycri.errors import FailedPrecondition, InvalidArgument, NotFound, TeardownError
 from pycri.network.cni import CNIError, PodNetworkArgs, pod_ips
 from pycri.network.cniconf import load_network_config
+from pycri.node import MonitorError, cgroups, podns, process_count, remove_tree, userns_supported
 from pycri.podfiles import write_pod_files
 from pycri.records import SB_CREATING, SB_NOTREADY, SB_READY, SANDBOX_STATE, SandboxRecord, matches, pb, unpb
 from pycri.reservations import Reservations
@@ -412,7 +407,7 @@ class Sandboxes:
                 default = next((i for i in interfaces if i.name == "eth0"), interfaces[0])
                 usage.default_interface.CopyFrom(default)
                 linux.network.CopyFrom(usage)
-        processes = await asyncio.to_thread(_process_count, [c.pid for c in containers])
+        processes = await asyncio.to_thread(process_count, [c.pid for c in containers])
         linux.process.CopyFrom(cri.ProcessUsage(timestamp=now, process_count=cri.UInt64Value(value=processes)))
         attrs = cri.PodSandboxAttributes(id=rec.id, metadata=config.metadata, labels=config.labels,
                                          annotations=config.annotations)
@@ -466,57 +461,17 @@ def _net_dev(pid: int) -> list:
         for name, c in read_net_dev(pid).items()]
 
 
-def _process_count(pids: list[int]) -> int:
-    """Processes in the pod's containers' pid namespaces' trees: children counted via /proc/<pid>/task/*/children."""
-    seen: set[int] = set()
-    todo = [p for p in pids if p]
-    while todo:
-        pid = todo.pop()
-        if pid in seen:
-            continue
-        seen.add(pid)
-        try:
-            for task in os.listdir(f"/proc/{pid}/task"):
-                with open(f"/proc/{pid}/task/{task}/children") as f:
-                    todo.extend(int(c) for c in f.read().split())
-        except OSError:
-            continue
-    return len(seen)
-
-
 def remove_cgroup(path: str, driver: str) -> None:
     """Remove a container's cgroup (killing what is left in it) when its monitor cannot: it died, or a reboot."""
     try:
-        cg = open_cgroup(path, driver)
-        if cg.exists():
-            cg.remove()
+        cgroups.remove_if_present(path, driver)
     except Exception as exc:  # noqa: BLE001 - best effort, logged
         _log.warning("cgroup removal failed", cgroup=path, error=str(exc))
 
 
 def _remove_default_cgroup_parent() -> None:
-    """The parent pycri made for pods without one goes with the last such pod (the kubelet's own stay).
-
-    Also from the hierarchies pycri does not manage but an OCI runtime joins (runc makes the same path in the
-    named systemd hierarchy and, on a hybrid host, in the unified one): an empty directory there is removed."""
-    cg = open_cgroup(DEFAULT_CGROUP_PARENT)
-    if cg.exists() and not cg.pids():
-        cg.remove()
-    for mount_point in _cgroup_mount_points():
-        try:
-            os.rmdir(mount_point + DEFAULT_CGROUP_PARENT)
-        except OSError:
-            pass  # absent, or in use
-
-
-def _cgroup_mount_points() -> list[str]:
-    out = []
-    with open("/proc/self/mountinfo") as f:
-        for line in f:
-            pre, _, post = line.partition(" - ")
-            if post.split()[:1] in (["cgroup"], ["cgroup2"]):
-                out.append(pre.split()[4])
-    return out
+    """The parent pycri made for pods without one goes with the last such pod (the kubelet's own stay)."""
+    cgroups.remove_parent(DEFAULT_CGROUP_PARENT)
 
 
 def pod_root_group(config: cri.PodSandboxConfig) -> int | None:

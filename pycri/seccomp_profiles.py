@@ -9,7 +9,7 @@ Localhost file that cannot be used is an INVALID_ARGUMENT naming the path.
 A profile file may be an OCI `linux.seccomp` object (`architectures`, `syscalls[].names`, as containerd reads it)
 or a Docker/moby one (`archMap`, `syscalls[].name`, `includes`/`excludes` by caps, arches and minKernel, as moby
 and CRI-O read it); to_oci() resolves the latter against the container's capabilities (the bounding set, as moby)
-and this machine's architecture and kernel. The result is what runtime/seccomp.py compiles with libseccomp.
+and this machine's architecture and kernel. The result is what runtime/launch/seccomp.py compiles with libseccomp.
 
 RuntimeDefault is moby's default profile (profiles/seccomp/default.json, which containerd's
 contrib/seccomp/seccomp_default.go mirrors), written down compactly below and expanded through the same to_oci():
@@ -36,7 +36,7 @@ UNCONFINED = "unconfined"
 LOCALHOST_PREFIX = "localhost/"
 
 ACTIONS = {"SCMP_ACT_KILL", "SCMP_ACT_KILL_THREAD", "SCMP_ACT_KILL_PROCESS", "SCMP_ACT_TRAP", "SCMP_ACT_ERRNO",
-           "SCMP_ACT_TRACE", "SCMP_ACT_ALLOW", "SCMP_ACT_LOG"}  # what runtime/seccomp.py compiles (no NOTIFY)
+           "SCMP_ACT_TRACE", "SCMP_ACT_ALLOW", "SCMP_ACT_LOG"}  # what runtime/launch/seccomp.py compiles (no NOTIFY)
 OPS = {"SCMP_CMP_NE", "SCMP_CMP_LT", "SCMP_CMP_LE", "SCMP_CMP_EQ", "SCMP_CMP_GE", "SCMP_CMP_GT",
        "SCMP_CMP_MASKED_EQ"}
 ARCHES = {"SCMP_ARCH_X86", "SCMP_ARCH_X86_64", "SCMP_ARCH_X32", "SCMP_ARCH_ARM", "SCMP_ARCH_AARCH64",

@@ -11,16 +11,17 @@ import os
 import signal
 import sys
 
-from runtime import cgroups, hooks, launch, state
+from runtime import cgroups, launch, state
 from runtime.client import MonitorClient, MonitorError
+from runtime.launch import hooks
 
 DEFAULT_ROOT = "/run/pycri-runtime"
 
 
 def _client(root: str, start: bool = False) -> MonitorClient:
-    sock = os.path.join(root, "monitor.sock")
+    sock = os.path.join(root, state.SOCKET_NAME)
     if start and not state.monitor_alive(root):
-        from runtime import monitor
+        from runtime.monitor import server as monitor
         monitor.run_detached(root, "cli")
     return MonitorClient(sock, timeout=None)
 
@@ -82,7 +83,7 @@ def cmd_exec(a) -> int:
 
 def cmd_run(a) -> int:
     """Foreground: create + start + wait in this process, exit with the container's code."""
-    from runtime import linux
+    from runtime.host import linux
     bundle = _bundle(a.bundle)
     spec = launch.spec_json(os.path.join(bundle, "config.json"))
     linux.prctl(linux.PR_SET_CHILD_SUBREAPER, 1)
@@ -95,7 +96,7 @@ def cmd_run(a) -> int:
         if cg:
             cg.apply((spec.get("linux") or {}).get("resources"))
         plan = launch.plan_from_spec(spec, bundle, stdio=(0, 1, 2))
-        plan.hook_state = {"id": a.id, "bundle": bundle}  # createContainer/startContainer hooks (runtime/hooks.py)
+        plan.hook_state = {"id": a.id, "bundle": bundle}  # createContainer/startContainer hooks (launch/hooks.py)
         plan.runtime_hooks = bool(hooks.of(spec, "prestart") or hooks.of(spec, "createRuntime"))
         proc = launch.Process(plan)
         if cg:

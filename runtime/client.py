@@ -16,8 +16,9 @@ import threading
 from collections import OrderedDict
 from dataclasses import dataclass
 
-from runtime import cgroups, fastinit, launch, state
+from runtime import state
 from runtime.frames import CH_CLOSE_STDIN, CH_EXIT, CH_RESIZE, CH_STDIN, CH_STDOUT, frame, split
+from runtime.launch import fastinit, prepare
 
 
 class MonitorError(Exception):
@@ -80,9 +81,9 @@ _protocols: dict[str, int] = {}  # monitor socket -> its monitor.json "protocol"
 
 
 def monitor_protocol(socket_path: str) -> int:
-    """What the monitor at socket_path understands (runtime/monitor.py: PROTOCOL), from the monitor.json beside
-    it, read once; 0 where it has none: a monitor of older code (pods outlive a daemon upgrade), which plans
-    every create itself."""
+    """What the monitor at socket_path understands (runtime/monitor/server.py: PROTOCOL), from the monitor.json
+    beside it, read once; 0 where it has none: a monitor of older code (pods outlive a daemon upgrade), which
+    plans every create itself."""
     proto = _protocols.get(socket_path)
     if proto is None:
         m = state.read_json(os.path.join(os.path.dirname(socket_path), "monitor.json"))
@@ -91,71 +92,6 @@ def monitor_protocol(socket_path: str) -> int:
             return 0  # (not kept: read again next time)
         _protocols[socket_path] = proto
     return proto
-
-
-def plan_init(cid: str, bundle: str, spec: dict | None, overlay: dict | None):
-    """The launch.Plan of a create by the built-in runtime, made here for fastinit.prepare so that the monitor
-    need not run that code (runtime/fastinit.py says why); None where fast init does not apply, and for a
-    spec the planning refuses: the monitor then plans it itself and reports the error. A spec not given is
-    read from the bundle here (the monitor reads it too: sending it costs more)."""
-    if not fastinit.enabled():
-        return None
-    try:
-        if spec is None:
-            spec = launch.spec_json(os.path.join(bundle, "config.json"))
-        if not isinstance(spec, dict) or (spec.get("process") or {}).get("terminal"):
-            return None
-        cg_path = (spec.get("linux") or {}).get("cgroupsPath")
-        plan = launch.plan_container(spec, bundle, cid, overlay=overlay, stdio=(0, 1, 2), cgroup=bool(cg_path),
-                                     cgroup_tasks=cgroups.open_cgroup(cg_path).self_attach_paths() if cg_path
-                                     else None)
-        return plan
-    except Exception:  # noqa: BLE001 - any refusal is the monitor's to report, with its usual message
-        return None
-
-
-def prepare_exec(pid: int, bundle: str, process: dict) -> dict | None:
-    """The init of an exec into the container whose process is pid and whose bundle is bundle, planned as the
-    monitor would (Monitor._exec_builtin), here rather than there (runtime/fastinit.py says why); None where
-    fast init does not apply (a terminal) or the planning refuses (the monitor then plans and reports)."""
-    if not fastinit.enabled() or not isinstance(process, dict) or process.get("terminal") or not pid:
-        return None
-    try:
-        spec = launch.spec_json(os.path.join(bundle, "config.json"))
-        merged = {**(spec.get("process") or {}), **process, "terminal": False}
-        plan = launch.plan_for_exec(pid, merged, spec, stdio=(0, 1, 2))
-        cg_path = (spec.get("linux") or {}).get("cgroupsPath")
-        if cg_path:
-            plan.cgroup_tasks = cgroups.open_cgroup(cg_path).self_attach_paths()
-        if plan.cgroup_tasks or not cg_path:
-            plan.go_stage = None
-        plan.auto_start = True
-        return fastinit.prepare(plan)
-    except Exception:  # noqa: BLE001 - the monitor's to report, with its usual message
-        return None
-
-
-def init_lines(cid: str, bundle: str, spec: dict | None, overlay: dict | None):
-    """The lines that follow a create sent with "init": "follows" (the monitor's _InitLines): the init planned
-    and its first part encoded here, while the monitor makes the container's pipes and state, then its second
-    part. {"init": null} where fast init does not apply: the monitor then plans it."""
-    plan = plan_init(cid, bundle, spec, overlay)
-    try:
-        init = fastinit.prepare(plan, tail=False) if plan is not None else None
-    except ValueError:
-        init = None
-    yield {"init": init}
-    if init is not None:
-        yield fastinit.prepare_tail(plan)
-
-
-def prepare_init(cid: str, bundle: str, spec: dict | None, overlay: dict | None) -> dict | None:
-    """The whole init of a create, in one dict (fastinit.prepare), or None (see plan_init)."""
-    plan = plan_init(cid, bundle, spec, overlay)
-    try:
-        return fastinit.prepare(plan) if plan is not None else None
-    except ValueError:
-        return None
 
 
 def request_line(obj: dict) -> bytes:
@@ -211,7 +147,7 @@ class Ops:
         inside the container's mount namespace. log_path overrides the io.pycri.log-path annotation.
         spec: the OCI spec inline, instead of <bundle>/config.json (which then need not exist).
         runtime: {"type": "oci", "path": "/usr/bin/runc"} runs it with that OCI runtime (else the built-in one).
-        With the built-in one, the container's init is planned and encoded here (see runtime/fastinit.py),
+        With the built-in one, the container's init is planned and encoded here (see runtime/launch/fastinit.py),
         after the request is sent: the monitor makes the container's pipes and state meanwhile (init_lines).
         A monitor of older code (monitor_protocol below 4) gets the create without it and plans it itself.
         ready_later: answered once the child is launched, not set up (the built-in runtime of a monitor_protocol
@@ -229,7 +165,7 @@ class Ops:
             args["runtime"] = runtime
         elif fastinit.enabled() and monitor_protocol(self.socket_path) >= 4:  # (older: without OP_FORK)
             args["init"] = "follows"
-            return self._do("create", then=lambda: init_lines(id, bundle, spec, overlay), **args)
+            return self._do("create", then=lambda: prepare.init_lines(id, bundle, spec, overlay), **args)
         return self._do("create", **args)  # (an older monitor plans it)
 
     def start(self, id: str) -> dict:
@@ -255,11 +191,11 @@ class Ops:
              output_cap: int = 16 * 1024 * 1024, target: tuple[int, str] | None = None) -> ExecResult:
         """Run process (merged over the container's process spec) in the container and collect output.
         target: (the container's pid, its bundle dir), when the caller knows them: the exec is then planned
-        and encoded here (prepare_exec), not in the monitor."""
+        and encoded here (launch/prepare.py), not in the monitor."""
         wait = None if timeout is None else timeout + 10
         args = {"process": process, "output_cap": output_cap, "timeout": timeout}
         if target is not None and monitor_protocol(self.socket_path) >= 4 and \
-                (init := prepare_exec(target[0], target[1], process)) is not None:
+                (init := prepare.prepare_exec(target[0], target[1], process)) is not None:
             args["init"] = init
         return self._do("exec", _exec_result, io_timeout=wait, id=id, **args)
 

@@ -23,7 +23,8 @@ import os
 import select
 import struct
 
-from runtime import linux, state
+from runtime import state
+from runtime.host import linux
 
 _EVENT = struct.Struct("iIII")  # struct inotify_event: wd, mask, cookie, len; then len bytes of NUL-padded name
 _EXIT_FILE = b"exit.json"

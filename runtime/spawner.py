@@ -71,7 +71,7 @@ def start() -> Spawner:
     which no one can write, not the host's interpreter (CVE-2019-5736; the children are non-dumpable as well).
     An interpreter that cannot run from a copy (one that finds its libraries relative to its own path) runs from
     its file, and the Spawner says so in .warning."""
-    from runtime import linux
+    from runtime.host import linux
     exe = linux.sealed_copy(os.path.realpath(sys.executable), "python")
     try:
         return _start(exe)
@@ -120,18 +120,19 @@ def main(fd: int) -> None:
     code that ran in both processes of each monitor's double fork, writing to objects shared with the spawner.
     It cost every pod 0.23 MiB of private memory (2.95 -> 2.72 MiB per monitor without it, measured).
 
-    It keeps one spare monitor forked ahead (runtime.monitor.prefork): a request hands the spare its pod
+    It keeps one spare monitor forked ahead (runtime.monitor.server.prefork): a request hands the spare its pod
     (bind the socket, write monitor.json: ~1 ms) and the next spare is forked after the answer, while the
     daemon goes on with the pod. At EOF the unassigned spare is released (it exits before the spawner does)."""
     import signal
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    from runtime import linux
-    from runtime import fastinit
-    from runtime.monitor import SOCKET_NAME, prefork
+    from runtime.host import linux
+    from runtime.launch import fastinit, initproc
+    from runtime.monitor.server import prefork
+    from runtime.state import SOCKET_NAME
     linux.set_comm("pycri-spawner")
     if fastinit.enabled():
-        fastinit.sealed_binary()  # one copy, shared by every monitor forked from here
-    fastinit.warm()
+        initproc.sealed_binary()  # one copy, shared by every monitor forked from here
+    initproc.warm()
     sock = socket.socket(fileno=fd)
     spare = prefork()
     sock.sendall(b"READY\n")

@@ -11,7 +11,9 @@ import json
 import os
 import re
 
-from runtime import linux
+from runtime.host import linux
+
+SOCKET_NAME = "monitor.sock"  # the monitor's socket in its state dir
 
 _ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 
@@ -45,6 +47,22 @@ def write_json(path: str, data: dict) -> None:
     finally:
         os.close(fd)
     os.rename(tmp, path)
+
+
+def write_private(path: str, data: bytes) -> None:
+    """Replace path with data, mode 0600 from the start (a bundle's config.json holds the container's env:
+    secrets): written to a temporary file beside it, then renamed over it."""
+    head, name = os.path.split(path)
+    tmp = os.path.join(head, f".{name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
+    try:
+        os.fchmod(fd, 0o600)  # (a leftover of the same name kept its mode)
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
 
 
 def read_json(path: str) -> dict | None:

@@ -184,14 +184,14 @@ def test_user_resolution():
      "/proc/sys/net/ipv4/conf/eth0.100/forwarding"),
 ])
 def test_sysctl_names_in_either_form(name, dot_form, path):
-    from runtime.rootfs import sysctl_path
+    from runtime.launch.rootfs import sysctl_path
     assert s.sysctl_dot_form(name) == dot_form
     assert sysctl_path(name) == sysctl_path(dot_form) == path
 
 
 @pytest.mark.parametrize("bad", ["", "net..ipv4", "net/../../etc", "net.ipv4.", "/net/ipv4"])
 def test_bad_sysctl_paths_are_refused(bad):
-    from runtime.rootfs import sysctl_path
+    from runtime.launch.rootfs import sysctl_path
     with pytest.raises(ValueError):
         sysctl_path(bad)
 

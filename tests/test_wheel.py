@@ -28,7 +28,7 @@ def _clean_tree(dest: Path) -> Path:
         if src.is_file():
             (dest / os.fsdecode(name)).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(src, dest / os.fsdecode(name))
-    assert not (dest / "pycri/api/api_pb2.py").exists() and not (dest / "runtime/initc/pycri-init").exists()
+    assert not (dest / "pycri/api/api_pb2.py").exists() and not (dest / "runtime/launch/initc/pycri-init").exists()
     return dest
 
 
@@ -42,16 +42,17 @@ def test_a_wheel_from_a_clean_tree_installs_and_serves(tmp_path, monkeypatch):
     assert wheel.name.endswith(f"-py3-none-linux_{platform.machine()}.whl"), wheel.name
     with zipfile.ZipFile(wheel) as z:
         names = {i.filename.split("/", 2)[-1] if ".data/" in i.filename else i.filename: i for i in z.infolist()}
-    for need in ("pycri/api/api_pb2.py", "pycri/api/api_pb2_grpc.py", "runtime/initc/pycri-init", "pycri/cli.py"):
+    for need in ("pycri/api/api_pb2.py", "pycri/api/api_pb2_grpc.py", "runtime/launch/initc/pycri-init",
+                 "pycri/cli.py"):
         assert need in names, sorted(names)
-    assert names["runtime/initc/pycri-init"].external_attr >> 16 & 0o111, "pycri-init is not executable"
+    assert names["runtime/launch/initc/pycri-init"].external_attr >> 16 & 0o111, "pycri-init is not executable"
 
     venv = tmp_path / "venv"
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=120)
     r = subprocess.run([str(venv / "bin/pip"), "install", "-q", "--no-index", "--find-links", str(WHEELS), str(wheel)],
                        capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr
-    where = subprocess.run([str(venv / "bin/python"), "-c", "import pycri, runtime.fastinit as f; "
+    where = subprocess.run([str(venv / "bin/python"), "-c", "import pycri, runtime.launch.fastinit as f; "
                             "print(pycri.__file__); print(f.BINARY)"], capture_output=True, text=True,
                            cwd=tmp_path, check=True).stdout.split()
     assert all(p.startswith(str(venv)) for p in where), where

@@ -23,9 +23,8 @@ import uuid
 from pathlib import Path
 from typing import Iterable
 
-from runtime.trees import remove_tree
-
 from ..log import get as get_logger
+from ..node import remove_tree
 from ..store import Store, dumps, loads
 from ..topdir import ensure_top_dir
 from .unpack import LayerError, MissingLowers, UnpackBudget, UnpackLimit, UnpackOptions, UnpackResult, unpack_layer

@@ -46,9 +46,8 @@ from typing import BinaryIO
 
 import zstandard
 
-from runtime.trees import remove_tree
-
 from ..log import get as get_logger
+from ..node import remove_tree
 
 log = get_logger("images.unpack")
 

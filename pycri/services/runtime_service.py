@@ -13,10 +13,9 @@ from pycri import CRI_API_VERSION, RUNTIME_NAME, __version__, cadvisor_metrics, 
 from pycri.api import api_pb2 as cri
 from pycri.errors import InvalidArgument, Unavailable
 from pycri.network.cniconf import load_network_config, network_status
+from pycri.node import mount_setattr_supported, userns_supported
 from pycri.records import C_RUNNING, matches
 from pycri.streaming.container_backend import ready_sandbox, running_container
-from runtime.linux import mount_setattr_supported
-from runtime.userns import supported as userns_supported
 
 _log = log.get("runtime")
 
@@ -227,7 +226,7 @@ class RuntimeService:
         """The default handler (empty name, as the kubelet asks for it) first, then each configured one.
 
         Recursive read-only mounts are reported where the kernel has mount_setattr(2). User namespaces for the
-        built-in runtime where the kernel lets it give pods idmapped rootfs and volumes (runtime/userns.py); not
+        built-in runtime where the kernel lets it give pods idmapped rootfs and volumes (runtime/launch/userns.py); not
         for an external OCI runtime, which would not idmap the rootfs pycri mounts.
         """
         names = [""] + sorted(self.config.runtimes)

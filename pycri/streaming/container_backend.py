@@ -10,7 +10,7 @@
   containerd does, and the stream is closed; an attach only detaches (the container keeps running).
 - Attach: stdin EOF closes the container's stdin and keeps the output flowing until the container exits when the
   container is StdinOnce without a tty; otherwise it ends the attach (containerd's ContainerIO.Attach).
-- port_forward creates the socket inside the pod's network namespace (runtime/netns_socket.py: setns in a
+- port_forward creates the socket inside the pod's network namespace (runtime/host/netns_socket.py: setns in a
   short-lived thread, nothing forks), connects to localhost:<port> (127.0.0.1, then ::1, as containerd) and pumps
   bytes both ways; host-network pods connect on the host's localhost.
 
@@ -28,12 +28,9 @@ import socket
 import struct
 from typing import Any, Callable
 
-from runtime.client import MonitorClient, MonitorError, Stream
-from runtime.frames import CH_CLOSE_STDIN, CH_EXIT, CH_RESIZE, CH_STDERR, CH_STDIN, CH_STDOUT, HEADER, MAX_PAYLOAD, \
-    frame
-from runtime.netns_socket import NetnsError, socket_in_netns
-
 from pycri import log
+from pycri.node import (CH_CLOSE_STDIN, CH_EXIT, CH_RESIZE, CH_STDERR, CH_STDIN, CH_STDOUT, HEADER, MAX_PAYLOAD,
+                        MonitorClient, MonitorError, NetnsError, Stream, frame, socket_in_netns)
 from pycri.errors import FailedPrecondition, NotFound
 from pycri.records import C_CREATING, C_RUNNING, SB_CREATING, SB_READY, ContainerRecord, SandboxRecord
 from pycri.streaming.backend import NotFoundError, StreamReaderLike, StreamWriterLike

@@ -220,7 +220,7 @@ def test_a_deep_layer_unpacks_and_a_deep_directory_it_replaces_goes(tmp_path, sa
     """3,000 levels (past Python's recursion limit and, at 6,000 characters, PATH_MAX): y/d/.../d is made with its
     times; x/d/.../d, with a symlink to the canary 2,500 levels down, is then replaced by a file of that name:
     the directory goes whole, the symlink is not followed."""
-    from runtime.trees import remove_tree
+    from runtime.host.trees import remove_tree
 
     target, canary = sandbox
     deep = ["d"] * 3_000
@@ -399,7 +399,7 @@ def test_directories_an_archive_implies_count_as_entries(tmp_path):
     """Three members 3,000 levels deep made 9,000 directories and were charged 3 entries (found by an attacker's
     review): each parent the extractor makes is charged as an entry too."""
     from pycri.images.unpack import UnpackBudget, UnpackLimit
-    from runtime.trees import remove_tree
+    from runtime.host.trees import remove_tree
 
     target = tmp_path / "t"
     target.mkdir()

@@ -47,6 +47,7 @@ def test_a_start_the_daemon_died_answering_is_running_after_the_restart(kubelet)
     """The daemon is killed after the monitor started a container and before it recorded RUNNING: after the
     restart the container is RUNNING (not CREATED, which a retried start would turn into a StartError while the
     process runs on), and stopping it kills its process."""
+    from runtime import state as rtstate
     from runtime.client import MonitorClient
     from pycri.api import api_pb2 as cri
 
@@ -57,7 +58,7 @@ def test_a_start_the_daemon_died_answering_is_running_after_the_restart(kubelet)
     state = pod_dir / cid / "state.json"
     kubelet.until(lambda: state.exists() and state.stat().st_size > 0, what="the monitor created the process")
     d.kill()
-    pid = MonitorClient(str(pod_dir / "monitor.sock")).start(cid)["pid"]  # the part done before the kill
+    pid = MonitorClient(str(pod_dir / rtstate.SOCKET_NAME)).start(cid)["pid"]  # the part done before the kill
     d.start()
     kubelet.rt = d.runtime
     st = kubelet.status(cid)

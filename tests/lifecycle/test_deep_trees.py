@@ -14,7 +14,7 @@ import grpc
 import pytest
 
 from pycri.api import api_pb2 as cri
-from runtime import linux
+from runtime.host import linux
 from tests.fuzz.tarbuild import build
 from tests.images.test_pull import push_image
 

@@ -229,7 +229,7 @@ def _kill_until_recorded(pid: int, state_dir, timeout: float = 10) -> None:
     import select
     import struct
 
-    from runtime import linux
+    from runtime.host import linux
 
     fd = linux.inotify_watch(str(state_dir), linux.IN_CLOSE_WRITE | linux.IN_MOVED_TO)
     try:

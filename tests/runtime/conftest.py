@@ -13,8 +13,9 @@ import pytest
 
 from tests.runtime.rt_helpers import MARKER_ENV, make_rootfs, make_spec, write_bundle
 
-from runtime import cgroups, linux, spawner
+from runtime import cgroups, spawner
 from runtime.client import MonitorClient
+from runtime.host import linux
 
 TOKEN = uuid.uuid4().hex[:12]
 CG_PREFIX = f"/pycri-rt-test-{TOKEN}"

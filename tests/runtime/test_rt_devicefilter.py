@@ -1,4 +1,4 @@
-"""Device rules on cgroup v2 (runtime/devicefilter.py): the program is loaded into this kernel and attached to a
+"""Device rules on cgroup v2 (cgroups/devicefilter.py): the program is loaded into this kernel and attached to a
 cgroup of its v2 hierarchy (the unified one of a hybrid host counts: the kernel asks the programs of a process's
 v2 cgroup whatever v1 controllers there are), and a process in that cgroup tries the devices."""
 from __future__ import annotations
@@ -10,7 +10,8 @@ import uuid
 import pytest
 
 from pycri.spec import DEFAULT_DEVICE_RULES
-from runtime import cgroups, devicefilter
+from runtime import cgroups
+from runtime.cgroups import devicefilter
 
 
 def _v2_mount() -> str | None:

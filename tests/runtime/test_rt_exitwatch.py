@@ -83,7 +83,7 @@ def test_where_the_kernel_refuses_a_watch_the_end_is_polled(mon, bundle, monkeyp
     file and the monitor are looked at on every ended() instead, with a warning; nothing is missed."""
     import errno
 
-    from runtime import linux
+    from runtime.host import linux
 
     def refuse(*_args):
         raise OSError(errno.ENOSPC, "No space left on device")

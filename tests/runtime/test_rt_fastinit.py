@@ -1,5 +1,5 @@
-"""Fast init (runtime/fastinit.py, runtime/initc/pycri-init): which plans go to the C child, and that a container
-sees the same thing whichever child set it up (PYCRI_FASTINIT=0: the Python child)."""
+"""Fast init (runtime/launch/fastinit.py, runtime/launch/initc/pycri-init): which plans go to the C child, and that
+a container sees the same thing whichever child set it up (PYCRI_FASTINIT=0: the Python child)."""
 from __future__ import annotations
 
 import os
@@ -9,11 +9,12 @@ import pytest
 from tests.runtime.conftest import MonitorHandle
 from tests.runtime.rt_helpers import log_text, make_rootfs, make_spec, write_bundle
 
-from runtime import fastinit, launch
+from runtime import launch
 from runtime.client import MonitorError
+from runtime.launch import fastinit, initproc, prepare
 
 pytestmark = pytest.mark.skipif(not os.access(fastinit.BINARY, os.X_OK),
-                                reason="runtime/initc/pycri-init not built (make initc)")
+                                reason="runtime/launch/initc/pycri-init not built (make initc)")
 
 # what the container reports about itself: status lines, ids, mounts (point, per-mount options, fs type and
 # super options: ids differ between runs), masked and read-only paths, cwd, env, rlimits, umask, /dev
@@ -103,7 +104,7 @@ def _plan(spec, bundle_dir):
 def test_resolve_is_realpath_for_existing_paths(tmp_path):
     """linux.resolve, the planning's faster realpath: the same answer, whether a directory, and OSError where
     realpath would still answer for a path that is not there."""
-    from runtime import linux
+    from runtime.host import linux
     (tmp_path / "d" / "e").mkdir(parents=True)
     (tmp_path / "f").write_text("")
     os.symlink(tmp_path / "d", tmp_path / "link")
@@ -322,7 +323,7 @@ def test_spare_runs_the_pods_next_container_then_goes_away(monkeypatch, tmp_root
     import tempfile
     import time
 
-    from runtime import monitor
+    from runtime.monitor import server as monitor
     monkeypatch.setenv("PYCRI_FASTINIT", "1")
     h = MonitorHandle(tempfile.mkdtemp(prefix="m", dir=tmp_root))
     try:
@@ -378,7 +379,7 @@ def _ppid(pid: int) -> int:
 
 
 def test_a_spare_factory_makes_spares_that_are_its_callers_children():
-    """fastinit.SpareFactory: each spare it makes is the caller's child (clone with CLONE_PARENT), so the
+    """initproc.SpareFactory: each spare it makes is the caller's child (clone with CLONE_PARENT), so the
     caller reaps it and waits for its container's exit as for a spawned one; in a new pid namespace when
     asked. The factory exits when closed."""
     import time
@@ -386,11 +387,11 @@ def test_a_spare_factory_makes_spares_that_are_its_callers_children():
     def _mode(pid: int) -> bytes:
         with open(f"/proc/{pid}/cmdline", "rb") as f:
             return f.read().split(b"\0")[1]
-    factory = fastinit.SpareFactory()
+    factory = initproc.SpareFactory()
     spares = []
     try:
         assert _ppid(factory.pid) == os.getpid()
-        spares = [fastinit.Spare(True, factory), fastinit.Spare(False, factory)]
+        spares = [initproc.Spare(True, factory), initproc.Spare(False, factory)]
         pids = [s.pid for s in spares]  # the answers, read in order
         assert len(set(pids)) == 2 and factory.pid not in pids
         deadline = time.monotonic() + 5
@@ -412,7 +413,7 @@ def test_a_spare_factory_makes_spares_that_are_its_callers_children():
     assert os.waitstatus_to_exitcode(status) == 0
     # a factory gone: asking fails at once, or the spare's pid does
     with pytest.raises(OSError):
-        fastinit.Spare(True, factory)
+        initproc.Spare(True, factory)
 
 
 def test_the_monitor_makes_another_spare_factory_when_one_is_gone(monkeypatch, tmp_root, tmp_path, rootfs):
@@ -466,12 +467,12 @@ def _without_pidns(spec: dict) -> dict:
 
 
 def linux_alive(pid: int) -> bool:
-    from runtime import linux
+    from runtime.host import linux
     return linux.is_alive(pid, None)
 
 
 def test_warm_plans_and_encodes_and_leaves_nothing_running():
-    """fastinit.warm() (the spawner's, before it forks monitors) runs the planning and encoding code once and
+    """initproc.warm() (the spawner's, before it forks monitors) runs the planning and encoding code once and
     leaves no process behind (the spare factory and the spare it starts to warm their code are reaped)."""
     def children() -> set[str]:
         out = set()
@@ -480,27 +481,26 @@ def test_warm_plans_and_encodes_and_leaves_nothing_running():
                 out |= set(f.read().split())
         return out
     before = children()
-    fastinit.warm()
+    initproc.warm()
     assert children() == before
     assert fastinit._DEFAULT_DEVICES  # the encoding ran (its cache is filled)
 
 
 def test_the_monitor_runs_the_init_its_client_prepared(monkeypatch, tmp_root, tmp_path, rootfs):
     """MonitorClient.create plans and encodes the container's init itself and sends it with the request
-    (client.prepare_init); the monitor runs that, without planning the spec again. A malformed one is refused
+    (launch/prepare.py); the monitor runs that, without planning the spec again. A malformed one is refused
     with a clear error, and the monitor goes on serving."""
     import tempfile
 
-    from runtime import client as client_mod
     monkeypatch.setenv("PYCRI_FASTINIT", "1")
     said_a = make_spec(["sh", "-c", "echo prepared; exit 4"])
     said_b = make_spec(["sh", "-c", "echo planned; exit 5"])
     b = write_bundle(str(tmp_path / "b"), said_b, rootfs)
-    init = client_mod.prepare_init("x", b, None, None)
+    init = prepare.prepare_init("x", b, None, None)
     assert init is not None and set(init) == {"head", "tail", "plan", "fork"}
-    init_a = client_mod.prepare_init("a", b, said_a, None)
+    init_a = prepare.prepare_init("a", b, said_a, None)
     monkeypatch.setenv("PYCRI_FASTINIT", "0")
-    assert client_mod.prepare_init("x", b, said_b, None) is None
+    assert prepare.prepare_init("x", b, said_b, None) is None
     monkeypatch.setenv("PYCRI_FASTINIT", "1")
     h = MonitorHandle(tempfile.mkdtemp(prefix="m", dir=tmp_root))
     try:
@@ -524,14 +524,15 @@ def test_the_monitor_runs_the_init_its_client_prepared(monkeypatch, tmp_root, tm
 
 
 def test_spawn_places_fds_that_sit_where_they_go(tmp_path, rootfs):
-    """fastinit.spawn moves the plan, pipe and stdio fds to BASE.. in the child even when the parent's own
+    """initproc.spawn moves the plan, pipe and stdio fds to BASE.. in the child even when the parent's own
     numbers are already in that range, in another order (a plain dup2 to each place would overwrite one
     still to be moved). Run in a fresh interpreter, whose fds in that range are the test's to choose."""
     import subprocess
     import sys
     code = f"""
 import os, select, sys
-from runtime import fastinit, launch
+from runtime import launch
+from runtime.launch import fastinit, initproc
 B = fastinit.BASE
 def at(fd, where):
     os.dup2(fd, where)
@@ -573,10 +574,9 @@ def test_the_init_second_part_follows_the_create_on_its_connection(monkeypatch, 
     import socket
     import tempfile
 
-    from runtime import client as client_mod
     monkeypatch.setenv("PYCRI_FASTINIT", "1")
     b = write_bundle(str(tmp_path / "b"), make_spec(["sh", "-c", "echo two-part; exit 6"]), rootfs)
-    plan = client_mod.plan_init("c", b, None, None)
+    plan = prepare.plan_init("c", b, None, None)
     head_only = fastinit.prepare(plan, tail=False)
     assert head_only["tail"] is None and set(fastinit.prepare_tail(plan)) == {"tail"}
     h = MonitorHandle(tempfile.mkdtemp(prefix="m", dir=tmp_root))
@@ -613,18 +613,17 @@ def test_the_init_second_part_follows_the_create_on_its_connection(monkeypatch, 
 
 def test_the_init_follows_the_create_and_is_read_when_needed(monkeypatch, tmp_root, tmp_path, rootfs):
     """MonitorClient.create sends the request with "init": "follows" and plans the init after it: the line with
-    the first part comes next, then the second part (client.init_lines), while the monitor makes the pipes and
-    state. {"init": null} has the monitor plan it. Each line is read whatever becomes of the create, so the
+    the first part comes next, then the second part (launch/prepare.py: init_lines), while the monitor makes the
+    pipes and state. {"init": null} has the monitor plan it. Each line is read whatever becomes of the create, so the
     connection stays in step: a create refused before its init is looked at, a malformed init line and a
     malformed second part, each followed by a request that gets its own answer."""
     import json
     import socket
     import tempfile
 
-    from runtime import client as client_mod
     monkeypatch.setenv("PYCRI_FASTINIT", "1")
     b = write_bundle(str(tmp_path / "b"), make_spec(["sh", "-c", "echo planned-by-me; exit 3"]), rootfs)
-    lines = list(client_mod.init_lines("c", b, None, None))
+    lines = list(prepare.init_lines("c", b, None, None))
     assert [set(x) for x in lines] == [{"init"}, {"tail"}] and lines[0]["init"]["tail"] is None
     h = MonitorHandle(tempfile.mkdtemp(prefix="m", dir=tmp_root))
     s = socket.socket(socket.AF_UNIX)
@@ -672,7 +671,7 @@ def test_a_monitor_of_older_code_gets_creates_it_understands(monkeypatch, tmp_ro
     import tempfile
 
     from runtime import client as client_mod
-    from runtime import monitor
+    from runtime.monitor import server as monitor
     monkeypatch.setenv("PYCRI_FASTINIT", "1")
     b = write_bundle(str(tmp_path / "b"), make_spec(["sh", "-c", "exit 5"]), rootfs)
     h = MonitorHandle(tempfile.mkdtemp(prefix="m", dir=tmp_root))
@@ -707,13 +706,12 @@ def test_a_monitor_of_older_code_gets_creates_it_understands(monkeypatch, tmp_ro
 
 
 def test_an_exec_planned_by_the_client_runs_when_made_for_the_container(monkeypatch, tmp_root, tmp_path, rootfs):
-    """MonitorClient.exec(..., target=(pid, bundle)) plans and encodes the exec itself (client.prepare_exec)
+    """MonitorClient.exec(..., target=(pid, bundle)) plans and encodes the exec itself (launch/prepare.py)
     and the monitor runs that plan; one made for another process, or by older code that did not fork into the pid
     namespace, is not used (the monitor plans the exec)."""
     import base64
     import tempfile
 
-    from runtime import client as client_mod
     monkeypatch.setenv("PYCRI_FASTINIT", "1")
     b = write_bundle(str(tmp_path / "b"), make_spec(["sleep", "1000"]), rootfs)
     h = MonitorHandle(tempfile.mkdtemp(prefix="m", dir=tmp_root))
@@ -729,9 +727,9 @@ def test_an_exec_planned_by_the_client_runs_when_made_for_the_container(monkeypa
             ans = h.client.call("exec", id="c", process={"args": ["echo", "planned here"]}, timeout=10,
                                 output_cap=1 << 20, init=init)
             return base64.b64decode(ans["stdout"])
-        assert run(client_mod.prepare_exec(pid, b, {"args": ["echo", "prepared"]})) == b"prepared\n"
-        assert run(client_mod.prepare_exec(other, b, {"args": ["echo", "prepared"]})) == b"planned here\n"
-        older = client_mod.prepare_exec(pid, b, {"args": ["echo", "prepared"]})
+        assert run(prepare.prepare_exec(pid, b, {"args": ["echo", "prepared"]})) == b"prepared\n"
+        assert run(prepare.prepare_exec(other, b, {"args": ["echo", "prepared"]})) == b"planned here\n"
+        older = prepare.prepare_exec(pid, b, {"args": ["echo", "prepared"]})
         del older["fork"]  # as a daemon of older code made it (rolled back): no fork into the pid namespace
         assert run(older) == b"planned here\n"
         for cid in ("c", "other"):

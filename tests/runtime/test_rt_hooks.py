@@ -1,4 +1,4 @@
-"""runtime/hooks.py: a hook gets the state JSON on stdin, its args and env only; failures and timeouts are named."""
+"""launch/hooks.py: a hook gets the state JSON on stdin, its args and env only; failures and timeouts are named."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ import time
 
 import pytest
 
-from runtime import hooks
 from runtime.client import MonitorError
+from runtime.launch import hooks
 
 
 def _script(tmp_path, name, body):
@@ -61,7 +61,7 @@ def test_hook_not_reading_stdin_does_not_kill_the_caller(tmp_path):
     code = f"""
 import signal, sys
 sys.path.insert(0, {repo!r})
-from runtime import hooks
+from runtime.launch import hooks
 signal.signal(signal.SIGPIPE, signal.SIG_DFL)
 spec = {{"annotations": {{"big": "x" * 300_000}}, "hooks": {{"createContainer": [{{"path": "/bin/true"}}]}}}}
 hooks.run("createContainer", spec, hooks.state(spec, "cid", "/b", "creating", 1))

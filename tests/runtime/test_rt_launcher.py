@@ -272,7 +272,8 @@ def test_pid_report_may_arrive_after_ready(mon, bundle, monkeypatch):
     Delay the intermediate (it is a clone of this process, so patching os.fork here reaches it)."""
     import json
     import time
-    from runtime import launch, linux
+    from runtime import launch
+    from runtime.host import linux
     b = bundle(["sleep", "1000"])
     mon.client.create("c", b)
     mon.client.start("c")
@@ -305,7 +306,7 @@ def test_pid_report_may_arrive_after_ready(mon, bundle, monkeypatch):
 def test_rbind_ro_is_not_recursive_rro_is(mon, bundle, tmp_path):
     """As runc: "ro" makes the bind itself read-only, its submounts keep their flags; "rro" (mount_setattr with
     AT_RECURSIVE) makes the whole tree read-only."""
-    from runtime import linux
+    from runtime.host import linux
     src = tmp_path / "tree"
     (src / "sub").mkdir(parents=True)
     linux.mount("tmpfs", str(src / "sub"), "tmpfs", 0, "size=1m")  # a submount on the host, removed below

@@ -10,7 +10,8 @@ import time
 import pytest
 from tests.runtime.rt_helpers import log_text, read_log
 
-from runtime import linux, state
+from runtime import state
+from runtime.host import linux
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from runtime.client import MonitorClient, MonitorError
@@ -118,7 +119,8 @@ def test_oom_kill_is_detected(mon, bundle, cgroup_path):
     mon.client.delete("c")
 
 
-@pytest.mark.skipif(__import__("runtime.cgroups").cgroups.detect_version() != 1, reason="moves a process by v1 files")
+@pytest.mark.skipif(__import__("runtime.cgroups").cgroups.detect_version() != 1,
+                    reason="moves a process by v1 files")
 def test_oom_kill_is_known_when_the_cgroup_is_gone_at_exit(mon, bundle, cgroup_path):
     """As with the systemd driver, whose empty scope can be removed before the monitor reaps its process: the
     OOM kill is read when the kernel notifies it, not only at the exit. A child (awk) is OOM-killed while the
@@ -246,7 +248,8 @@ def test_spawner_process_imports_no_threading():
     import sys
     from runtime import spawner
     code = ("import sys; sys.path.insert(0, %r); import runtime.spawner, signal; "
-            "from runtime import linux, fastinit; from runtime.monitor import SOCKET_NAME, prefork; "
+            "from runtime.host import linux; from runtime.launch import fastinit; "
+            "from runtime.state import SOCKET_NAME; from runtime.monitor.server import prefork; "
             "print(sorted({'threading', 'subprocess'} & set(sys.modules)))" % spawner._ROOT)
     out = subprocess.run([sys.executable, "-S", "-c", code], capture_output=True, text=True, timeout=30)
     assert out.returncode == 0, out.stderr

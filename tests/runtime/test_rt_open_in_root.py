@@ -7,7 +7,8 @@ import os
 
 import pytest
 
-from runtime import linux, rootfs
+from runtime.host import linux
+from runtime.launch import rootfs
 
 CASES = [  # (path in the container, where it must lead, relative to the root; None: ENOENT)
     ("/a/b", "a/b"),

@@ -10,8 +10,7 @@ import uuid
 
 import pytest
 
-from runtime import dbus, systemd_cgroup
-from runtime.cgroups import CgroupError
+from runtime.cgroups import CgroupError, dbus, systemd as systemd_cgroup
 from tests.fixtures.pace import scaled
 from tests.runtime.systemd_box import MEMORY_LIMIT, V2, SystemdBox, available
 

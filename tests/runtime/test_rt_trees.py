@@ -1,4 +1,4 @@
-"""runtime/trees.py: removal and usage of trees far deeper than Python's recursion limit and PATH_MAX, without
+"""runtime/host/trees.py: removal and usage of trees far deeper than Python's recursion limit and PATH_MAX, without
 following symlinks out of the tree or entering another mount."""
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import subprocess
 
 import pytest
 
-from runtime import linux, trees
+from runtime.host import linux, trees
 
 _DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
 

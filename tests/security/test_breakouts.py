@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 
 from pycri.api import api_pb2 as cri
-from runtime import fastinit, linux
+from runtime.host import linux
+from runtime.launch import fastinit
 from tests.fixtures.pace import scaled
 from tests.lifecycle.test_handlers import handler_daemon  # noqa: F401 - fixture
 from tests.security.ctx_helpers import log_stdout

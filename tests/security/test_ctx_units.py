@@ -6,11 +6,11 @@ import os
 
 import pytest
 
-from pycri import hostmounts
+from runtime.host import mountinfo
 from pycri.api import api_pb2 as cri
 from pycri.spec import PodPaths, container_spec, host_devices
-from runtime import linux
-from runtime.rootfs import parse_options, parse_recursive
+from runtime.host import linux
+from runtime.launch.rootfs import parse_options, parse_recursive
 
 P = cri.MountPropagation
 
@@ -33,20 +33,20 @@ MOUNTINFO = """\
 """
 
 
-def test_holding_mount(tmp_path):
+def test_mountinfo_holding(tmp_path):
     path = tmp_path / "mountinfo"
     path.write_text(MOUNTINFO)
-    table = hostmounts.mounts(str(path))
-    root = hostmounts.holding_mount("/tmp/x", table)
+    table = mountinfo.read(str(path))
+    root = mountinfo.holding("/tmp/x", table)
     assert root.mount_point == "/" and not root.shared and not root.slave
-    netns = hostmounts.holding_mount("/run/netns/foo", table)
+    netns = mountinfo.holding("/run/netns/foo", table)
     assert netns.mount_point == "/run/netns" and netns.shared
-    spaced = hostmounts.holding_mount("/srv/with space/a", table)
+    spaced = mountinfo.holding("/srv/with space/a", table)
     assert spaced.mount_point == "/srv/with space" and spaced.shared and spaced.slave
     # a stack at one mount point: the topmost (the last listed) holds the path
-    top = hostmounts.holding_mount("/srv/data/a", table)
+    top = mountinfo.holding("/srv/data/a", table)
     assert top.mount_point == "/srv/data" and not top.slave
-    assert hostmounts.holding_mount("/srv/database", table).mount_point == "/"
+    assert mountinfo.holding("/srv/database", table).mount_point == "/"
 
 
 def _spec(mounts=(), **sc) -> dict:
@@ -85,7 +85,7 @@ def test_privileged_gets_host_devices_but_not_ptmx_or_console():
 
 
 def test_rro_without_mount_setattr_fails_clearly(monkeypatch):
-    from runtime import rootfs
+    from runtime.launch import rootfs
 
     def enosys(path, attr_set, attr_clr=0):
         raise OSError(38, "mount_setattr: Function not implemented")

@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 from pycri.api import api_pb2 as cri
-from runtime.userns import supported as userns_supported
+from runtime.launch.userns import supported as userns_supported
 from tests.security.ctx_helpers import run_to_exit
 
 NOBODY = 65534

@@ -173,7 +173,8 @@ def test_launcher_plans_lsm_only_when_asked(tmp_path):
     spec = _launch_spec(tmp_path, process__apparmorProfile="my-profile", process__selinuxLabel="u:r:t:s0:c1,c2",
                         linux__mountLabel="u:object_r:f_t:s0:c1,c2")
     plan = launch.plan_from_spec(spec, None)
-    assert plan.lsm_exec == [(launch._APPARMOR_EXEC, b"exec my-profile"), (launch._SELINUX_EXEC, b"u:r:t:s0:c1,c2")]
+    assert plan.lsm_exec == [(launch.plan._APPARMOR_EXEC, b"exec my-profile"),
+                             (launch.plan._SELINUX_EXEC, b"u:r:t:s0:c1,c2")]
     opts = {m["destination"]: m.get("options") for m in plan.spec["mounts"]}
     assert opts["/dev"] == ["nosuid", 'context="u:object_r:f_t:s0:c1,c2"']
     assert opts["/dev/pts"] == ['context="u:object_r:f_t:s0:c1,c2"']
@@ -187,21 +188,21 @@ def test_launcher_plans_lsm_only_when_asked(tmp_path):
 def test_launcher_writes_exec_attr(tmp_path):
     target = tmp_path / "exec"
     target.write_bytes(b"")
-    launch._write_lsm_exec([((str(tmp_path / "missing"), str(target)), b"exec my-profile")])
+    launch.process._write_lsm_exec([((str(tmp_path / "missing"), str(target)), b"exec my-profile")])
     assert target.read_bytes() == b"exec my-profile"
     with pytest.raises(FileNotFoundError):
-        launch._write_lsm_exec([((str(tmp_path / "missing"),), b"x")])
+        launch.process._write_lsm_exec([((str(tmp_path / "missing"),), b"x")])
 
 
 def test_launcher_exec_attr_errors_name_the_file(tmp_path):
     target = tmp_path / "ro"
     target.mkdir()  # opening a directory for writing fails: EISDIR, reported with the path
     with pytest.raises(IsADirectoryError):
-        launch._write_lsm_exec([((str(target),), b"exec x")])
+        launch.process._write_lsm_exec([((str(target),), b"exec x")])
     full = "/dev/full"
     if os.path.exists(full):
         with pytest.raises(OSError) as info:
-            launch._write_lsm_exec([((full,), b"exec my-profile")])
+            launch.process._write_lsm_exec([((full,), b"exec my-profile")])
         assert info.value.filename == full and "exec my-profile" in info.value.strerror
 
 

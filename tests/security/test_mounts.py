@@ -12,7 +12,7 @@ import grpc
 import pytest
 
 from pycri.api import api_pb2 as cri
-from runtime.linux import mount_setattr_supported
+from runtime.host.linux import mount_setattr_supported
 from tests.security.ctx_helpers import (host_mount_tmpfs, host_umount_all, is_mount_point, privileged_pod_kw,
                                         run_to_exit, security)
 

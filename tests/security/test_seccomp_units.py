@@ -228,14 +228,14 @@ def _libseccomp():
 @pytest.mark.parametrize("caps", [[], DEFAULT_CAPABILITIES, ADMIN, ["CAP_SYS_PTRACE", "CAP_SYS_NICE", "CAP_BPF"]])
 def test_runtime_default_compiles(caps):
     _libseccomp()
-    from runtime import seccomp
+    from runtime.launch import seccomp
     seccomp.compile(sp.to_oci(sp.default_profile(), caps)).release()
 
 
 def test_runtime_default_filter_in_a_child():
     """The filter, loaded in a forked child: denied calls fail with EPERM (clone3: ENOSYS), allowed ones work."""
     _libseccomp()
-    from runtime import seccomp
+    from runtime.launch import seccomp
     profile = sp.to_oci(sp.default_profile(), DEFAULT_CAPABILITIES)
     filt = seccomp.compile(profile)
     assert seccomp.compile(json.loads(json.dumps(profile))) is filt  # built once per distinct profile

@@ -14,7 +14,7 @@ import pytest
 
 from pycri import spec as oci
 from pycri.api import api_pb2 as cri
-from runtime.userns import supported
+from runtime.launch.userns import supported
 from tests.security.ctx_helpers import run_to_exit
 
 pytestmark = pytest.mark.skipif(not supported(), reason="no user namespaces with idmapped mounts on this kernel")

@@ -317,7 +317,7 @@ def test_port_forward_into_the_pod_network_namespace(kubelet):
 
 
 def test_socket_in_netns_errors_leave_the_caller_where_it_was(tmp_path):
-    from runtime.netns_socket import NetnsError, socket_in_netns
+    from runtime.host.netns_socket import NetnsError, socket_in_netns
 
     before = os.readlink("/proc/thread-self/ns/net")
     with pytest.raises(NetnsError, match="cannot open network namespace"):

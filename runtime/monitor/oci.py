@@ -20,8 +20,9 @@ import socket
 import subprocess
 import time
 
-from runtime import linux, rootfs as rootfs_mod
-from runtime.launch import DEFAULT_PATH, LaunchError
+from runtime import state
+from runtime.host import linux
+from runtime.launch import DEFAULT_PATH, LaunchError, rootfs as rootfs_mod
 
 CLI_TIMEOUT = 60.0     # seconds any one runtime command may take
 _RESET_SIGNALS = (signal.SIGPIPE, signal.SIGHUP, signal.SIGINT, signal.SIGTERM, signal.SIGCHLD)
@@ -276,11 +277,7 @@ class OciRuntime:
 
     def write_config(self) -> None:
         """<bundle>/config.json as the runtime reads it (the daemon writes its own before asking us)."""
-        tmp = os.path.join(self.bundle, f".config.json.{os.getpid()}.tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)  # the env: root's alone
-        with os.fdopen(fd, "w") as f:
-            json.dump(self.spec, f)
-        os.replace(tmp, os.path.join(self.bundle, "config.json"))
+        state.write_private(os.path.join(self.bundle, "config.json"), json.dumps(self.spec).encode())
 
     def create(self, stdio, terminal: bool) -> tuple[int, int | None]:
         """`create`: the container's init waits for `start`; returns (pid, pty master or None)."""

@@ -1,7 +1,7 @@
 """Capability names (as OCI writes them, e.g. CAP_NET_ADMIN) to bit numbers, and set helpers."""
 from __future__ import annotations
 
-from runtime import linux
+from runtime.host import linux
 
 _NAMES = [
     "CHOWN", "DAC_OVERRIDE", "DAC_READ_SEARCH", "FOWNER", "FSETID", "KILL", "SETGID", "SETUID", "SETPCAP",

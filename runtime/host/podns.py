@@ -15,7 +15,7 @@ import socket
 import struct
 import threading
 
-from runtime import linux
+from runtime.host import linux
 
 SIOCGIFFLAGS = 0x8913
 SIOCSIFFLAGS = 0x8914

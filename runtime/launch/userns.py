@@ -25,7 +25,7 @@ import ctypes
 import errno
 import os
 
-from runtime import linux
+from runtime.host import linux
 
 libc = linux.libc
 _SYS = {"x86_64": {"open_tree": 428, "move_mount": 429, "fsopen": 430, "fsconfig": 431, "fsmount": 432},

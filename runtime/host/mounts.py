@@ -13,69 +13,34 @@ kubelet makes its own root dir a shared bind mount of itself. pycri makes it so,
   bind is ours: it is recorded with the ids of the containers using it (`<state>/shared-mounts.json`, so it survives
   daemon restarts) and unmounted (lazily, with whatever was mounted below it meanwhile) when the last of them is
   removed.
+
+Also detach_if_mounted, for what the daemon finds mounted where a dead monitor left it. The daemon passes its own
+logger (structlog's calls; runtime/jsonlog.py's otherwise).
 """
 
 from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass
 from pathlib import Path
 
-import structlog
-
-from runtime import linux
-
-from pycri.dirs import write_private
-
-_log = structlog.get_logger("pycri.hostmounts")
+from runtime import jsonlog, state as state_files
+from runtime.host import linux
+from runtime.host.mountinfo import entries, holding
 
 
-@dataclass
-class MountInfo:
-    mount_point: str
-    tags: list[str]  # optional fields: shared:N, master:N, propagate_from:N, unbindable
-
-    @property
-    def shared(self) -> bool:
-        return any(t.startswith("shared:") for t in self.tags)
-
-    @property
-    def slave(self) -> bool:
-        return any(t.startswith("master:") for t in self.tags)
-
-
-def _unescape(field: str) -> str:
-    return (field.replace("\\040", " ").replace("\\011", "\t").replace("\\012", "\n").replace("\\134", "\\"))
-
-
-def mounts(mountinfo: str = "/proc/self/mountinfo") -> list[MountInfo]:
-    out = []
-    with open(mountinfo) as f:
-        for line in f:
-            pre = line.split(" - ", 1)[0].split()
-            out.append(MountInfo(mount_point=_unescape(pre[4]), tags=pre[6:]))
-    return out
-
-
-def holding_mount(path: str, table: list[MountInfo] | None = None) -> MountInfo:
-    """The mount that holds path: the longest mount point above it, the last (topmost) one of a stack."""
-    path = os.path.realpath(path)
-    best: MountInfo | None = None
-    for m in table if table is not None else mounts():
-        mp = m.mount_point
-        if path == mp or path.startswith(mp.rstrip("/") + "/"):
-            if best is None or len(mp) >= len(best.mount_point):
-                best = m
-    assert best is not None  # "/" holds everything
-    return best
+def detach_if_mounted(path: str) -> None:
+    """Lazily unmount what is mounted on path, if anything (an OCI runtime's rootfs left by a dead monitor)."""
+    if os.path.ismount(path):
+        linux.umount2(path, linux.MNT_DETACH)
 
 
 class SharedMounts:
     """Makes volume sources shared as described above; the binds it makes are counted by container id."""
 
-    def __init__(self, state_file: Path) -> None:
+    def __init__(self, state_file: Path, log=None) -> None:
         self.state_file = state_file
+        self._log = log or jsonlog.get_logger("runtime.host.mounts")  # structlog-like: .info(event, **kv)
 
     def _load(self) -> dict[str, list[str]]:
         try:
@@ -83,12 +48,13 @@ class SharedMounts:
         except FileNotFoundError:
             return {}
         except (OSError, ValueError) as exc:
-            _log.warning("shared mounts state unreadable, starting empty", path=str(self.state_file), error=str(exc))
+            self._log.warning("shared mounts state unreadable, starting empty", path=str(self.state_file),
+                              error=str(exc))
             return {}
 
     def _save(self, state: dict[str, list[str]]) -> None:
         self.state_file.parent.mkdir(parents=True, exist_ok=True)
-        write_private(self.state_file, json.dumps(state, sort_keys=True))
+        state_files.write_json(str(self.state_file), state)
 
     def ensure(self, container_id: str, source: str, propagation: str, rootfs_dir: str) -> None:
         """Make `source` fit for `propagation` ("rslave" or "rshared"); rootfs_dir: where the rootfs is mounted."""
@@ -99,20 +65,20 @@ class SharedMounts:
                 state[source].append(container_id)
                 self._save(state)
             return
-        table = mounts()
-        holder = holding_mount(source, table)
+        table = list(entries())
+        holder = holding(source, table)
         if propagation == "rslave":
             fit = holder.shared or holder.slave
         else:
-            fit = holder.shared and holder.mount_point != holding_mount(rootfs_dir, table).mount_point
+            fit = holder.shared and holder.mount_point != holding(rootfs_dir, table).mount_point
         if fit:
             return
         if source == "/":  # neither changing / nor stacking a bind on it is pycri's call to make
             raise OSError(1, "/ is not a shared mount (make it so on the host: mount --make-rshared /)")
         if holder.mount_point == source and (propagation == "rslave"
-                                             or source != holding_mount(rootfs_dir, table).mount_point):
+                                             or source != holding(rootfs_dir, table).mount_point):
             linux.mount(None, source, None, linux.MS_SHARED)
-            _log.info("host mount made shared", path=source, container_id=container_id, propagation=propagation)
+            self._log.info("host mount made shared", path=source, container_id=container_id, propagation=propagation)
             return
         linux.mount(source, source, None, linux.MS_BIND | linux.MS_REC)
         try:
@@ -122,7 +88,7 @@ class SharedMounts:
             raise
         state[source] = [container_id]
         self._save(state)
-        _log.info("volume source bind-mounted shared", path=source, container_id=container_id,
+        self._log.info("volume source bind-mounted shared", path=source, container_id=container_id,
                   propagation=propagation)
 
     def release(self, container_id: str) -> None:
@@ -139,8 +105,8 @@ class SharedMounts:
                 try:
                     linux.umount2(source, linux.MNT_DETACH)
                 except OSError as exc:
-                    _log.warning("shared volume bind not unmounted", path=source, error=str(exc))
+                    self._log.warning("shared volume bind not unmounted", path=source, error=str(exc))
                 else:
-                    _log.info("volume source shared bind removed", path=source, container_id=container_id)
+                    self._log.info("volume source shared bind removed", path=source, container_id=container_id)
         if changed:
             self._save(state)

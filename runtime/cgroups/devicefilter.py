@@ -20,7 +20,7 @@ import errno
 import os
 import struct
 
-from runtime import linux
+from runtime.host import linux
 
 # from linux/bpf.h
 BPF_PROG_LOAD, BPF_PROG_ATTACH = 5, 8

@@ -1,11 +1,12 @@
-/* pycri-init: executes a container child plan made by runtime/fastinit.py (the Python monitor plans everything).
+/* pycri-init: executes a container child plan encoded by runtime/launch/fastinit.py (the Python side plans
+ * everything).
  *
  * Usage: pycri-init <base fd>: fd base+0 holds the encoded plan (a memfd), base+1 is p2c (reads "G", "S"),
  * base+2 is c2p (writes "W <text>\n", "R \n", "E <text>\n"; close-on-exec, so EOF means execve succeeded).
  * The plan is a list of operations (see fastinit.py for the encoding), run in order; the first failure sends
- * "E <stage>: <text>" and exits 1, as runtime/launch.py's Python child does.
+ * "E <stage>: <text>" and exits 1, as runtime/launch/process.py's Python child does.
  *
- * Spare mode: pycri-init spare <socket fd>: started ahead of need (fastinit.Spare), it waits on a unix socket
+ * Spare mode: pycri-init spare <socket fd>: started ahead of need (initproc.Spare), it waits on a unix socket
  * for one message: a u32 plan length with p2c, c2p and, optionally, the three stdio fds (SCM_RIGHTS), then the
  * plan. It puts those fds at SPARE_BASE + 1.. (stdio from SPARE_BASE + 3, where the plan says they are) and
  * goes on as above. EOF instead of a message (the monitor let it go): exit 0. The plan may end in OP_CONTINUE:
@@ -21,7 +22,7 @@
  * What the container could reach of this process (CVE-2019-5736, CVE-2024-21626): it is made non-dumpable first
  * thing, so that no process of the container can open its /proc/<pid>/exe or fds (its execve of the container's
  * program makes that one dumpable again); every fd but the ones it was given is closed before it joins
- * anything; the monitor runs it from a sealed memfd copy (fastinit.py), never from the file on the host; and
+ * anything; the monitor runs it from a sealed memfd copy (initproc.py), never from the file on the host; and
  * the working directory it ends in must be inside the container's root.
  */
 #define _GNU_SOURCE
@@ -191,7 +192,7 @@ static char *get_path_at(char *out, int *r_out, const char **suffix) {
 
 static char *get_path(char *out) { return get_path_at(out, NULL, NULL); }
 
-/* ---- helpers mirroring runtime/rootfs.py ---- */
+/* ---- helpers mirroring runtime/launch/rootfs.py ---- */
 /* mount(2); an error names the target as shown (a container path where target is an fd's) */
 static void mount_as(const char *src, const char *target, const char *shown, const char *fstype,
                      unsigned long flags, const char *data) {

@@ -1,50 +1,25 @@
-"""Fast init: the container child as a small static C program (runtime/initc/pycri-init) instead of a clone of
-the Python monitor running launch._child.
-
-The parent still plans everything (launch.plan_from_spec / plan_for_exec); here the plan is reduced to a list of
-primitive operations (mount this, resolve that destination inside the rootfs, pivot, write a sysctl, drop
-privileges...) in exactly the order launch._child performs them, with the same stage names for error messages.
-pycri-init is started with posix_spawn (CLONE_VM|CLONE_VFORK: no copy of the monitor's page tables, and its execve
-has next to nothing to tear down); it speaks the same messages on c2p and reads the same bytes on p2c as the Python
-child, so launch.Process drives both the same way.
+"""Fast init: the container's child as a small static C program (initc/pycri-init.c) instead of a clone of the
+Python monitor running process._child, for the plans it carries out completely (docs/runtime.md, "Fast init").
 
     eligible(plan) -> bool      what the C side implements completely (else: the Python child)
-    encode(plan) -> bytes       the operation list
-    prepare(plan) -> dict       the operation list made by the monitor's client (see below)
-    spawn(plan, c2p_w, p2c_r) -> pid
-    Spare(new_pidns[, factory]) a pycri-init started ahead of need; .use(plan, c2p_w, p2c_r) -> pid
-    SpareFactory()              a pycri-init that makes spares as the monitor's children, so it need not wait
-
-The client of a monitor (runtime/client.py: the daemon, `python -m runtime`) plans and encodes a container's
-init and sends the result on the create's connection (`prepare`, `prepared_plan`; an exec's too, when it
-knows the container's process). The monitor then runs none of that Python: under CPython 3.11 every code
-object and constant a path runs is written to (reference counts, warm-up counters), so each monitor that ran
-it kept its own copy of those pages: 0.2-0.35 MiB per pod, measured. The daemon is one process; it pays that
-once.
-
-A spawn costs the caller ~0.2-0.4 ms (posix_spawn returns after the execve); the monitor keeps a spare for a
-while after each start (see Monitor._keep_spare), so a pod's next container skips it, and has it made by a
-SpareFactory, so that it does not wait for that spawn either.
-
-A new pid namespace is made by the parent (unshare(CLONE_NEWPID) around the spawn, then back to its own): the
-spawned init is the namespace's pid 1 and execs the container in place, as a cloned Python child would.
-Set PYCRI_FASTINIT=0 to always use the Python child.
+    encode(plan) -> bytes       the operation list, in process._child's order and with its stage names
+    prepare(plan) -> dict       the operation list made by the monitor's client (launch/prepare.py)
+The pycri-init processes (spawned, spares, their factory) are launch/initproc.py's.
+PYCRI_FASTINIT=0 (in the monitor's environment) always uses the Python child.
 """
 from __future__ import annotations
 
-import array
 import binascii
-import errno
 import os
 import resource
-import socket
 import struct
 
-from runtime import hooks, linux, rootfs as rootfs_mod
-from runtime.linux import MS_BIND, MS_RDONLY, MS_REC, MS_REMOUNT
+from runtime.host import linux, mountinfo
+from runtime.host.linux import MS_BIND, MS_RDONLY, MS_REC, MS_REMOUNT
+from runtime.launch import hooks, rootfs as rootfs_mod
+from runtime.launch.plan import DEFAULT_PATH, Plan
 
 BINARY = os.path.join(os.path.dirname(os.path.abspath(__file__)), "initc", "pycri-init")
-_sealed: str | None = None  # "/proc/self/fd/<n>" of this process's sealed copy of BINARY, once made
 
 (OP_STAGE, OP_WAIT_G, OP_CGJOIN, OP_JOINNS, OP_UNSHARE, OP_FAIL, OP_MOUNT, OP_RESOLVE, OP_MKDIRS, OP_TOUCH,
  OP_REMOUNT_RO, OP_SETATTR, OP_MKNOD, OP_UMASK, OP_UMASK_RESTORE, OP_SYMLINK, OP_PIVOT, OP_WRITEFILE, OP_MASK,
@@ -59,22 +34,6 @@ _RLIM_INF = resource.RLIM_INFINITY
 
 def enabled() -> bool:
     return os.environ.get("PYCRI_FASTINIT") != "0" and os.access(BINARY, os.X_OK)
-
-
-def sealed_binary() -> str:
-    """The path to execute pycri-init by: a sealed memfd copy of BINARY, made once per process (the spawner
-    makes it before it forks monitors, which share it), as runc runs itself since CVE-2019-5736. A process of
-    the container that opened the exe of one it sees start would get that copy, which no one can write, not
-    the file on the host (and pycri-init makes itself non-dumpable besides, so that it cannot be opened)."""
-    global _sealed
-    if _sealed is None:  # (above the fds a spawn dup2s to: SPARE_SOCK, BASE..BASE+5)
-        _sealed = linux.sealed_copy(BINARY, "pycri-init", min_fd=BASE + 6)
-    return _sealed
-
-
-def sealed_fd() -> int | None:
-    """The fd of that copy, if this process has made it (a process that closes its fds keeps this one)."""
-    return int(_sealed.rsplit("/", 1)[1]) if _sealed is not None else None
 
 
 def eligible(plan) -> bool:
@@ -174,7 +133,6 @@ def _source(plan, path: str) -> tuple[str, bool] | None:
 _U8 = [bytes((i,)) for i in range(256)]
 _PACK_Q = struct.Struct("<q").pack
 _PACK_I = struct.Struct("<I").pack
-_UNPACK_I = struct.Struct("=i").unpack  # a factory's answer (an int32_t)
 _NONE = b"\xff\xff\xff\xff"
 # Encoded strings, by string: most of a plan's strings (stage names, /proc and /dev paths, mount types and
 # options, env) are the same from one container to the next; encoding each anew was ~40% of a plan's encoding.
@@ -311,7 +269,6 @@ def prepared_plan(prepared: dict, spec: dict, stdio: tuple[int, int, int] | None
     """(launch.Plan, (head, tail)) from prepare()'s dict, for the spec it was made from, with the monitor's
     stdio fds; tail is None when it follows (prepare's tail=False). Raises ValueError on a malformed dict (or
     one made for stdio when there is none, or the reverse)."""
-    from runtime import launch
     try:
         f = prepared["plan"]
         parts = (binascii.a2b_base64(prepared["head"], strict_mode=True),
@@ -319,7 +276,7 @@ def prepared_plan(prepared: dict, spec: dict, stdio: tuple[int, int, int] | None
         if bool(f["stdio"]) != (stdio is not None):
             raise ValueError("made for other stdio")
         tasks = f["cgroup_tasks"]
-        plan = launch.Plan(spec=spec, rootfs=f["rootfs"], stdio=stdio, clone_flags=int(f["clone_flags"]),
+        plan = Plan(spec=spec, rootfs=f["rootfs"], stdio=stdio, clone_flags=int(f["clone_flags"]),
                            unshare_flags=int(f["unshare_flags"]), join=[(k, p) for k, p in f["join"]],
                            join_pid=f["join_pid"], go_stage=f["go_stage"], warnings=list(f["warnings"]),
                            auto_start=bool(f.get("auto_start")),
@@ -399,7 +356,7 @@ def _encode_tail(e: _Enc, plan, stdio_fds: tuple[int, int, int] | None) -> None:
     env = [x for x in proc.get("env") or [] if isinstance(x, str) and "=" in x]
     env_map = dict(x.split("=", 1) for x in env)
     e.stage("resolving the executable")
-    e.op(OP_FINDEXE, proc["args"][0], env_map.get("PATH", launch_default_path()))
+    e.op(OP_FINDEXE, proc["args"][0], env_map.get("PATH", DEFAULT_PATH))
     cwd = proc.get("cwd") or "/"
     e.stage(f"changing to cwd {cwd!r}")
     e.op(OP_CHDIR, cwd)
@@ -434,11 +391,6 @@ def _encode_tail(e: _Enc, plan, stdio_fds: tuple[int, int, int] | None) -> None:
     e.i64(len(env_map))
     for k, v in env_map.items():
         e.s(f"{k}={v}")
-
-
-def launch_default_path() -> str:
-    from runtime import launch
-    return launch.DEFAULT_PATH
 
 
 def _rlim(v) -> int:
@@ -491,7 +443,7 @@ def _encode_rootfs(e: _Enc, plan, spec: dict, lin: dict, late: bool) -> None:
     e.stage("mounting rootfs")
     prop = lin.get("rootfsPropagation")
     if prop in ("shared", "rshared"):
-        e.mount(None, ABS, rootfs_mod.mount_point_of(rootfs), None, linux.MS_PRIVATE, None)
+        e.mount(None, ABS, mountinfo.holding(rootfs).mount_point, None, linux.MS_PRIVATE, None)
     else:
         e.mount(None, ABS, "/", None, rootfs_mod._PROPAGATION.get(prop or "rprivate", linux.MS_PRIVATE | MS_REC),
                 None)
@@ -694,247 +646,3 @@ def _encode_devices_now(e: _Enc, devices: list[dict], with_defaults: bool) -> No
             e.u8(OP_SYMLINK)
             e.s(target)
             e.path(REG2, "/" + name)
-
-
-_WARM_SPEC = {
-    "ociVersion": "1.0.2", "root": {"path": "/dev"},  # any directory: nothing is mounted
-    "process": {"args": ["true"], "cwd": "/", "env": ["PATH=/usr/bin:/bin"], "noNewPrivileges": True,
-                "user": {"uid": 0, "gid": 0}, "rlimits": [{"type": "RLIMIT_NOFILE", "soft": 1024, "hard": 1024}],
-                "capabilities": {k: ["CAP_CHOWN", "CAP_KILL", "CAP_NET_BIND_SERVICE"]
-                                 for k in ("bounding", "effective", "permitted")}},
-    "mounts": [{"destination": "/proc", "type": "proc", "source": "proc"},
-               {"destination": "/dev", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "mode=755"]},
-               {"destination": "/dev/pts", "type": "devpts", "source": "devpts", "options": ["nosuid", "noexec"]},
-               {"destination": "/sys", "type": "sysfs", "source": "sysfs", "options": ["nosuid", "ro"]},
-               {"destination": "/sys/fs/cgroup", "type": "cgroup", "source": "cgroup", "options": ["ro"]},
-               {"destination": "/etc/hostname", "type": "bind", "source": "/etc/hostname", "options": ["rbind"]}],
-    "linux": {"namespaces": [{"type": t} for t in ("pid", "ipc", "uts", "mount", "network")],
-              "maskedPaths": ["/proc/kcore"], "readonlyPaths": ["/proc/sys"]},
-}
-
-
-def warm() -> None:
-    """Plan and encode a typical container once: for the spawner, before it forks monitors, so that what the
-    first create fills in (host facts, caches, the code's warm-up) is shared with every monitor instead of
-    copied into each (measured: ~0.3 MiB private per monitor without it). The same for the cgroup v1
-    hierarchies (read once per process), for the ctypes calls a spawn makes around a new pid namespace
-    (~0.15 MiB: no-op ones here, so that ctypes makes its function objects in the spawner), and for the
-    spare-factory code a monitor runs after its first start (~45 KiB): one factory and one spare, started and
-    reaped here; nothing is left running."""
-    from runtime import cgroups, launch
-    try:
-        cgroups.open_cgroup("/pycri-warm-up").self_attach_paths()  # reads the v1 hierarchies (cached), makes nothing
-    except (cgroups.CgroupError, OSError):
-        pass
-    try:
-        plan = launch.plan_from_spec(_WARM_SPEC, None, stdio=(0, 1, 2))
-        plan.go_stage = "late"
-        if eligible(plan):
-            encode_parts(plan)
-    except (launch.LaunchError, OSError, ValueError):
-        pass  # only a warm-up
-    try:
-        own = os.open("/proc/self/ns/pid", os.O_RDONLY | os.O_CLOEXEC)
-    except OSError:
-        return
-    try:
-        linux.unshare(0)
-        linux.setns(own, linux.CLONE_NEWPID)  # our own: changes nothing
-    except OSError:
-        pass
-    finally:
-        os.close(own)
-    try:  # a spare from a factory, as a monitor gets them; both exit on EOF and are reaped here
-        factory = SpareFactory()
-    except OSError:
-        return
-    pids = [factory.pid]
-    try:
-        spare = Spare(True, factory)
-        pids.append(spare.pid)
-        spare.close()
-    except OSError:
-        pass
-    finally:
-        factory.close()
-        for pid in pids:
-            try:
-                os.waitpid(pid, 0)
-            except ChildProcessError:
-                pass
-
-
-SPARE_SOCK = 3          # the spare's end of its socket (see pycri-init.c, spare mode)
-
-
-class Spare:
-    """pycri-init started ahead of need, waiting on a socket for its plan and fds; in a new pid namespace of
-    its own when new_pidns (it is then the namespace's pid 1, as spawn() makes it). Made by factory (a
-    SpareFactory) when given, else spawned here. Used once, or released (close(): it exits; the monitor reaps
-    it as any other child)."""
-
-    def __init__(self, new_pidns: bool, factory: "SpareFactory | None" = None):
-        self.new_pidns = new_pidns
-        self._factory = factory
-        self._pid: int | None = None
-        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
-        own_ns = -1
-        try:
-            if factory is not None:
-                factory.request(self, theirs)
-            else:
-                if new_pidns:
-                    own_ns = os.open("/proc/self/ns/pid", os.O_RDONLY | os.O_CLOEXEC)
-                    linux.unshare(linux.CLONE_NEWPID)
-                try:
-                    self._pid = os.posix_spawn(sealed_binary(), [BINARY, "spare", str(SPARE_SOCK)],
-                                               _environ(),
-                                               file_actions=[(os.POSIX_SPAWN_DUP2, theirs.fileno(), SPARE_SOCK)])
-                finally:
-                    if own_ns >= 0:
-                        linux.setns(own_ns, linux.CLONE_NEWPID)
-        except BaseException:
-            ours.close()
-            raise
-        finally:
-            theirs.close()
-            if own_ns >= 0:
-                os.close(own_ns)
-        self.sock: socket.socket | None = ours
-
-    @property
-    def pid(self) -> int:
-        """Its pid; from a factory, read from its answer the first time (OSError if the factory failed)."""
-        if self._pid is None:
-            self._factory.answers(until=self)
-        if self._pid < 0:
-            raise OSError(-self._pid, f"making a spare: {os.strerror(-self._pid)}")
-        return self._pid
-
-    def fits(self, plan) -> bool:
-        """Whether this spare can carry out plan (an eligible one): the same pid namespace choice, none joined."""
-        return self.sock is not None and plan.join_pid is None and \
-            self.new_pidns == bool(plan.clone_flags & linux.CLONE_NEWPID)
-
-    def use(self, plan, c2p_w: int, p2c_r: int, parts=None) -> int:
-        """Hand plan (and the pipes, the stdio) to the spare; returns its pid. Raises OSError if it is gone
-        (ValueError: a plan that cannot be encoded). parts: (head, tail) made already (encode_parts), where tail
-        may be a function that returns it (it is called once the spare has the head). The plan goes in two parts:
-        the spare joins and makes the namespaces (the slow part of its set-up) on the first."""
-        stdio = list(plan.stdio) if plan.stdio is not None else []
-        head, tail = parts if parts is not None else encode_parts(plan)
-        head_data = HEADER + head + _U8[OP_CONTINUE]
-        sock, self.sock = self.sock, None
-        try:
-            sock.sendmsg([_PACK_I(len(head_data)) + head_data],
-                         [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [p2c_r, c2p_w, *stdio]))])
-            if callable(tail):
-                tail = tail()
-            sock.sendall(_PACK_I(len(tail)) + tail)
-        finally:
-            sock.close()  # (a spare cut short reads EOF and exits)
-        return self.pid
-
-    def close(self) -> None:
-        """Release an unused spare: it reads EOF and exits."""
-        if self.sock is not None:
-            self.sock.close()
-            self.sock = None
-
-
-class SpareFactory:
-    """pycri-init in factory mode (see pycri-init.c): it makes spares on request, cloned as the monitor's own
-    children (CLONE_PARENT), so that the monitor neither waits for a spawn nor makes their pid namespaces: a
-    spare costs it a socketpair and a message (~0.05 ms) instead of ~0.3-0.5 ms, just after a start, when a
-    short-lived container may already be exiting. Each answer (the spare's pid) is read when that pid is first
-    needed. Closed (it exits on EOF) with the last spare it made; the monitor reaps it as any child."""
-
-    ANSWER_WAIT_S = 5.0
-
-    def __init__(self):
-        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
-        try:
-            self.pid = os.posix_spawn(sealed_binary(), [BINARY, "factory", str(SPARE_SOCK)], _environ(),
-                                      file_actions=[(os.POSIX_SPAWN_DUP2, theirs.fileno(), SPARE_SOCK)])
-        except BaseException:
-            ours.close()
-            raise
-        finally:
-            theirs.close()
-        ours.settimeout(self.ANSWER_WAIT_S)
-        self.sock: socket.socket | None = ours
-        self._waiting: list[Spare] = []  # the spares asked for whose pid is still to be read, oldest first
-
-    def request(self, spare: Spare, theirs: socket.socket) -> None:
-        """Ask for spare, whose end of its socket is theirs. Raises OSError if the factory is gone."""
-        if self.sock is None:
-            raise OSError(errno.EPIPE, "the spare factory is closed")
-        self.sock.sendmsg([b"\1" if spare.new_pidns else b"\0"],
-                          [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [theirs.fileno()]))])
-        self._waiting.append(spare)
-
-    def answers(self, until: Spare) -> None:
-        """Read the answers up to until's; a factory gone (or silent) fails every spare still waiting."""
-        try:
-            while self._waiting and until._pid is None:
-                data = b""
-                while len(data) < 4:
-                    chunk = self.sock.recv(4 - len(data)) if self.sock is not None else b""
-                    if not chunk:
-                        raise OSError(errno.EPIPE, "the spare factory is gone")
-                    data += chunk
-                self._waiting.pop(0)._pid = _UNPACK_I(data)[0]
-        except OSError as exc:
-            for spare in self._waiting:
-                spare._pid = -(exc.errno or errno.EPIPE)
-            self._waiting.clear()
-        if until._pid is None:
-            until._pid = -errno.EPIPE
-
-    def close(self) -> None:
-        if self.sock is not None:
-            self.sock.close()
-            self.sock = None
-
-
-def _environ():
-    """os.environ as posix_spawn takes it fastest: its bytes dict (kept current by os.environ), which the C side
-    reads as it is. os.environ itself is converted by Python code, which costs a monitor ~0.1 MiB of pages."""
-    data = getattr(os.environ, "_data", None)
-    return data if isinstance(data, dict) else os.environ
-
-
-def spawn(plan, c2p_w: int, p2c_r: int, parts=None) -> int:
-    """Start pycri-init for plan; returns its pid (for a plan that joins a pid namespace, that of an intermediate
-    that forks the container's process and reports its pid: launch.Process reads it). parts: as Spare.use's. A
-    new pid namespace is made here, around the spawn."""
-    stdio = list(plan.stdio) if plan.stdio is not None else []
-    head, tail = parts if parts is not None else encode_parts(plan)
-    if callable(tail):
-        tail = tail()
-    exe = sealed_binary()
-    memfd = os.memfd_create("pycri-plan", os.MFD_CLOEXEC)
-    own_ns = -1
-    try:
-        os.write(memfd, HEADER + head + tail)
-        # the fds go to BASE.. (where the plan expects the stdio): first above every source, so that no dup2
-        # overwrites a source still to be moved
-        srcs = [memfd, p2c_r, c2p_w, *stdio]
-        high = max(*srcs, BASE + len(srcs), sealed_fd()) + 1  # (nor the binary's fd)
-        actions = [(os.POSIX_SPAWN_DUP2, fd, high + i) for i, fd in enumerate(srcs)]
-        actions += [(os.POSIX_SPAWN_DUP2, high + i, BASE + i) for i in range(len(srcs))]
-        actions += [(os.POSIX_SPAWN_CLOSE, high + i) for i in range(len(srcs))]
-        if plan.clone_flags & linux.CLONE_NEWPID:
-            own_ns = os.open("/proc/self/ns/pid", os.O_RDONLY | os.O_CLOEXEC)
-            linux.unshare(linux.CLONE_NEWPID)
-        try:
-            # the monitor's environment, as a cloned child would have until its execve (the tests' leak check
-            # finds containers by it)
-            return os.posix_spawn(exe, [BINARY, str(BASE)], _environ(), file_actions=actions)
-        finally:
-            if own_ns >= 0:
-                linux.setns(own_ns, linux.CLONE_NEWPID)
-    finally:
-        os.close(memfd)
-        if own_ns >= 0:
-            os.close(own_ns)

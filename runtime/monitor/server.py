@@ -23,12 +23,13 @@ import struct
 import termios
 import time
 
-from runtime import cgroups, fastinit, frames, hooks, jsonlog, launch, linux, state, trees
+from runtime import cgroups, frames, jsonlog, launch, state
 from runtime.frames import CH_CLOSE_STDIN, CH_EXIT, CH_RESIZE, CH_STDERR, CH_STDIN, CH_STDOUT, frame
-from runtime.logfile import DEFAULT_MAX_LINE, LogFile
+from runtime.host import linux, trees
+from runtime.launch import fastinit, hooks, initproc, rootfs
+from runtime.monitor.logfile import DEFAULT_MAX_LINE, LogFile
 
 LOG_PATH_ANNOTATION = "io.pycri.log-path"
-SOCKET_NAME = "monitor.sock"
 DEFAULT_OUTPUT_CAP = 16 * 1024 * 1024
 log = jsonlog.get_logger("runtime.monitor")
 
@@ -80,7 +81,6 @@ def _container_pty(pid: int) -> tuple[int, int]:
 
 def _open_device(root: int, path: str, rdev: int) -> int:
     """path in the container whose root is root, opened read-write if it is the character device rdev."""
-    from runtime import rootfs
     fd = rootfs.open_in_root(root, path)
     try:
         st = os.fstat(fd)
@@ -106,14 +106,12 @@ def _signum(sig) -> int:
 
 _STREAM_CH = {"stdout": CH_STDOUT, "stderr": CH_STDERR}
 STREAM_OUTBUF_MAX = 8 * 1024 * 1024
-# How long a spare pycri-init (fastinit.Spare) is kept after a container's create: long enough for the rest of a
+# How long a spare pycri-init (initproc.Spare) is kept after a container's create: long enough for the rest of a
 # pod's containers (the kubelet creates them one after another), short enough that an idle pod holds none.
 SPARE_KEEP_S = 5.0
 # When op_start's spare is made: at the started container's exit, or this long after its start, whichever
-# comes first. Not at once: the spare's clone then competed with the container's exec and first instructions
-# (on two CPUs, a short-lived container's whole life: -0.1 to -0.3 ms on create+start+wait of `true`). The
-# kubelet's next create in the pod comes later than this (an ImageStatus and a CreateContainer round trip);
-# a create that comes sooner has the spare made first.
+# comes first, so that its clone does not compete with the container's exec (docs/runtime.md, "The spare"); a
+# create that comes sooner has the spare made first.
 SPARE_AFTER_START_S = 0.002
 
 
@@ -277,8 +275,8 @@ class Monitor:
         self.running = True
         self.log = log.bind(pod_id=pod_id)
         self._after: list = []  # (fn, args, kwargs) run once the current answer is sent (logging)
-        self.spare: fastinit.Spare | None = None  # see _keep_spare
-        self.spare_factory: fastinit.SpareFactory | None = None  # makes the spares, while there are any
+        self.spare: initproc.Spare | None = None  # see _keep_spare
+        self.spare_factory: initproc.SpareFactory | None = None  # makes the spares, while there are any
         self.spare_until = 0.0
         self.spare_due: tuple[float, bool, str] | None = None  # (when, new pid ns, container): see op_start
 
@@ -299,7 +297,7 @@ class Monitor:
     def bind(self) -> None:
         self.prepare()
         os.makedirs(self.state_dir, mode=0o700, exist_ok=True)
-        path = os.path.join(self.state_dir, SOCKET_NAME)
+        path = os.path.join(self.state_dir, state.SOCKET_NAME)
         if len(path.encode()) > 107:
             raise ValueError(f"socket path too long for AF_UNIX: {path}")
         try:
@@ -585,7 +583,7 @@ class Monitor:
         c = Container(cid, bundle, spec, sdir)
         c.init_lines = lines
         if req.get("runtime") is not None:
-            from runtime import ociruntime  # only pods of an OCI handler pay for it
+            from runtime.monitor import oci as ociruntime  # only pods of an OCI handler pay for it
             rt = ociruntime.check_request(req["runtime"])
             c.oci = ociruntime.OciRuntime(rt["path"], cid, sdir, bundle, spec, rt["cgroup_manager"] == "pycri")
         try:
@@ -639,7 +637,7 @@ class Monitor:
         if init == "follows":  # the client planned it while we made the pipes and state: its line is here
             init = c.init_lines.head()
         if init is not None and console is None and fastinit.prepared_usable(init):
-            # planned and encoded by the client, which found fast init enabled (see runtime/fastinit.py)
+            # planned and encoded by the client, which found fast init enabled (see runtime/launch/fastinit.py)
             plan, parts = fastinit.prepared_plan(init, spec, stdio)
             plan.hook_state = {"id": c.id, "bundle": c.bundle}
             if parts[1] is None:
@@ -658,17 +656,11 @@ class Monitor:
         t2 = time.perf_counter()
         c.pid = c.proc.pid
         if cg is not None:
-            if cg.exists() and cg.pids():
-                raise RequestError(f"cgroup {cg_path} is in use by other processes")
-            c.cgroup = cg
-            cg.create()
-            for w in cg.apply(lin.get("resources")):
-                self._later(self.log.warning, "cgroup.warning", container_id=c.id, warning=w)
+            self._take_cgroup(c, cg, cg_path)
             if not plan.cgroup_tasks:
                 cg.attach(c.pid)
             # after the attach: under the systemd driver it is what makes the scope, and so the cgroup to watch
-            c.oom_base = cg.oom_kills()
-            self._watch_oom(c)
+            self._count_ooms(c)
         c.proc.go()
         # in parallel with the child's set-up
         os.mkdir(c.dir, 0o700)
@@ -697,8 +689,23 @@ class Monitor:
             state.write_json(os.path.join(c.dir, "state.json"), {**c.record(), "status": "created"})
         return t0, t1, t2
 
+    def _take_cgroup(self, c: Container, cg: cgroups.Cgroup, cg_path: str) -> None:
+        """Make cg the container's (refused if processes are in it already), with the spec's resources applied:
+        what cannot be applied is a warning."""
+        if cg.exists() and cg.pids():
+            raise RequestError(f"cgroup {cg_path} is in use by other processes")
+        c.cgroup = cg
+        cg.create()
+        for w in cg.apply((c.spec.get("linux") or {}).get("resources")):
+            self._later(self.log.warning, "cgroup.warning", container_id=c.id, warning=w)
+
+    def _count_ooms(self, c: Container) -> None:
+        """OOM kills in the container's cgroup count from now, and are watched for."""
+        c.oom_base = c.cgroup.oom_kills()
+        self._watch_oom(c)
+
     def _launch_oci(self, c: Container, req: dict, log_path, max_line, stdio):
-        """_launch through an external OCI runtime (runtime/ociruntime.py): rootfs, `create`, then our view of
+        """_launch through an external OCI runtime (runtime/monitor/oci.py): rootfs, `create`, then our view of
         the container (pty master, cgroup for stats and OOM, log file, state.json) as _launch leaves it."""
         t0 = time.perf_counter()
         os.mkdir(c.dir, 0o700)
@@ -711,12 +718,7 @@ class Monitor:
         cg_path = (c.spec.get("linux") or {}).get("cgroupsPath")
         if cg_path and c.oci.own_cgroups:  # as _launch does; the runtime joins it before it execs
             cg = cgroups.open_cgroup(cg_path)
-            if cg.exists() and cg.pids():
-                raise RequestError(f"cgroup {cg_path} is in use by other processes")
-            c.cgroup = cg
-            cg.create()
-            for w in cg.apply((c.spec.get("linux") or {}).get("resources")):
-                self._later(self.log.warning, "cgroup.warning", container_id=c.id, warning=w)
+            self._take_cgroup(c, cg, cg_path)
             joined = cg.make_joinable()
             c.oci.cgroup_tasks = cg.self_attach_paths()
             if not c.oci.cgroup_tasks:
@@ -738,8 +740,7 @@ class Monitor:
         if cg_path and c.cgroup is None:
             c.cgroup = cgroups.open_cgroup(cg_path)  # the runtime's: for stats and OOM kills
         if c.cgroup is not None:
-            c.oom_base = c.cgroup.oom_kills()
-            self._watch_oom(c)
+            self._count_ooms(c)
         c.start_time = linux.proc_start_time(c.pid)
         state.write_json(os.path.join(c.dir, "state.json"), {**c.record(), "status": "created"})
         return t0, t1, t2
@@ -837,7 +838,7 @@ class Monitor:
                         os.kill(pid, sig)
                     except ProcessLookupError:
                         pass
-            from runtime import ociruntime
+            from runtime.monitor import oci as ociruntime
             try:
                 c.oci.kill(sig, bool(req.get("all")) and not c.oci.own_cgroups)
             except ociruntime.OciError:
@@ -940,7 +941,7 @@ class Monitor:
         return {}
 
     def _hooks(self, c: Container, kinds: tuple[str, ...], status: str, *, fatal: bool) -> None:
-        """Run the spec's OCI hooks of these kinds (runtime/hooks.py); a fatal failure fails the request."""
+        """Run the spec's OCI hooks of these kinds (runtime/launch/hooks.py); a fatal failure fails the request."""
         if c.oci is not None:
             return  # an external runtime runs the spec's hooks itself
         for kind in kinds:
@@ -1035,7 +1036,7 @@ class Monitor:
 
     def _exec_builtin(self, c: Container, process: dict, stdio, console, init: dict | None = None) -> int:
         """Clone, join the container's namespaces and cgroup, exec process; returns its pid. init: the exec
-        planned by the client (client.prepare_exec), used when it was made for this container's process."""
+        planned by the client (launch/prepare.py), used when it was made for this container's process."""
         plan = parts = None
         if init is not None and console is None and fastinit.prepared_usable(init):
             plan, parts = fastinit.prepared_plan(init, dict(c.spec, process=process), stdio)
@@ -1312,8 +1313,8 @@ class Monitor:
         self._drop_spare()
         try:
             if self.spare_factory is None:
-                self.spare_factory = fastinit.SpareFactory()
-            self.spare = fastinit.Spare(new_pidns, self.spare_factory)
+                self.spare_factory = initproc.SpareFactory()
+            self.spare = initproc.Spare(new_pidns, self.spare_factory)
         except OSError as exc:  # (a factory gone: the next start makes another)
             self._drop_spare_factory()
             self.log.warning("monitor.spare_failed", error=str(exc))
@@ -1354,7 +1355,7 @@ class Monitor:
         for conn in [k.data for k in list(self.sel.get_map().values()) if isinstance(k.data, Conn)]:
             self._conn_flush(conn)
             self._conn_close(conn)
-        path = os.path.join(self.state_dir, SOCKET_NAME)
+        path = os.path.join(self.state_dir, state.SOCKET_NAME)
         try:
             os.unlink(path)
         except FileNotFoundError:
@@ -1379,7 +1380,7 @@ def run_detached(state_dir: str, pod_id: str = "", log_path: str | None = None) 
     return prefork().assign(state_dir, pod_id, log_path)
 
 
-class Spare:
+class SpareMonitor:
     """A detached monitor process (double fork + setsid, stdio on /dev/null, no other fds) that waits for
     its pod: `assign()` makes it bind `<state_dir>/monitor.sock` and serve. The spawner keeps one ready, so a
     pod's monitor costs a pipe message instead of two forks. A spare whose pipe closes unassigned exits."""
@@ -1418,7 +1419,7 @@ class Spare:
             self._ready_r = -1
 
 
-def prefork() -> Spare:
+def prefork() -> SpareMonitor:
     """Fork a detached spare monitor (the caller must be single-threaded)."""
     ready_r, ready_w = os.pipe2(os.O_CLOEXEC)
     assign_r, assign_w = os.pipe2(os.O_CLOEXEC)
@@ -1436,7 +1437,7 @@ def prefork() -> Spare:
     os.close(ready_w)
     os.close(assign_r)
     os.waitpid(pid, 0)
-    return Spare(assign_w, ready_r)
+    return SpareMonitor(assign_w, ready_r)
 
 
 def _read_all(fd: int) -> bytes:
@@ -1455,7 +1456,7 @@ def _spare_main(assign_r: int, ready_w: int) -> None:
     try:
         os.chdir("/")
         linux.set_comm("pycri-monitor")
-        linux.close_all_but({assign_r, ready_w, fastinit.sealed_fd()})  # the spawner's copy of pycri-init stays
+        linux.close_all_but({assign_r, ready_w, initproc.sealed_fd()})  # the spawner's copy of pycri-init stays
         m = Monitor("/", "")
         m.prepare()
         line = b""

@@ -14,7 +14,7 @@ import os
 import time
 from typing import Callable
 
-from runtime import cgroups, dbus
+from runtime.cgroups import cgroupfs, dbus, driver
 
 _DEST = "org.freedesktop.systemd1"
 _PATH = "/org/freedesktop/systemd1"
@@ -25,11 +25,11 @@ def parse_path(cgroups_path: str) -> tuple[str, str]:
     """"slice:prefix:name" -> (slice, unit name). An empty slice means system.slice, as with runc."""
     parts = cgroups_path.split(":")
     if len(parts) != 3 or not parts[2] or "/" in cgroups_path:
-        raise cgroups.CgroupError(f"cgroupsPath {cgroups_path!r} is not \"slice:prefix:name\" (systemd driver)")
+        raise driver.CgroupError(f"cgroupsPath {cgroups_path!r} is not \"slice:prefix:name\" (systemd driver)")
     slice_name, prefix, name = parts
     slice_name = slice_name or "system.slice"
     if not slice_name.endswith(".slice"):
-        raise cgroups.CgroupError(f"cgroupsPath {cgroups_path!r}: {slice_name!r} is not a slice")
+        raise driver.CgroupError(f"cgroupsPath {cgroups_path!r}: {slice_name!r} is not a slice")
     unit = name if name.endswith(".slice") else f"{prefix}-{name}.scope" if prefix else f"{name}.scope"
     return slice_name, unit
 
@@ -40,7 +40,7 @@ def expand_slice(slice_name: str) -> str:
         return "/"
     stem = slice_name[:-len(".slice")]
     if not stem or stem.startswith("-") or stem.endswith("-") or "--" in stem:
-        raise cgroups.CgroupError(f"invalid slice name {slice_name!r}")
+        raise driver.CgroupError(f"invalid slice name {slice_name!r}")
     parts = stem.split("-")
     return "".join("/" + "-".join(parts[:i + 1]) + ".slice" for i in range(len(parts)))
 
@@ -55,7 +55,7 @@ def properties(resources: dict | None, version: int) -> list[tuple[str, dbus.Var
     cpu = r.get("cpu") or {}
     if cpu.get("shares"):
         if version == 2:
-            out.append(("CPUWeight", dbus.Variant("t", cgroups.shares_to_weight(int(cpu["shares"])))))
+            out.append(("CPUWeight", dbus.Variant("t", cgroupfs.shares_to_weight(int(cpu["shares"])))))
         else:
             out.append(("CPUShares", dbus.Variant("t", int(cpu["shares"]))))
     quota, period = int(cpu.get("quota") or 0), int(cpu.get("period") or 100_000)
@@ -70,15 +70,15 @@ def properties(resources: dict | None, version: int) -> list[tuple[str, dbus.Var
     return out
 
 
-class SystemdCgroup(cgroups.Cgroup):
+class SystemdCgroup(driver.Cgroup):
     """A transient scope; cgroup files are read and written through the cgroupfs class at its path."""
 
-    def __init__(self, cgroups_path: str, root: str = cgroups.ROOT):
+    def __init__(self, cgroups_path: str, root: str = driver.ROOT):
         self.slice, self.unit = parse_path(cgroups_path)
         super().__init__(f"{expand_slice(self.slice).rstrip('/')}/{self.unit}")
-        self.version = cgroups.detect_version(root)
-        self.fs = (cgroups.CgroupV2(self.path, root) if self.version == 2
-                   else cgroups.CgroupV1(self.path, cgroups.v1_mounts()))
+        self.version = driver.detect_version(root)
+        self.fs = (cgroupfs.CgroupV2(self.path, root) if self.version == 2
+                   else cgroupfs.CgroupV1(self.path, cgroupfs.v1_mounts()))
         self._resources: dict | None = None
         self._started = False
 
@@ -117,7 +117,7 @@ class SystemdCgroup(cgroups.Cgroup):
             self._call("StartTransientUnit", "ssa(sv)a(sa(sv))", [self.unit, "fail", props, []])
         except dbus.DBusError as exc:
             if not exc.name.endswith("UnitExists"):
-                raise cgroups.CgroupError(f"systemd: cannot start {self.unit}: {exc}") from None
+                raise driver.CgroupError(f"systemd: cannot start {self.unit}: {exc}") from None
         self._wait_joined(pid)
         self._started = True
         self._join_everywhere(pid)
@@ -135,9 +135,9 @@ class SystemdCgroup(cgroups.Cgroup):
                 if self.version == 1:
                     self.fs.attach(pid)
                 return
-            except (FileNotFoundError, cgroups.CgroupError) as exc:
+            except (FileNotFoundError, driver.CgroupError) as exc:
                 if attempt == 49:
-                    raise cgroups.CgroupError(f"cannot join the cgroups of {self.unit}: {exc}") from None
+                    raise driver.CgroupError(f"cannot join the cgroups of {self.unit}: {exc}") from None
                 time.sleep(0.002)
 
     def _wait_joined(self, pid: int, timeout: float = 10.0) -> None:
@@ -149,9 +149,9 @@ class SystemdCgroup(cgroups.Cgroup):
                     if any(line.rstrip().endswith("/" + self.unit) for line in f):
                         return
             except FileNotFoundError:
-                raise cgroups.CgroupError(f"process {pid} exited before systemd put it in {self.unit}") from None
+                raise driver.CgroupError(f"process {pid} exited before systemd put it in {self.unit}") from None
             if time.monotonic() > deadline:
-                raise cgroups.CgroupError(f"systemd did not move process {pid} into {self.unit} in {timeout:.0f} s")
+                raise driver.CgroupError(f"systemd did not move process {pid} into {self.unit} in {timeout:.0f} s")
             time.sleep(0.001)
 
     def remove(self) -> None:
@@ -159,15 +159,15 @@ class SystemdCgroup(cgroups.Cgroup):
             self._call("StopUnit", "ss", [self.unit, "replace"])
         except dbus.DBusError as exc:
             if not exc.name.endswith(("NoSuchUnit", "LoadFailed")):
-                raise cgroups.CgroupError(f"systemd: cannot stop {self.unit}: {exc}") from None
+                raise driver.CgroupError(f"systemd: cannot stop {self.unit}: {exc}") from None
         deadline = time.monotonic() + 10
         while self.fs.exists():  # systemd removes its directories when the stop job ends; ours go here
             try:
                 self.fs.remove()
-            except (OSError, cgroups.CgroupError):
+            except (OSError, driver.CgroupError):
                 pass
             if time.monotonic() > deadline:
-                raise cgroups.CgroupError(f"cgroup of {self.unit} still present after stopping it")
+                raise driver.CgroupError(f"cgroup of {self.unit} still present after stopping it")
             time.sleep(0.005)
 
     def self_attach_paths(self) -> list[bytes] | None:
@@ -216,7 +216,7 @@ class SystemdCgroup(cgroups.Cgroup):
     def oom_kills(self) -> int:
         return self.fs.oom_kills()
 
-    def oom_watch(self) -> cgroups.OomWatch | None:
+    def oom_watch(self) -> driver.OomWatch | None:
         return self.fs.oom_watch()
 
     def _call(self, method: str, signature: str, args: list) -> list:

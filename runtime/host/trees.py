@@ -20,7 +20,7 @@ import os
 import stat
 from typing import Callable, NamedTuple
 
-from runtime import linux
+from runtime.host import linux
 
 FD_WINDOW = 32  # directory fds one walk keeps open at most (+1 for the top)
 REMOVE_PASSES = 2  # a second pass takes what a first one could not (entries added meanwhile)

@@ -1,10 +1,5 @@
-"""cgroups: one interface over v1 and v2 (cgroupfs driver).
-
-    cg = open_cgroup("/pycri/pod1/ctr1")      # detects v1/v2
-    cg.create(); cg.apply(linux_resources); cg.attach(pid)
-    cg.update(resources); cg.stats(); cg.oom_kills(); cg.oom_watch(); cg.remove()
-
-The systemd driver (runtime/systemd_cgroup.py) is the same interface over a transient scope unit.
+"""The cgroupfs driver: a container's cgroup as directories and files under the v1 hierarchies or the v2 unified
+one (CgroupV1, CgroupV2), the interface of runtime/cgroups/driver.py; what the systemd driver writes too.
 """
 from __future__ import annotations
 
@@ -12,23 +7,14 @@ import errno
 import os
 import signal
 import time
-from typing import Callable
 
-from runtime import linux
+from runtime.cgroups.driver import ROOT, Cgroup, CgroupError, OomWatch
+from runtime.host import linux
+from runtime.host.mountinfo import MOUNTINFO, entries
 
-ROOT = "/sys/fs/cgroup"
 _V1_CONTROLLERS = ("cpu", "cpuacct", "cpuset", "memory", "pids", "devices", "freezer", "blkio", "hugetlb",
                    "net_cls", "net_prio", "perf_event")
 _V2_CONTROLLERS = ("cpuset", "cpu", "io", "memory", "hugetlb", "pids")
-
-
-class CgroupError(Exception):
-    pass
-
-
-def detect_version(root: str = ROOT) -> int:
-    """2 when root is a cgroup2 mount (unified), 1 otherwise (legacy or hybrid)."""
-    return 2 if os.path.exists(os.path.join(root, "cgroup.controllers")) else 1
 
 
 def validate_path(path: str) -> str:
@@ -42,48 +28,28 @@ def validate_path(path: str) -> str:
     return "/" + "/".join(parts)
 
 
-def open_cgroup(path: str, driver: str = "", root: str = ROOT) -> "Cgroup":
-    """driver "cgroupfs" or "systemd"; "" takes it from the path's form ("slice:prefix:name" is systemd's)."""
-    if not driver:
-        driver = "systemd" if isinstance(path, str) and path.count(":") == 2 and "/" not in path else "cgroupfs"
-    if driver == "systemd":
-        from runtime.systemd_cgroup import SystemdCgroup  # only where used: it brings the D-Bus client
-        return SystemdCgroup(path, root)
-    if driver != "cgroupfs":
-        raise CgroupError(f"unknown cgroup driver {driver!r} (cgroupfs or systemd)")
-    path = validate_path(path)
-    if detect_version(root) == 2:
-        return CgroupV2(path, root)
-    return CgroupV1(path, v1_mounts())
-
-
 _V1_MOUNTS: dict[str, str] | None = None
 
 
-def v1_mounts(mountinfo: str = "/proc/self/mountinfo") -> dict[str, str]:
+def v1_mounts(mountinfo: str = MOUNTINFO) -> dict[str, str]:
     """controller -> mount point, for each v1 hierarchy (co-mounted controllers share a mount point).
     Read once per process (parsing mountinfo costs ~0.5 ms; hierarchies do not move while we run)."""
     global _V1_MOUNTS
-    if mountinfo == "/proc/self/mountinfo" and _V1_MOUNTS:
+    if mountinfo == MOUNTINFO and _V1_MOUNTS:
         return dict(_V1_MOUNTS)
     out = _read_v1_mounts(mountinfo)
-    if mountinfo == "/proc/self/mountinfo":
+    if mountinfo == MOUNTINFO:
         _V1_MOUNTS = dict(out)
     return out
 
 
 def _read_v1_mounts(mountinfo: str) -> dict[str, str]:
     out: dict[str, str] = {}
-    with open(mountinfo) as f:
-        for line in f:
-            pre, _, post = line.partition(" - ")
-            fields = post.split()
-            if len(fields) < 3 or fields[0] != "cgroup":
-                continue
-            mp = pre.split()[4]
-            for opt in fields[2].split(","):
+    for m in entries(mountinfo):
+        if m.fstype == "cgroup":
+            for opt in m.super_options.split(","):
                 if opt in _V1_CONTROLLERS:
-                    out.setdefault(opt, mp)
+                    out.setdefault(opt, m.mount_point)
     return out
 
 
@@ -166,47 +132,6 @@ def _swap_total(mem: dict) -> int | None:
     return None if swap is None else int(swap)
 
 
-class Cgroup:
-    """Common interface; subclasses map OCI linux.resources onto their files."""
-    version = 0
-
-    def __init__(self, path: str):
-        self.path = path
-
-    def create(self) -> None: raise NotImplementedError
-
-    def self_attach_paths(self) -> list[bytes] | None:
-        """Files a process writes b"0" to in order to move itself in (the launcher's child does, right after
-        clone), or None when only attach(pid) works. Writing "0" (the caller itself) to a v1 `tasks` file skips
-        the kernel's global cgroup_threadgroup_rwsem, whose write side waits for an RCU grace period: 5-25 ms
-        measured here for attach(pid) after an idle moment, ~0.3 ms for the self-attach of 8 hierarchies."""
-        return None
-
-    def make_joinable(self) -> Callable[[], None]:
-        """Make the cgroup one that a process can join by itself (self_attach_paths) where it is not yet;
-        returns what to call once such a process has joined."""
-        return lambda: None
-
-    def apply(self, resources: dict | None) -> list[str]: raise NotImplementedError
-    def attach(self, pid: int) -> None: raise NotImplementedError
-    def stats(self) -> dict: raise NotImplementedError
-    def oom_kills(self) -> int: raise NotImplementedError
-
-    def oom_watch(self) -> "OomWatch | None":
-        """A watch whose fd becomes readable when the OOM killer acts in this cgroup, so the monitor reads
-        oom_kills() then, while the cgroup exists: under the systemd driver an empty scope can be gone by the
-        time its last process is reaped. None where the host has no such notification."""
-        return None
-
-    def pids(self) -> list[int]: raise NotImplementedError
-    def remove(self) -> None: raise NotImplementedError
-    def exists(self) -> bool: raise NotImplementedError
-
-    def update(self, resources: dict) -> list[str]:
-        """Live update: the same files as apply."""
-        return self.apply(resources)
-
-
 def oom_kill_logged(path: str, pid: int, since: float) -> bool:
     """Whether the kernel's log (/dev/kmsg) tells of an OOM kill, since `since` (time.monotonic()), of a task
     in the cgroup at `path` (as this process's cgroup namespace names it: the log names it from the root) or
@@ -241,35 +166,6 @@ def oom_kill_logged(path: str, pid: int, since: float) -> bool:
                     return True
     finally:
         os.close(fd)
-
-
-class OomWatch:
-    """An fd to poll (cgroup v2: inotify on memory.events; v1: an eventfd registered for memory.oom_control).
-
-    v2 signals each change of the counters, the kill's included, so reading oom_kills() on each event sees it.
-    v1 signals as the OOM begins, before the kill is counted (and again when the cgroup is removed): the
-    monitor then reads too early, so onset() says whether an event was an OOM rather than the removal (as
-    containerd, which takes that event for the OOM kill)."""
-
-    def __init__(self, fd: int, memory_dir: str | None = None):
-        self.fd = fd
-        self._memory_dir = memory_dir  # v1: the cgroup whose OOMs the eventfd signals
-
-    def onset(self) -> bool:
-        """After an event (v1): True if the cgroup is under an OOM (it still exists: not its removal)."""
-        return self._memory_dir is not None and os.path.isdir(self._memory_dir)
-
-    def drain(self) -> None:
-        try:
-            while os.read(self.fd, 4096):
-                pass
-        except (BlockingIOError, OSError):
-            pass
-
-    def close(self) -> None:
-        if self.fd >= 0:
-            os.close(self.fd)
-            self.fd = -1
 
 
 class CgroupV1(Cgroup):
@@ -557,7 +453,7 @@ class CgroupV2(Cgroup):
         return out, warnings
 
     def apply(self, resources: dict | None) -> list[str]:
-        """The files of files_for, and the device rules as a program attached to the cgroup (runtime/devicefilter.py;
+        """The files of files_for, and the device rules as a program attached to the cgroup (devicefilter.py;
         each apply with rules attaches one more, and all must allow: the CRI never updates device rules)."""
         files, warnings = self.files_for(resources)
         for name, value in files.items():
@@ -570,7 +466,7 @@ class CgroupV2(Cgroup):
             _write(path, value)
         devices = (resources or {}).get("devices")
         if devices:
-            from runtime import devicefilter  # (only where there is cgroup v2)
+            from runtime.cgroups import devicefilter  # (only where there is cgroup v2)
             try:
                 devicefilter.attach(self.dir, devices)
             except (OSError, devicefilter.DeviceRuleError) as exc:

@@ -14,7 +14,7 @@ import os
 import socket
 import threading
 
-from runtime import linux
+from runtime.host import linux
 
 
 class NetnsError(OSError):

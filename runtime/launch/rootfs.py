@@ -7,8 +7,9 @@ import errno
 import os
 import stat
 
-from runtime import linux, userns
-from runtime.linux import (MNT_DETACH, MS_BIND, MS_NODEV, MS_NOEXEC, MS_NOSUID, MS_PRIVATE, MS_RDONLY, MS_REC,
+from runtime.host import linux, mountinfo
+from runtime.launch import userns
+from runtime.host.linux import (MNT_DETACH, MS_BIND, MS_NODEV, MS_NOEXEC, MS_NOSUID, MS_PRIVATE, MS_RDONLY, MS_REC,
                            MS_REMOUNT, MS_SHARED, MS_SLAVE, MS_UNBINDABLE)
 
 # option -> (clear?, flag); "clear" options remove the flag
@@ -175,7 +176,7 @@ def reopen_mounted(root_fd: int, unsafe: str, under: int) -> int:
     over = open_in_root(root_fd, unsafe)
     link, over_id, under_id = os.readlink(fd_path(over)), _mnt_id(over), _mnt_id(under)
     if link != os.readlink(fd_path(under)) or link.endswith(" (deleted)") or over_id == under_id \
-            or _parent_mnt_id(over_id) != under_id:
+            or mountinfo.parent_of(over_id) != under_id:
         os.close(over)
         raise OSError(errno.EAGAIN, f"mount destination {unsafe!r} changed while it was set up")
     return over
@@ -186,16 +187,6 @@ def _mnt_id(fd: int) -> int:
         for line in f:
             if line.startswith("mnt_id:"):
                 return int(line.split()[1])
-    return -1
-
-
-def _parent_mnt_id(mnt_id: int) -> int:
-    """The id of the mount that mount mnt_id is mounted on (/proc/self/mountinfo), or -1."""
-    prefix = f"{mnt_id} "
-    with open("/proc/self/mountinfo") as f:
-        for line in f:
-            if line.startswith(prefix):
-                return int(line.split(" ", 2)[1])
     return -1
 
 
@@ -244,10 +235,10 @@ def mount_rootfs(rootfs: str, overlay: dict | None, propagation: str | None, ove
     that the rootfs and everything mounted below it do not propagate back to the host.
     """
     if propagation in ("shared", "rshared"):
-        linux.mount(None, mount_point_of(rootfs), None, MS_PRIVATE)
+        linux.mount(None, mountinfo.holding(rootfs).mount_point, None, MS_PRIVATE)
     else:
         linux.mount(None, "/", None, _PROPAGATION.get(propagation or "rprivate", MS_PRIVATE | MS_REC))
-    if overlay_fd >= 0:  # an overlay with idmapped layers, made by the parent (runtime/userns.py)
+    if overlay_fd >= 0:  # an overlay with idmapped layers, made by the parent (runtime/launch/userns.py)
         userns.move_mount(overlay_fd, rootfs)
         os.close(overlay_fd)
     elif overlay:
@@ -268,25 +259,12 @@ def mount_rootfs(rootfs: str, overlay: dict | None, propagation: str | None, ove
         linux.mount(rootfs, rootfs, None, MS_BIND | MS_REC)
 
 
-def mount_point_of(path: str) -> str:
-    """The mount point of the mount that holds path (in this mount namespace)."""
-    path = os.path.realpath(path)
-    best = "/"
-    with open("/proc/self/mountinfo") as f:
-        for line in f:
-            mp = line.split()[4].replace("\\040", " ").replace("\\011", "\t").replace("\\012", "\n")
-            mp = mp.replace("\\134", "\\")
-            if (path == mp or path.startswith(mp.rstrip("/") + "/")) and len(mp) > len(best):
-                best = mp
-    return best
-
-
 def mount_one(root_fd: int, m: dict, cgroup_v2: bool, v1_hier: list[tuple[str, str]] | None = None,
               mount_fd: int = -1, in_userns: bool = False) -> None:
     """Mount one OCI mount entry in the rootfs root_fd (an O_PATH fd of it): its destination is made and opened
     by open_in_root, mounted on through its fd, and what follows the mount acts on the fd of the mount made.
 
-    mount_fd: a detached copy of the bind source made by the parent (runtime/userns.py; idmapped when the mount
+    mount_fd: a detached copy of the bind source made by the parent (runtime/launch/userns.py; idmapped when the mount
     has uidMappings), attached here in place of the bind. in_userns: what cannot be mounted from a user namespace
     falls back as runc does (see _userns_fallback)."""
     dest_rel = m.get("destination")
@@ -412,14 +390,10 @@ def v1_hierarchies() -> list[tuple[str, str]]:
     """(name, mount options) of each cgroup v1 hierarchy of this mount namespace, once each: a hierarchy mounted
     again over the first (a nested systemd does so) must not be mounted twice on one mount point (EBUSY)."""
     out: dict[str, str] = {}
-    with open("/proc/self/mountinfo") as f:
-        for line in f:
-            pre, _, post = line.partition(" - ")
-            fields = post.split()
-            if fields and fields[0] == "cgroup":
-                name = os.path.basename(pre.split()[4])
-                opts = [o for o in fields[2].split(",") if o not in ("rw", "ro")]
-                out[name] = ",".join(opts)
+    for m in mountinfo.entries():
+        if m.fstype == "cgroup":
+            opts = [o for o in m.super_options.split(",") if o not in ("rw", "ro")]
+            out[os.path.basename(m.mount_point)] = ",".join(opts)
     return list(out.items())
 
 
