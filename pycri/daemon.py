@@ -21,7 +21,7 @@ from pycri import __version__, dirs, log, status
 from pycri import reload as reloadmod
 from pycri.config import Config
 from pycri.containers import Containers
-from pycri.events import Events
+from pycri.server.events import Events
 from pycri.images import ImageManager
 from pycri.memtrim import trim_when_quiet
 from pycri.monitors import Monitors
@@ -29,10 +29,10 @@ from pycri.network.cni import CNI
 from pycri.network.cniconf import load_network_config
 from pycri.network.defaultnet import write_default_conflist
 from pycri.records import Records
-from pycri.rpc import service_handler
+from pycri.server.rpc import service_handler
 from pycri.sandboxes import Sandboxes
-from pycri.services.image_service import ImageService
-from pycri.services.runtime_service import RuntimeService
+from pycri.server.image_service import ImageService
+from pycri.server.runtime_service import RuntimeService
 from pycri.store import Store
 from pycri.topdir import ensure_top_dir
 from pycri.streaming.container_backend import streaming_server
