@@ -68,7 +68,7 @@ def _images_import(config_path: str | None, path: str, name: str | None) -> int:
         return 2
     from pycri import log
     from pycri.images import ImageError, ImageManager
-    from pycri.store import Store
+    from pycri.state.store import Store
 
     log.setup("warning")
 

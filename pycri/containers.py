@@ -17,13 +17,13 @@ from runtime.trees import remove_tree, tree_usage
 from pycri import cdi, log, validation
 from pycri.api import api_pb2 as cri
 from pycri.errors import DeadlineExceeded, FailedPrecondition, InvalidArgument, NotFound, TeardownError
-from pycri.dirs import private_dir, write_private
+from pycri.state.dirs import private_dir, write_private
 from pycri.hostmounts import SharedMounts
 from pycri.images import ImageError
 from pycri.monitors import MonitorUnavailable
 from pycri.records import (C_CREATED, C_CREATING, C_EXITED, C_RUNNING, CONTAINER_STATE, SB_READY, ContainerRecord,
                            SandboxRecord, matches, pb)
-from pycri.reservations import Reservations
+from pycri.state.reservations import Reservations
 from pycri.sandboxes import pod_root_group, remove_cgroup
 from pycri.spec import PodPaths, container_spec, default_pids_limit, resources as oci_resources, userns_mappings
 from pycri.users import resolve as resolve_user
@@ -155,7 +155,7 @@ class Containers:
         bundle = Path(rec.bundle)
         layer = Path(rec.layer_dir)
         group = pod_root_group(sandbox_config)
-        private_dir(private_dir(bundle.parent, group) / bundle.name, group)  # (pycri/dirs.py)
+        private_dir(private_dir(bundle.parent, group) / bundle.name, group)  # (pycri/state/dirs.py)
         private_dir(layer)
         for d in (bundle / "rootfs", layer / "upper", layer / "work"):
             d.mkdir(exist_ok=True)

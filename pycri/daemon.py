@@ -17,7 +17,8 @@ from pathlib import Path
 
 import grpc
 
-from pycri import __version__, dirs, log, status
+from pycri import __version__, log, status
+from pycri.state import dirs
 from pycri import reload as reloadmod
 from pycri.config import Config
 from pycri.containers import Containers
@@ -33,8 +34,8 @@ from pycri.server.rpc import service_handler
 from pycri.sandboxes import Sandboxes
 from pycri.server.image_service import ImageService
 from pycri.server.runtime_service import RuntimeService
-from pycri.store import Store
-from pycri.topdir import ensure_top_dir
+from pycri.state.store import Store
+from pycri.state.topdir import ensure_top_dir
 from pycri.streaming.container_backend import streaming_server
 
 _log = log.get("daemon")
@@ -54,8 +55,8 @@ class Daemon:
     def __init__(self, config: Config, spawner=None) -> None:
         self.config = config
         self.started_at = time.time()
-        dirs.secure_roots(config.root_path, config.state_path)  # (pycri/dirs.py)
-        ensure_top_dir(config.root_path / "containers", 0o700)  # containers' writable layers (pycri/topdir.py)
+        dirs.secure_roots(config.root_path, config.state_path)  # (pycri/state/dirs.py)
+        ensure_top_dir(config.root_path / "containers", 0o700)  # containers' writable layers (pycri/state/topdir.py)
         dirs.private_dir(config.root_path / "cni")
         self.store = Store(config.db_path, sync_full=config.store_sync_full)
         self.cgroup_version = _cgroup_version()

@@ -26,7 +26,7 @@ import structlog
 
 from runtime import linux
 
-from pycri.dirs import write_private
+from pycri.state.dirs import write_private
 
 _log = structlog.get_logger("pycri.hostmounts")
 

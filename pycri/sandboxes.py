@@ -23,13 +23,13 @@ from runtime.trees import remove_tree
 from pycri import log, validation
 from pycri.api import api_pb2 as cri
 from pycri.cadvisor_metrics import read_net_dev
-from pycri.dirs import private_dir, secure_pod_dir, write_private
+from pycri.state.dirs import private_dir, secure_pod_dir, write_private
 from pycri.errors import FailedPrecondition, InvalidArgument, NotFound, TeardownError
 from pycri.network.cni import CNIError, PodNetworkArgs, pod_ips
 from pycri.network.cniconf import load_network_config
 from pycri.podfiles import write_pod_files
 from pycri.records import SB_CREATING, SB_NOTREADY, SB_READY, SANDBOX_STATE, SandboxRecord, matches, pb, unpb
-from pycri.reservations import Reservations
+from pycri.state.reservations import Reservations
 from pycri.spec import DEFAULT_CGROUP_PARENT, PodPaths, default_pids_limit, sandbox_spec, userns_mappings
 
 _log = log.get("sandbox")
@@ -108,7 +108,7 @@ class Sandboxes:
         ctx = self.ctx
         opts = config.linux.security_context.namespace_options
         group = pod_root_group(config)
-        pod_dir = private_dir(Path(rec.pod_dir), group)  # (pycri/dirs.py)
+        pod_dir = private_dir(Path(rec.pod_dir), group)  # (pycri/state/dirs.py)
         files = write_pod_files(pod_dir, config, host_network=opts.network == cri.NamespaceMode.NODE)
         net = None
         if opts.network != cri.NamespaceMode.NODE:

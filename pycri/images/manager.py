@@ -25,7 +25,7 @@ from runtime.trees import tree_usage
 from .. import metrics
 from ..config import ImagesConfig
 from ..log import get as get_logger
-from ..store import Store, dumps, loads
+from ..state.store import Store, dumps, loads
 from . import reference
 from .archive import ArchiveError, plan_archive
 from .content import ContentError, ContentStore
