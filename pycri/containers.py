@@ -21,7 +21,7 @@ from pycri.state.dirs import private_dir, write_private
 from pycri.hostmounts import SharedMounts
 from pycri.images import ImageError
 from pycri.monitors import MonitorUnavailable
-from pycri.records import (C_CREATED, C_CREATING, C_EXITED, C_RUNNING, CONTAINER_STATE, SB_READY, ContainerRecord,
+from pycri.state.records import (C_CREATED, C_CREATING, C_EXITED, C_RUNNING, CONTAINER_STATE, SB_READY, ContainerRecord,
                            SandboxRecord, matches, pb)
 from pycri.state.reservations import Reservations
 from pycri.sandboxes import pod_root_group, remove_cgroup

@@ -29,7 +29,7 @@ from pycri.monitors import Monitors
 from pycri.network.cni import CNI
 from pycri.network.cniconf import load_network_config
 from pycri.network.defaultnet import write_default_conflist
-from pycri.records import Records
+from pycri.state.records import Records
 from pycri.server.rpc import service_handler
 from pycri.sandboxes import Sandboxes
 from pycri.server.image_service import ImageService

@@ -14,7 +14,7 @@ from pycri import metrics
 from pycri.config import ConfigError, from_dict
 from pycri.images.content import ContentStore
 from pycri.images.progress import PullTracker
-from pycri.records import C_RUNNING, SB_READY
+from pycri.state.records import C_RUNNING, SB_READY
 
 
 def test_metrics_address_default_off_and_listed():

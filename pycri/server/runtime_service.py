@@ -13,7 +13,7 @@ from pycri import CRI_API_VERSION, RUNTIME_NAME, __version__, cadvisor_metrics, 
 from pycri.api import api_pb2 as cri
 from pycri.errors import InvalidArgument, Unavailable
 from pycri.network.cniconf import load_network_config, network_status
-from pycri.records import C_RUNNING, matches
+from pycri.state.records import C_RUNNING, matches
 from pycri.streaming.container_backend import ready_sandbox, running_container
 from runtime.linux import mount_setattr_supported
 from runtime.userns import supported as userns_supported

@@ -35,7 +35,7 @@ from runtime.netns_socket import NetnsError, socket_in_netns
 
 from pycri import log
 from pycri.errors import FailedPrecondition, NotFound
-from pycri.records import C_CREATING, C_RUNNING, SB_CREATING, SB_READY, ContainerRecord, SandboxRecord
+from pycri.state.records import C_CREATING, C_RUNNING, SB_CREATING, SB_READY, ContainerRecord, SandboxRecord
 from pycri.streaming.backend import NotFoundError, StreamReaderLike, StreamWriterLike
 from pycri.streaming.server import StreamingServer
 
