@@ -14,7 +14,9 @@ from runtime.client import MonitorError
 from runtime.linux import MNT_DETACH, mount_setattr_supported, umount2
 from runtime.trees import remove_tree, tree_usage
 
-from pycri import cdi, log, validation
+from pycri import log
+from pycri.oci import validation
+from pycri.oci import cdi
 from pycri.api import api_pb2 as cri
 from pycri.errors import DeadlineExceeded, FailedPrecondition, InvalidArgument, NotFound, TeardownError
 from pycri.state.dirs import private_dir, write_private
@@ -26,7 +28,7 @@ from pycri.state.records import (C_CREATED, C_CREATING, C_EXITED, C_RUNNING, CON
 from pycri.state.reservations import Reservations
 from pycri.sandboxes import pod_root_group, remove_cgroup
 from pycri.spec import PodPaths, container_spec, default_pids_limit, resources as oci_resources, userns_mappings
-from pycri.users import resolve as resolve_user
+from pycri.oci.users import resolve as resolve_user
 
 _log = log.get("container")
 # ExecSync's stdout and stderr together, with the note on a cut: below the 16 MiB message limit of the kubelet's

@@ -20,7 +20,8 @@ from runtime.cgroups import open_cgroup
 from runtime.client import MonitorError
 from runtime.trees import remove_tree
 
-from pycri import log, validation
+from pycri import log
+from pycri.oci import validation
 from pycri.api import api_pb2 as cri
 from pycri.cadvisor_metrics import read_net_dev
 from pycri.state.dirs import private_dir, secure_pod_dir, write_private

@@ -1,7 +1,7 @@
 """CRI configs + image config -> OCI runtime spec (config.json, runtime-spec 1.x), as containerd's CRI builds it.
 
 Pure functions: no I/O beyond stat() of host paths named by the request (devices, mount sources), a Localhost
-seccomp profile's file and the host's LSM state (pycri/seccomp_profiles.py, pycri/lsm.py). The runtime
+seccomp profile's file and the host's LSM state (pycri/oci/seccomp.py, pycri/oci/lsm.py). The runtime
 layer receives only the resulting dict. Defaults (capabilities, masked/read-only paths, default mounts, device
 allow-list) follow containerd's so that images behave the same on both.
 """
@@ -13,7 +13,8 @@ import os
 import stat
 from dataclasses import dataclass, field
 
-from pycri import lsm, seccomp_profiles
+from pycri.oci import seccomp as seccomp_profiles
+from pycri.oci import lsm
 from pycri.api import api_pb2 as cri
 from pycri.errors import InvalidArgument
 from runtime import linux
@@ -561,8 +562,8 @@ def container_spec(config: cri.ContainerConfig, sandbox_config: cri.PodSandboxCo
 
 
 def security_profiles(spec: dict, sc, caps: list[str], *, privileged: bool, pod_sc=None) -> None:
-    """linux.seccomp (pycri/seccomp_profiles.py), process.apparmorProfile, process.selinuxLabel and
-    linux.mountLabel (pycri/lsm.py) as the security context asks; `caps` is the bounding set (the seccomp
+    """linux.seccomp (pycri/oci/seccomp.py), process.apparmorProfile, process.selinuxLabel and
+    linux.mountLabel (pycri/oci/lsm.py) as the security context asks; `caps` is the bounding set (the seccomp
     profile's per-capability rules follow it)."""
     profile = seccomp_profiles.linux_seccomp(sc, caps, privileged=privileged)
     if profile is not None:
