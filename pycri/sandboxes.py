@@ -31,7 +31,7 @@ from pycri.network.cniconf import load_network_config
 from pycri.podfiles import write_pod_files
 from pycri.state.records import SB_CREATING, SB_NOTREADY, SB_READY, SANDBOX_STATE, SandboxRecord, matches, pb, unpb
 from pycri.state.reservations import Reservations
-from pycri.spec import DEFAULT_CGROUP_PARENT, PodPaths, default_pids_limit, sandbox_spec, userns_mappings
+from pycri.oci.spec import DEFAULT_CGROUP_PARENT, PodPaths, default_pids_limit, sandbox_spec, userns_mappings
 
 _log = log.get("sandbox")
 _PROTOCOLS = {cri.Protocol.TCP: "tcp", cri.Protocol.UDP: "udp", cri.Protocol.SCTP: "sctp"}

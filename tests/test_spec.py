@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from pycri import spec as s
+from pycri.oci import spec as s
 from pycri.api import api_pb2 as cri
 from pycri.errors import InvalidArgument
 from pycri.oci.users import resolve

@@ -13,7 +13,7 @@ import pytest
 from pycri.oci import seccomp as sp
 from pycri.api import api_pb2 as cri
 from pycri.errors import InvalidArgument
-from pycri.spec import DEFAULT_CAPABILITIES, PodPaths, container_spec, sandbox_spec
+from pycri.oci.spec import DEFAULT_CAPABILITIES, PodPaths, container_spec, sandbox_spec
 
 ADMIN = [*DEFAULT_CAPABILITIES, "CAP_SYS_ADMIN"]
 
