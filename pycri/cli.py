@@ -102,7 +102,7 @@ def _images_pulls(config_path: str | None, interval: float, as_json: bool) -> in
     except configmod.ConfigError as exc:
         print(f"pycri: config error: {exc}", file=sys.stderr)
         return 2
-    from pycri import pullsview
+    from pycri.observe import pullsview
 
     if as_json:
         import json

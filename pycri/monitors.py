@@ -21,7 +21,8 @@ from runtime.client import MonitorClient, MonitorError
 from runtime.exitwatch import ExitWatch
 from runtime.monitor import SOCKET_NAME
 
-from pycri import log, metrics
+from pycri import log
+from pycri.observe import metrics
 from pycri.errors import CRIError
 
 _log = log.get("monitors")

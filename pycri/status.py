@@ -10,9 +10,10 @@ from __future__ import annotations
 import ipaddress
 import json
 
-from pycri import log, metrics
+from pycri import log
+from pycri.observe import metrics
 from pycri.config import parse_host_port
-from pycri.infoserver import InfoServer
+from pycri.observe.infoserver import InfoServer
 
 _log = log.get("status")
 

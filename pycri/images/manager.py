@@ -22,7 +22,7 @@ from typing import Any, Callable, Iterable
 
 from runtime.trees import tree_usage
 
-from .. import metrics
+from ..observe import metrics
 from ..config import ImagesConfig
 from ..log import get as get_logger
 from ..state.store import Store, dumps, loads
