@@ -96,7 +96,7 @@ def _images_import(config_path: str | None, path: str, name: str | None) -> int:
 
 
 def _images_pulls(config_path: str | None, interval: float, as_json: bool) -> int:
-    """Pulls in flight, from the daemon's status socket (see pycri/status.py)."""
+    """Pulls in flight, from the daemon's status socket (see pycri/observe/pages.py)."""
     try:
         cfg = configmod.load(config_path)
     except configmod.ConfigError as exc:

@@ -17,7 +17,8 @@ from pathlib import Path
 
 import grpc
 
-from pycri import __version__, log, status
+from pycri import __version__, log
+from pycri.observe import pages as status
 from pycri.state import dirs
 from pycri import reload as reloadmod
 from pycri.config import Config
