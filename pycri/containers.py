@@ -22,7 +22,7 @@ from pycri.errors import DeadlineExceeded, FailedPrecondition, InvalidArgument, 
 from pycri.state.dirs import private_dir, write_private
 from pycri.hostmounts import SharedMounts
 from pycri.images import ImageError
-from pycri.monitors import MonitorUnavailable
+from pycri.pods.monitors import MonitorUnavailable
 from pycri.state.records import (C_CREATED, C_CREATING, C_EXITED, C_RUNNING, CONTAINER_STATE, SB_READY, ContainerRecord,
                            SandboxRecord, matches, pb)
 from pycri.state.reservations import Reservations

@@ -26,7 +26,7 @@ from pycri.containers import Containers
 from pycri.server.events import Events
 from pycri.images import ImageManager
 from pycri.memtrim import trim_when_quiet
-from pycri.monitors import Monitors
+from pycri.pods.monitors import Monitors
 from pycri.network.cni import CNI
 from pycri.network.cniconf import load_network_config
 from pycri.network.defaultnet import write_default_conflist

@@ -28,7 +28,7 @@ from pycri.state.dirs import private_dir, secure_pod_dir, write_private
 from pycri.errors import FailedPrecondition, InvalidArgument, NotFound, TeardownError
 from pycri.network.cni import CNIError, PodNetworkArgs, pod_ips
 from pycri.network.cniconf import load_network_config
-from pycri.podfiles import write_pod_files
+from pycri.pods.podfiles import write_pod_files
 from pycri.state.records import SB_CREATING, SB_NOTREADY, SB_READY, SANDBOX_STATE, SandboxRecord, matches, pb, unpb
 from pycri.state.reservations import Reservations
 from pycri.oci.spec import DEFAULT_CGROUP_PARENT, PodPaths, default_pids_limit, sandbox_spec, userns_mappings
