@@ -26,7 +26,7 @@ from pycri.pods.monitors import MonitorUnavailable
 from pycri.state.records import (C_CREATED, C_CREATING, C_EXITED, C_RUNNING, CONTAINER_STATE, SB_READY, ContainerRecord,
                            SandboxRecord, matches, pb)
 from pycri.state.reservations import Reservations
-from pycri.sandboxes import pod_root_group, remove_cgroup
+from pycri.pods.manager import pod_root_group, remove_cgroup
 from pycri.oci.spec import PodPaths, container_spec, default_pids_limit, resources as oci_resources, userns_mappings
 from pycri.oci.users import resolve as resolve_user
 

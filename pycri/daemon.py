@@ -32,7 +32,7 @@ from pycri.network.cniconf import load_network_config
 from pycri.network.defaultnet import write_default_conflist
 from pycri.state.records import Records
 from pycri.server.rpc import service_handler
-from pycri.sandboxes import Sandboxes
+from pycri.pods.manager import Sandboxes
 from pycri.server.image_service import ImageService
 from pycri.server.runtime_service import RuntimeService
 from pycri.state.store import Store
