@@ -22,7 +22,7 @@ from pycri.observe import pages as status
 from pycri.state import dirs
 from pycri import reload as reloadmod
 from pycri.config import Config
-from pycri.containers import Containers
+from pycri.containers.manager import Containers
 from pycri.server.events import Events
 from pycri.images import ImageManager
 from pycri.memtrim import trim_when_quiet
