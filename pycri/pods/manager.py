@@ -23,7 +23,7 @@ from runtime.trees import remove_tree
 from pycri import log
 from pycri.oci import validation
 from pycri.api import api_pb2 as cri
-from pycri.cadvisor_metrics import read_net_dev
+from pycri.stats.cadvisor import read_net_dev
 from pycri.state.dirs import private_dir, secure_pod_dir, write_private
 from pycri.errors import FailedPrecondition, InvalidArgument, NotFound, TeardownError
 from pycri.network.cni import CNIError, PodNetworkArgs, pod_ips

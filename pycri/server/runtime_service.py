@@ -9,7 +9,8 @@ import json
 import os
 import subprocess
 
-from pycri import CRI_API_VERSION, RUNTIME_NAME, __version__, cadvisor_metrics, log
+from pycri import CRI_API_VERSION, RUNTIME_NAME, __version__, log
+from pycri.stats import cadvisor as cadvisor_metrics
 from pycri.api import api_pb2 as cri
 from pycri.errors import InvalidArgument, Unavailable
 from pycri.network.cniconf import load_network_config, network_status
