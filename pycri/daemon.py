@@ -37,6 +37,7 @@ from pycri.server.image_service import ImageService
 from pycri.server.runtime_service import RuntimeService
 from pycri.state.store import Store
 from pycri.state.topdir import ensure_top_dir
+from pycri.stats.collect import Stats
 from pycri.streaming.container_backend import streaming_server
 
 _log = log.get("daemon")
@@ -71,6 +72,7 @@ class Daemon:
         self.events = Events()
         self.sandboxes = Sandboxes(self)
         self.containers = Containers(self)
+        self.stats = Stats(self)
         self.streaming = None  # the StreamingServer, once serve() has started it
         self._tasks: set[asyncio.Task] = set()
 
@@ -216,7 +218,7 @@ async def serve(config: Config, spawner=None, config_path: str | None = None) ->
     ])
     server.add_generic_rpc_handlers((
         service_handler("RuntimeService", RuntimeService(daemon), before=daemon.take_exits),
-        service_handler("ImageService", ImageService(daemon.images, daemon.containers.fs_usage)),
+        service_handler("ImageService", ImageService(daemon.images, daemon.stats.fs_usage)),
     ))
     old_umask = os.umask(0o117)  # the socket is born 0660: root (and the socket's group) only, no window
     try:

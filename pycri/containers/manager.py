@@ -12,7 +12,7 @@ from pathlib import Path
 
 from runtime.client import MonitorError
 from runtime.linux import MNT_DETACH, mount_setattr_supported, umount2
-from runtime.trees import remove_tree, tree_usage
+from runtime.trees import remove_tree
 
 from pycri import log
 from pycri.oci import validation
@@ -35,7 +35,6 @@ _log = log.get("container")
 # CRI client (k8s.io/cri-client, maxMsgSize) and of this server, with room for the response's own fields
 EXEC_OUTPUT_CAP = 16 * 1024 * 1024 - 4096
 EXEC_CUT_NOTE = b"\n[pycri: stdout and stderr over %d bytes together: the rest was cut]\n" % EXEC_OUTPUT_CAP
-FS_USAGE_TTL = 10.0  # ExecSync output beyond this is cut (probes print little)
 _SIGNAL_NAMES = {v: k for k, v in cri.Signal.items()}
 
 
@@ -49,9 +48,7 @@ class Containers:
         self.ctx = ctx
         self.reservations = Reservations("container")
         self._locks: dict[str, asyncio.Lock] = {}
-        self._cpu_samples: dict[str, tuple[int, int]] = {}  # id -> (time ns, usage ns): for usage_nano_cores
         self._users: dict[tuple, object] = {}
-        self._fs_usage: tuple[float, tuple[str, int, int]] | None = None
         self.shared_mounts = SharedMounts(ctx.config.state_path / "shared-mounts.json")
         # Monitor-side creates (the clone of the container's process) begun by CreateContainer and awaited by
         # whatever touches the process next (start, update, remove): see _begin_monitor_create.
@@ -409,7 +406,6 @@ class Containers:
             _log.error("container files not removed", container_id=rec.id, error=str(exc))
             raise TeardownError(f"container {rec.id}: its files could not be removed: {exc}") from None
         self.ctx.records.delete_container(rec.id)
-        self._cpu_samples.pop(rec.id, None)
 
     async def _remove_files(self, rec: ContainerRecord) -> None:
         """Remove the bundle and the writable layer. A large layer takes seconds (20,000 files: ~3 s): the removal
@@ -466,7 +462,7 @@ class Containers:
                                      labels=config.labels, annotations=config.annotations))
         return out
 
-    # ---- Exec, logs, resources, stats ----
+    # ---- Exec, logs, resources ----
 
     def _running(self, container_id: str) -> tuple[ContainerRecord, SandboxRecord]:
         rec = self.get(container_id)
@@ -535,63 +531,6 @@ class Containers:
             _log.warning("update resources", container_id=rec.id, warning=w)
         rec.resources_pb = pb(res)
         self.ctx.records.save_container(rec)
-
-    async def cgroup_stats(self, rec: ContainerRecord) -> dict | None:
-        """The raw cgroup figures of a running container (runtime/cgroups.py stats()), None if unavailable."""
-        sandbox = self.ctx.records.sandboxes[rec.sandbox_id]
-        try:
-            return await self.ctx.monitors.call(sandbox.monitor_dir, "stats", rec.id)
-        except (MonitorError, MonitorUnavailable):
-            return None
-
-    async def stats(self, rec: ContainerRecord) -> cri.ContainerStats:
-        now = time.time_ns()
-        attrs = cri.ContainerAttributes(id=rec.id, metadata=rec.config.metadata, labels=rec.config.labels,
-                                        annotations=rec.config.annotations)
-        out = cri.ContainerStats(attributes=attrs)
-        if rec.state == C_RUNNING:
-            st = await self.cgroup_stats(rec)
-            if st:
-                usage = int(st.get("cpu_usage_ns", 0))
-                cpu = cri.CpuUsage(timestamp=now, usage_core_nano_seconds=cri.UInt64Value(value=usage))
-                last = self._cpu_samples.get(rec.id)
-                if last is not None and now > last[0] and usage >= last[1]:
-                    cpu.usage_nano_cores.value = int((usage - last[1]) * 1e9 / (now - last[0]))
-                self._cpu_samples[rec.id] = (now, usage)
-                out.cpu.CopyFrom(cpu)
-                working_set = int(st.get("memory_working_set", 0))
-                limit = int(st.get("memory_limit") or 0)
-                out.memory.CopyFrom(cri.MemoryUsage(
-                    timestamp=now,
-                    working_set_bytes=cri.UInt64Value(value=working_set),
-                    available_bytes=cri.UInt64Value(value=max(limit - working_set, 0)) if 0 < limit < 1 << 62
-                    else None,
-                    usage_bytes=cri.UInt64Value(value=int(st.get("memory_usage", 0))),
-                    rss_bytes=cri.UInt64Value(value=int(st.get("memory_rss", 0))),
-                    page_faults=cri.UInt64Value(value=int(st.get("page_faults", 0))),
-                    major_page_faults=cri.UInt64Value(value=int(st.get("major_page_faults", 0)))))
-        try:
-            usage = await asyncio.to_thread(tree_usage, Path(rec.layer_dir) / "upper")
-        except OSError as exc:  # this container's figures are left out, not every container's
-            _log.warning("writable layer not counted", container_id=rec.id, error=str(exc))
-            return out
-        if not usage.complete:
-            _log.warning("writable layer kept changing while counted; its usage is a lower bound",
-                         container_id=rec.id)
-        out.writable_layer.CopyFrom(cri.FilesystemUsage(
-            timestamp=now, fs_id=cri.FilesystemIdentifier(mountpoint=str(self.ctx.config.root_path)),
-            used_bytes=cri.UInt64Value(value=usage.bytes), inodes_used=cri.UInt64Value(value=usage.inodes)))
-        return out
-
-    async def fs_usage(self) -> tuple[str, int, int]:
-        """(dir, bytes, inodes) of all writable layers, for ImageFsInfo; the walk is cached for a few seconds
-        because the kubelet asks often."""
-        now = time.monotonic()
-        if self._fs_usage is None or now - self._fs_usage[0] > FS_USAGE_TTL:
-            layers = self.ctx.config.root_path / "containers"
-            usage = await asyncio.to_thread(tree_usage, layers)
-            self._fs_usage = (now, (str(layers), usage.bytes, usage.inodes))
-        return self._fs_usage[1]
 
     # ---- Recovery ----
 

@@ -23,7 +23,6 @@ from runtime.trees import remove_tree
 from pycri import log
 from pycri.oci import validation
 from pycri.api import api_pb2 as cri
-from pycri.stats.cadvisor import read_net_dev
 from pycri.state.dirs import private_dir, secure_pod_dir, write_private
 from pycri.errors import FailedPrecondition, InvalidArgument, NotFound, TeardownError
 from pycri.network.cni import CNIError, PodNetworkArgs, pod_ips
@@ -388,44 +387,6 @@ class Sandboxes:
         self.ctx.records.save_sandbox(rec)
         _log.info("pod resources updated", pod_sandbox_id=rec.id)
 
-    # ---- Stats ----
-
-    async def stats(self, rec: SandboxRecord) -> cri.PodSandboxStats:
-        """Pod stats: the sum of its containers' cpu and memory, its netns's interfaces, its process count."""
-        config = rec.config
-        now = time.time_ns()
-        containers = [c for c in self.ctx.records.containers_of(rec.id) if c.state == "running"]
-        cstats = list(await asyncio.gather(*(self.ctx.containers.stats(c) for c in containers)))
-        linux = cri.LinuxPodSandboxStats(containers=cstats)
-        cpu = sum(s.cpu.usage_core_nano_seconds.value for s in cstats)
-        nano = sum(s.cpu.usage_nano_cores.value for s in cstats)
-        linux.cpu.CopyFrom(cri.CpuUsage(timestamp=now, usage_core_nano_seconds=cri.UInt64Value(value=cpu),
-                                        usage_nano_cores=cri.UInt64Value(value=nano)))
-        linux.memory.CopyFrom(cri.MemoryUsage(
-            timestamp=now,
-            working_set_bytes=cri.UInt64Value(value=sum(s.memory.working_set_bytes.value for s in cstats)),
-            usage_bytes=cri.UInt64Value(value=sum(s.memory.usage_bytes.value for s in cstats)),
-            rss_bytes=cri.UInt64Value(value=sum(s.memory.rss_bytes.value for s in cstats))))
-        if rec.state == SB_READY and rec.netns:
-            interfaces = await asyncio.to_thread(_net_dev, rec.infra_pid)
-            if interfaces:
-                usage = cri.NetworkUsage(timestamp=now, interfaces=interfaces)
-                default = next((i for i in interfaces if i.name == "eth0"), interfaces[0])
-                usage.default_interface.CopyFrom(default)
-                linux.network.CopyFrom(usage)
-        processes = await asyncio.to_thread(_process_count, [c.pid for c in containers])
-        linux.process.CopyFrom(cri.ProcessUsage(timestamp=now, process_count=cri.UInt64Value(value=processes)))
-        attrs = cri.PodSandboxAttributes(id=rec.id, metadata=config.metadata, labels=config.labels,
-                                         annotations=config.annotations)
-        return cri.PodSandboxStats(attributes=attrs, linux=linux)
-
-    def stats_targets(self, flt) -> list[SandboxRecord]:
-        out = []
-        for rec in self.ctx.records.sandboxes.values():
-            if rec.state == SB_READY and matches(flt, rec.id, rec.config.labels):
-                out.append(rec)
-        return out
-
     # ---- Recovery ----
 
     async def recover(self) -> None:
@@ -457,32 +418,6 @@ def _resources_json(text: str) -> dict | None:
     from google.protobuf.json_format import MessageToDict
 
     return MessageToDict(unpb(cri.LinuxContainerResources, text))
-
-
-def _net_dev(pid: int) -> list:
-    """Interface counters of the netns a process is in, lo excluded."""
-    return [cri.NetworkInterfaceUsage(
-        name=name, rx_bytes=cri.UInt64Value(value=c["rx_bytes"]), rx_errors=cri.UInt64Value(value=c["rx_errors"]),
-        tx_bytes=cri.UInt64Value(value=c["tx_bytes"]), tx_errors=cri.UInt64Value(value=c["tx_errors"]))
-        for name, c in read_net_dev(pid).items()]
-
-
-def _process_count(pids: list[int]) -> int:
-    """Processes in the pod's containers' pid namespaces' trees: children counted via /proc/<pid>/task/*/children."""
-    seen: set[int] = set()
-    todo = [p for p in pids if p]
-    while todo:
-        pid = todo.pop()
-        if pid in seen:
-            continue
-        seen.add(pid)
-        try:
-            for task in os.listdir(f"/proc/{pid}/task"):
-                with open(f"/proc/{pid}/task/{task}/children") as f:
-                    todo.extend(int(c) for c in f.read().split())
-        except OSError:
-            continue
-    return len(seen)
 
 
 def remove_cgroup(path: str, driver: str) -> None:
