@@ -70,8 +70,8 @@ class Daemon:
         self.monitors = Monitors(spawner, config.exec_sync_per_pod)
         self.cni = CNI(config.cni.bin_dirs, config.root_path / "cni" / "results")
         self.events = Events()
-        self.sandboxes = Sandboxes(self)
         self.containers = Containers(self)
+        self.sandboxes = Sandboxes(self, self.containers)
         self.stats = Stats(self)
         self.streaming = None  # the StreamingServer, once serve() has started it
         self._tasks: set[asyncio.Task] = set()

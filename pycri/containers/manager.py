@@ -26,7 +26,7 @@ from pycri.pods.monitors import MonitorUnavailable
 from pycri.state.records import (C_CREATED, C_CREATING, C_EXITED, C_RUNNING, CONTAINER_STATE, SB_READY, ContainerRecord,
                            SandboxRecord, matches, pb)
 from pycri.state.reservations import Reservations
-from pycri.pods.manager import pod_root_group, remove_cgroup
+from pycri.pods.manager import pod_root_group, remove_cgroup, runtime_request
 from pycri.oci.spec import PodPaths, container_spec, default_pids_limit, resources as oci_resources, userns_mappings
 from pycri.oci.users import resolve as resolve_user
 
@@ -163,7 +163,7 @@ class Containers:
         # config.json is for recovery (a create redone after a restart) and OCI runtimes; the monitor got the
         # spec inline, so this is written while it works - or before, for an OCI runtime, whose monitor rewrites
         # it (the runtime reads it) and must not be overwritten afterwards
-        oci = self.ctx.sandboxes.runtime_request(sandbox) is not None
+        oci = runtime_request(self.ctx.config, sandbox) is not None
         if not oci:
             self._begin_monitor_create(rec, sandbox, image.lowerdirs, spec)
         write_private(bundle / "config.json", json.dumps(spec))
@@ -188,7 +188,7 @@ class Containers:
 
         sent = self.ctx.monitors.call_now(sandbox.monitor_dir, "create", rec.id, rec.bundle, overlay=overlay,
                                           stdin=config.stdin, log_path=rec.log_path or os.devnull, spec=spec,
-                                          runtime=self.ctx.sandboxes.runtime_request(sandbox), ready_later=True)
+                                          runtime=runtime_request(self.ctx.config, sandbox), ready_later=True)
 
         async def create() -> None:
             try:
@@ -496,7 +496,7 @@ class Containers:
                                                   client_timeout=None,
                                                   # planned in the daemon, not in the pod's monitor (the
                                                   # built-in runtime's only: see runtime/fastinit.py)
-                                                  target=None if self.ctx.sandboxes.runtime_request(sandbox)
+                                                  target=None if runtime_request(self.ctx.config, sandbox)
                                                   else (rec.pid, rec.bundle))
         except MonitorError as exc:
             raise FailedPrecondition(f"exec in container {rec.id} failed: {exc}") from None

@@ -40,9 +40,19 @@ def sandbox_name(md: cri.PodSandboxMetadata) -> str:
     return f"{md.name}_{md.namespace}_{md.uid}_{md.attempt}"
 
 
+
+def runtime_request(config, rec: SandboxRecord) -> dict | None:
+    """The monitor's `runtime` for a pod's containers (None: built-in); the handler was checked at run."""
+    rt = config.runtime_for(rec.runtime_handler)
+    if rt is None:  # a handler removed from the config since the pod was made
+        raise FailedPrecondition(f"runtime handler {rec.runtime_handler!r} of pod {rec.id} is no longer "
+                                 f"configured")
+    return rt.monitor_request()
+
 class Sandboxes:
-    def __init__(self, ctx) -> None:
-        self.ctx = ctx  # the Daemon: config, records, images, monitors, cni, events, containers
+    def __init__(self, ctx, containers) -> None:
+        self.ctx = ctx  # the Daemon: config, records, images, monitors, cni, events
+        self.containers = containers  # (pycri/containers/manager.py) a pod's stop and removal stop and remove its own
         self.reservations = Reservations("sandbox")
         self._locks: dict[str, asyncio.Lock] = {}
 
@@ -69,14 +79,6 @@ class Sandboxes:
             _log.warning("unknown runtime handler", runtime_handler=handler)
             raise InvalidArgument(f"no runtime for handler {handler!r} is configured "
                                   f"(configured: {', '.join(sorted(runtimes))})")
-
-    def runtime_request(self, rec: SandboxRecord) -> dict | None:
-        """The monitor's `runtime` for the pod's containers (None: built-in); the handler was checked at run."""
-        rt = self.ctx.config.runtime_for(rec.runtime_handler)
-        if rt is None:  # a handler removed from the config since the pod was made
-            raise FailedPrecondition(f"runtime handler {rec.runtime_handler!r} of pod {rec.id} is no longer "
-                                     f"configured")
-        return rt.monitor_request()
 
     async def _create(self, config: cri.PodSandboxConfig, handler: str, name: str) -> str:
         ctx = self.ctx
@@ -163,7 +165,7 @@ class Sandboxes:
         try:
             # answered before the set-up ends (the start waits for it), but where its namespaces are pinned next
             created = await ctx.monitors.call(rec.monitor_dir, "create", rec.id, str(bundle), overlay=overlay,
-                                              log_path=os.devnull, spec=spec, runtime=self.runtime_request(rec),
+                                              log_path=os.devnull, spec=spec, runtime=runtime_request(ctx.config, rec),
                                               ready_later=not rec.userns)
             for warning in created.get("warnings", []):
                 _log.warning("infra container", pod_sandbox_id=rec.id, warning=warning)
@@ -222,7 +224,7 @@ class Sandboxes:
             return  # idempotent: an unknown sandbox is already stopped
         async with self._lock(rec.id):
             for c in self.ctx.records.containers_of(rec.id):
-                await self.ctx.containers.stop(c.id, timeout=0)
+                await self.containers.stop(c.id, timeout=0)
             try:
                 await self._teardown(rec, remove=False)
             finally:  # the infra is gone (or going) even when some other step failed
@@ -238,7 +240,7 @@ class Sandboxes:
         await self.stop(rec.id)
         async with self._lock(rec.id):
             for c in self.ctx.records.containers_of(rec.id):
-                await self.ctx.containers.remove(c.id)
+                await self.containers.remove(c.id)
             await self._teardown(rec, remove=True)
         self._locks.pop(rec.id, None)
         _log.info("sandbox removed", pod_sandbox_id=rec.id)
