@@ -71,7 +71,10 @@ class Sandboxes:
         self._check_handler(handler)
         name = sandbox_name(md)
         existing = (lambda n: (r.id if (r := self.ctx.records.sandbox_by_name(n)) else None))
-        return await self.reservations.create_once(name, existing, lambda: self._create(config, handler, name))
+        sid = await self.reservations.create_once(name, existing, lambda: self._create(config, handler, name))
+        self.ctx.events.emit(sid, cri.ContainerEventType.CONTAINER_CREATED_EVENT)
+        self.ctx.events.emit(sid, cri.ContainerEventType.CONTAINER_STARTED_EVENT)
+        return sid
 
     def _check_handler(self, handler: str) -> None:
         runtimes = self.ctx.config.runtimes
@@ -219,6 +222,10 @@ class Sandboxes:
     # ---- Stop / Remove ----
 
     async def stop(self, sandbox_id: str) -> None:
+        await self._stop(sandbox_id)
+        self.ctx.events.emit(sandbox_id, cri.ContainerEventType.CONTAINER_STOPPED_EVENT)
+
+    async def _stop(self, sandbox_id: str) -> None:
         rec = self.ctx.records.find_sandbox(sandbox_id)
         if rec is None:
             return  # idempotent: an unknown sandbox is already stopped
@@ -234,10 +241,14 @@ class Sandboxes:
         _log.info("sandbox stopped", pod_sandbox_id=rec.id)
 
     async def remove(self, sandbox_id: str) -> None:
+        await self._remove(sandbox_id)
+        self.ctx.events.emit(sandbox_id, cri.ContainerEventType.CONTAINER_DELETED_EVENT)
+
+    async def _remove(self, sandbox_id: str) -> None:
         rec = self.ctx.records.find_sandbox(sandbox_id)
         if rec is None:
             return
-        await self.stop(rec.id)
+        await self._stop(rec.id)
         async with self._lock(rec.id):
             for c in self.ctx.records.containers_of(rec.id):
                 await self.containers.remove(c.id)

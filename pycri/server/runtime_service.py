@@ -35,18 +35,14 @@ class RuntimeService:
 
     async def RunPodSandbox(self, request, context):
         sid = await self.sandboxes.run(request.config, request.runtime_handler)
-        self.daemon.events.emit(sid, cri.ContainerEventType.CONTAINER_CREATED_EVENT)
-        self.daemon.events.emit(sid, cri.ContainerEventType.CONTAINER_STARTED_EVENT)
         return cri.RunPodSandboxResponse(pod_sandbox_id=sid)
 
     async def StopPodSandbox(self, request, context):
         await self.sandboxes.stop(request.pod_sandbox_id)
-        self.daemon.events.emit(request.pod_sandbox_id, cri.ContainerEventType.CONTAINER_STOPPED_EVENT)
         return cri.StopPodSandboxResponse()
 
     async def RemovePodSandbox(self, request, context):
         await self.sandboxes.remove(request.pod_sandbox_id)
-        self.daemon.events.emit(request.pod_sandbox_id, cri.ContainerEventType.CONTAINER_DELETED_EVENT)
         return cri.RemovePodSandboxResponse()
 
     async def PodSandboxStatus(self, request, context):
