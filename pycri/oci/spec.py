@@ -315,26 +315,30 @@ def userns_mappings(opts: cri.NamespaceOption) -> tuple[list[dict], list[dict]] 
     return _oci_id_mappings(u.uids), _oci_id_mappings(u.gids)
 
 
+def host_device(path: str) -> tuple[str, int, int, int]:
+    """(type "c" | "b" | "p", or "" for anything else; major; minor; permission bits) of a host node, followed
+    through symlinks as the kernel would; OSError when it cannot be stat'ed. For CRI devices and CDI nodes."""
+    st = os.stat(path)
+    kind = "c" if stat.S_ISCHR(st.st_mode) else "b" if stat.S_ISBLK(st.st_mode) else \
+        "p" if stat.S_ISFIFO(st.st_mode) else ""
+    return kind, os.major(st.st_rdev), os.minor(st.st_rdev), stat.S_IMODE(st.st_mode)
+
+
 def devices(devs) -> tuple[list[dict], list[dict]]:
     """CRI devices -> (linux.devices, device cgroup allow rules); the host node must exist."""
     nodes, rules = [], []
     for d in devs:
         try:
-            st = os.stat(d.host_path)
+            kind, major, minor, mode = host_device(d.host_path)
         except OSError as exc:
             raise InvalidArgument(f"device {d.host_path!r}: {exc.strerror}") from None
-        if stat.S_ISCHR(st.st_mode):
-            kind = "c"
-        elif stat.S_ISBLK(st.st_mode):
-            kind = "b"
-        else:
+        if kind not in ("c", "b"):
             raise InvalidArgument(f"device {d.host_path!r} is not a device node")
-        major, minor = os.major(st.st_rdev), os.minor(st.st_rdev)
         perms = d.permissions or "rwm"
         if set(perms) - set("rwm"):
             raise InvalidArgument(f"device {d.host_path!r}: permissions {perms!r} are not a subset of 'rwm'")
         nodes.append({"path": d.container_path or d.host_path, "type": kind, "major": major, "minor": minor,
-                      "fileMode": stat.S_IMODE(st.st_mode), "uid": 0, "gid": 0})
+                      "fileMode": mode, "uid": 0, "gid": 0})
         rules.append({"allow": True, "type": kind, "major": major, "minor": minor, "access": perms})
     return nodes, rules
 
