@@ -1,4 +1,6 @@
-"""Containers: create from an image in a sandbox, start, stop, remove, status, list, exec, logs, resources, stats."""
+"""Containers: create from an image in a pod, start, stop, remove, status, list, exec, logs, resources; their
+exits and the recovery at start. ExecSync's own work is in exec.py, the user a container runs as in
+pycri/oci/users.py, its stats in pycri/stats/."""
 
 from __future__ import annotations
 
@@ -6,7 +8,6 @@ import asyncio
 import json
 import os
 import secrets
-import stat
 import time
 from pathlib import Path
 
@@ -15,27 +16,23 @@ from runtime.linux import MNT_DETACH, mount_setattr_supported, umount2
 from runtime.trees import remove_tree
 
 from pycri import log
-from pycri.oci import validation
-from pycri.oci import cdi
 from pycri.api import api_pb2 as cri
-from pycri.errors import DeadlineExceeded, FailedPrecondition, InvalidArgument, NotFound, TeardownError
-from pycri.state.dirs import private_dir, write_private
+from pycri.containers.exec import exec_sync
+from pycri.errors import FailedPrecondition, InvalidArgument, NotFound, TeardownError
 from pycri.hostmounts import SharedMounts
 from pycri.images import ImageError
-from pycri.pods.monitors import MonitorUnavailable
-from pycri.state.records import (C_CREATED, C_CREATING, C_EXITED, C_RUNNING, CONTAINER_STATE, SB_READY, ContainerRecord,
-                           SandboxRecord, matches, pb)
-from pycri.state.reservations import Reservations
+from pycri.oci import cdi, validation
+from pycri.oci.spec import (PodPaths, container_spec, default_pids_limit, resources as oci_resources, stop_signal,
+                            userns_mappings)
+from pycri.oci.users import ImageUsers
 from pycri.pods.manager import pod_root_group, remove_cgroup, runtime_request
-from pycri.oci.spec import PodPaths, container_spec, default_pids_limit, resources as oci_resources, userns_mappings
-from pycri.oci.users import resolve as resolve_user
+from pycri.pods.monitors import MonitorUnavailable
+from pycri.state.dirs import private_dir, write_private
+from pycri.state.records import (C_CREATED, C_CREATING, C_EXITED, C_RUNNING, CONTAINER_STATE, SB_READY, ContainerRecord,
+                                 SandboxRecord, matches, pb)
+from pycri.state.reservations import Reservations
 
 _log = log.get("container")
-# ExecSync's stdout and stderr together, with the note on a cut: below the 16 MiB message limit of the kubelet's
-# CRI client (k8s.io/cri-client, maxMsgSize) and of this server, with room for the response's own fields
-EXEC_OUTPUT_CAP = 16 * 1024 * 1024 - 4096
-EXEC_CUT_NOTE = b"\n[pycri: stdout and stderr over %d bytes together: the rest was cut]\n" % EXEC_OUTPUT_CAP
-_SIGNAL_NAMES = {v: k for k, v in cri.Signal.items()}
 
 
 def container_name(config: cri.ContainerConfig, sandbox_config: cri.PodSandboxConfig) -> str:
@@ -48,7 +45,7 @@ class Containers:
         self.ctx = ctx
         self.reservations = Reservations("container")
         self._locks: dict[str, asyncio.Lock] = {}
-        self._users: dict[tuple, object] = {}
+        self._users = ImageUsers()
         self.shared_mounts = SharedMounts(ctx.config.state_path / "shared-mounts.json")
         # Monitor-side creates (the clone of the container's process) begun by CreateContainer and awaited by
         # whatever touches the process next (start, update, remove): see _begin_monitor_create.
@@ -142,7 +139,7 @@ class Containers:
                 except OSError as exc:
                     raise FailedPrecondition(f"mount {m['destination']!r}: cannot make host path "
                                              f"{m['source']!r} a shared mount for {prop}: {exc}") from None
-        user = self._user(config, image)
+        user = self._users.spec_user(config, image, image.lowerdirs or ctx.images.lowerdirs(image.id))
         spec["process"]["user"] = user
         cdi.inject(spec, config, ctx.config.cdi.spec_dirs, container_id=rec.id)  # after the user: may add groups
         rec.user = user
@@ -150,7 +147,7 @@ class Containers:
         rec.chain_ids = list(image.chain_ids)
         if config.linux.HasField("resources"):
             rec.resources_pb = pb(config.linux.resources)
-        rec.stop_signal = self._stop_signal(config, image)
+        rec.stop_signal = stop_signal(config, image)
         bundle = Path(rec.bundle)
         layer = Path(rec.layer_dir)
         group = pod_root_group(sandbox_config)
@@ -224,49 +221,6 @@ class Containers:
         finally:
             if task.done():
                 self._monitor_creates.pop(rec.id, None)
-
-    def _user(self, config: cri.ContainerConfig, image) -> dict:
-        sc = config.linux.security_context if config.linux.HasField("security_context") else None
-        read = image_file_reader(image.lowerdirs or self.ctx.images.lowerdirs(image.id))
-        image_user = (image.config.get("config") or {}).get("User") or ""
-        uid = gid = None
-        supplemental = []
-        merge = True
-        if sc is not None:
-            # as containerd: run_as_username wins over run_as_user, and either replaces the image's whole User
-            # (its group too); run_as_group alone is an error
-            if sc.run_as_username:
-                image_user = sc.run_as_username
-            elif sc.HasField("run_as_user"):
-                uid = sc.run_as_user.value
-                image_user = ""
-            if sc.HasField("run_as_group"):
-                if not (sc.HasField("run_as_user") or sc.run_as_username):
-                    raise InvalidArgument("run_as_group needs run_as_user or run_as_username")
-                gid = sc.run_as_group.value
-            supplemental = list(sc.supplemental_groups)
-            merge = sc.supplemental_groups_policy != cri.SupplementalGroupsPolicy.Strict
-        key = (image.id, image_user, uid, gid, tuple(supplemental), merge)
-        user = self._users.get(key)
-        if user is None:  # an image's passwd/group never change: resolve once per image and user
-            user = resolve_user(image_user, read, uid=uid, gid=gid, supplemental=supplemental, merge_groups=merge)
-            if len(self._users) > 4096:
-                self._users.clear()
-            self._users[key] = user
-        # the primary gid leads the groups list, as containerd's spec has it (the kernel's groups then match what
-        # ContainerStatus.user reports)
-        return {"uid": user.uid, "gid": user.gid,
-                "additionalGids": [user.gid] + [g for g in user.additional_gids if g != user.gid]}
-
-    @staticmethod
-    def _stop_signal(config: cri.ContainerConfig, image) -> str:
-        if config.stop_signal:
-            name = _SIGNAL_NAMES.get(config.stop_signal, "SIGTERM")
-            return name.replace("RTMINPLUS", "RTMIN+").replace("RTMAXMINUS", "RTMAX-")
-        img = (image.config.get("config") or {}).get("StopSignal") or ""
-        if img:
-            return img if img.startswith("SIG") or (img.isascii() and img.isdigit()) else f"SIG{img}"
-        return "SIGTERM"
 
     # ---- Start / Stop / Remove ----
 
@@ -471,46 +425,11 @@ class Containers:
         return rec, self.ctx.records.sandboxes[rec.sandbox_id]
 
     async def exec_sync(self, container_id: str, cmd: list[str], timeout: int) -> cri.ExecSyncResponse:
-        """Run cmd in the container. Its timeout counts from the request: a wait for one of the pod's exec slots
-        (Monitors.exec_slots) uses it up too."""
+        """Run cmd in the container (pycri/containers/exec.py)."""
         if not cmd:
             raise InvalidArgument("exec needs a command")
         rec, sandbox = self._running(container_id)
-        # (clamped: an int64 timeout overflows the event loop's clock; found by tests/fuzz)
-        seconds = min(timeout, 10 * 365 * 86400) if timeout > 0 else None
-        slots = self.ctx.monitors.exec_slots
-        loop = asyncio.get_running_loop()
-        asked = loop.time()
-        try:
-            await slots.acquire(sandbox.id, seconds)
-        except TimeoutError:
-            _log.warning("exec timed out waiting for a slot of its pod", container_id=rec.id,
-                         pod_sandbox_id=sandbox.id, timeout=timeout, limit=slots.limit,
-                         pod_execs=slots.waiting(sandbox.id))
-            raise DeadlineExceeded(f"command {cmd!r} timed out after {timeout}s waiting behind the "
-                                   f"{slots.limit} execs in flight in pod {sandbox.id}") from None
-        try:
-            left = None if seconds is None else max(0.001, seconds - (loop.time() - asked))
-            result = await self.ctx.monitors.call(sandbox.monitor_dir, "exec", rec.id, {"args": list(cmd)},
-                                                  timeout=left, output_cap=EXEC_OUTPUT_CAP - len(EXEC_CUT_NOTE),
-                                                  client_timeout=None,
-                                                  # planned in the daemon, not in the pod's monitor (the
-                                                  # built-in runtime's only: see runtime/fastinit.py)
-                                                  target=None if runtime_request(self.ctx.config, sandbox)
-                                                  else (rec.pid, rec.bundle))
-        except MonitorError as exc:
-            raise FailedPrecondition(f"exec in container {rec.id} failed: {exc}") from None
-        finally:
-            slots.release(sandbox.id)
-        if result.timed_out:
-            raise DeadlineExceeded(f"command {cmd!r} timed out after {timeout}s")
-        stdout, stderr = result.stdout, result.stderr
-        if result.truncated or len(stdout) + len(stderr) > EXEC_OUTPUT_CAP:
-            room = EXEC_OUTPUT_CAP - len(EXEC_CUT_NOTE)  # (a monitor of an older pycri caps each stream alone)
-            stdout = stdout[:room]
-            stderr = stderr[:room - len(stdout)] + EXEC_CUT_NOTE
-            _log.info("exec output cut", container_id=rec.id, cap=EXEC_OUTPUT_CAP)
-        return cri.ExecSyncResponse(stdout=stdout, stderr=stderr, exit_code=result.exit_code)
+        return await exec_sync(self.ctx, rec, sandbox, cmd, timeout)
 
     async def reopen_log(self, container_id: str) -> None:
         rec, sandbox = self._running(container_id)
@@ -589,44 +508,3 @@ def _remove_dirs(*dirs: str) -> None:
             failures.append(exc)
     if failures:
         raise failures[0]
-
-
-def image_file_reader(lowerdirs: list[str]):
-    """A reader of small files (e.g. /etc/passwd) from an image's layer snapshots, topmost layer first.
-
-    Layers are untrusted: a path through a symlink is treated as absent rather than followed (a hostile image
-    must not make us read a host file). Overlay semantics: a whiteout (char 0/0) or a non-directory in the way
-    hides what lower layers have, and so does an opaque directory.
-    """
-    def read(path: str) -> bytes | None:
-        parts = [p for p in path.split("/") if p and p not in (".", "..")]
-        for layer in lowerdirs:
-            current = layer
-            for i, part in enumerate(parts):
-                parent, current = current, os.path.join(current, part)
-                try:
-                    st = os.lstat(current)
-                except FileNotFoundError:
-                    if _opaque(parent):
-                        return None
-                    break  # not in this layer: look lower
-                if stat.S_ISLNK(st.st_mode):
-                    return None
-                if i < len(parts) - 1:
-                    if not stat.S_ISDIR(st.st_mode):
-                        return None
-                    continue
-                if not stat.S_ISREG(st.st_mode):
-                    return None
-                with open(current, "rb") as f:
-                    return f.read(1 << 20)
-        return None
-
-    return read
-
-
-def _opaque(path: str) -> bool:
-    try:
-        return os.getxattr(path, "trusted.overlay.opaque", follow_symlinks=False) == b"y"
-    except OSError:
-        return False

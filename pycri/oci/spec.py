@@ -611,3 +611,17 @@ def validate_sysctls(sysctls: dict[str, str], opts: cri.NamespaceOption) -> dict
             raise InvalidArgument(f"sysctl {name!r} is not namespaced; it cannot be set for a pod")
         out[key] = value
     return out
+
+
+_SIGNAL_NAMES = {v: k for k, v in cri.Signal.items()}
+
+
+def stop_signal(config: cri.ContainerConfig, image) -> str:
+    """The signal that stops a container: its config's, else its image's StopSignal, else SIGTERM."""
+    if config.stop_signal:
+        name = _SIGNAL_NAMES.get(config.stop_signal, "SIGTERM")
+        return name.replace("RTMINPLUS", "RTMIN+").replace("RTMAXMINUS", "RTMAX-")
+    img = (image.config.get("config") or {}).get("StopSignal") or ""
+    if img:
+        return img if img.startswith("SIG") or (img.isascii() and img.isdigit()) else f"SIG{img}"
+    return "SIGTERM"

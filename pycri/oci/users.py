@@ -1,13 +1,17 @@
 """Resolving users and groups the way runc/containerd do: from the image's /etc/passwd and /etc/group.
 
-`read_file(path)` returns a file of the container's root filesystem (e.g. from the image's layer snapshots) or None.
+`read_file(path)` returns a file of the container's root filesystem (e.g. from the image's layer snapshots) or None;
+`image_file_reader` makes one for an image's layer snapshots, and `ImageUsers` resolves a container's user with it.
 """
 
 from __future__ import annotations
 
+import os
+import stat
 from dataclasses import dataclass, field
 from typing import Callable
 
+from pycri.api import api_pb2 as cri
 from pycri.errors import InvalidArgument
 
 ReadFile = Callable[[str], "bytes | None"]
@@ -98,3 +102,86 @@ def resolve(user: str, read_file: ReadFile, *, uid: int | None = None, gid: int 
 def lookup_uid(username: str, read_file: ReadFile) -> int:
     """run_as_username -> uid, from the image's /etc/passwd."""
     return resolve(username, read_file).uid
+
+
+class ImageUsers:
+    """The OCI `process.user` of containers, from their security context and their image's /etc/passwd and
+    /etc/group, resolved once per image and user: an image's files never change."""
+
+    def __init__(self) -> None:
+        self._cache: dict[tuple, ResolvedUser] = {}
+
+    def spec_user(self, config: cri.ContainerConfig, image, lowerdirs: list[str]) -> dict:
+        """process.user for a container of `image` (an ImageRecord; its layers are `lowerdirs`)."""
+        sc = config.linux.security_context if config.linux.HasField("security_context") else None
+        read = image_file_reader(lowerdirs)
+        image_user = (image.config.get("config") or {}).get("User") or ""
+        uid = gid = None
+        supplemental = []
+        merge = True
+        if sc is not None:
+            # as containerd: run_as_username wins over run_as_user, and either replaces the image's whole User
+            # (its group too); run_as_group alone is an error
+            if sc.run_as_username:
+                image_user = sc.run_as_username
+            elif sc.HasField("run_as_user"):
+                uid = sc.run_as_user.value
+                image_user = ""
+            if sc.HasField("run_as_group"):
+                if not (sc.HasField("run_as_user") or sc.run_as_username):
+                    raise InvalidArgument("run_as_group needs run_as_user or run_as_username")
+                gid = sc.run_as_group.value
+            supplemental = list(sc.supplemental_groups)
+            merge = sc.supplemental_groups_policy != cri.SupplementalGroupsPolicy.Strict
+        key = (image.id, image_user, uid, gid, tuple(supplemental), merge)
+        user = self._cache.get(key)
+        if user is None:  # an image's passwd/group never change: resolve once per image and user
+            user = resolve(image_user, read, uid=uid, gid=gid, supplemental=supplemental, merge_groups=merge)
+            if len(self._cache) > 4096:
+                self._cache.clear()
+            self._cache[key] = user
+        # the primary gid leads the groups list, as containerd's spec has it (the kernel's groups then match what
+        # ContainerStatus.user reports)
+        return {"uid": user.uid, "gid": user.gid,
+                "additionalGids": [user.gid] + [g for g in user.additional_gids if g != user.gid]}
+
+
+def image_file_reader(lowerdirs: list[str]):
+    """A reader of small files (e.g. /etc/passwd) from an image's layer snapshots, topmost layer first.
+
+    Layers are untrusted: a path through a symlink is treated as absent rather than followed (a hostile image
+    must not make us read a host file). Overlay semantics: a whiteout (char 0/0) or a non-directory in the way
+    hides what lower layers have, and so does an opaque directory.
+    """
+    def read(path: str) -> bytes | None:
+        parts = [p for p in path.split("/") if p and p not in (".", "..")]
+        for layer in lowerdirs:
+            current = layer
+            for i, part in enumerate(parts):
+                parent, current = current, os.path.join(current, part)
+                try:
+                    st = os.lstat(current)
+                except FileNotFoundError:
+                    if _opaque(parent):
+                        return None
+                    break  # not in this layer: look lower
+                if stat.S_ISLNK(st.st_mode):
+                    return None
+                if i < len(parts) - 1:
+                    if not stat.S_ISDIR(st.st_mode):
+                        return None
+                    continue
+                if not stat.S_ISREG(st.st_mode):
+                    return None
+                with open(current, "rb") as f:
+                    return f.read(1 << 20)
+        return None
+
+    return read
+
+
+def _opaque(path: str) -> bool:
+    try:
+        return os.getxattr(path, "trusted.overlay.opaque", follow_symlinks=False) == b"y"
+    except OSError:
+        return False
