@@ -1,8 +1,11 @@
 """Pod sandboxes: the pod's namespaces, network and infra (pause) container.
 
-RunPodSandbox: pinned netns -> CNI ADD -> pod /dev/shm -> monitor -> infra container. Each step registers its
-undo, so a failure (or a crash, finished at the next start) leaves nothing behind. Stop tears down in the fast
-order measured here: containers, infra, netns, then CNI DEL (DEL after the netns is gone is 7x faster).
+RunPodSandbox saves the record first (CREATING), writes the pod files, then makes in parallel the network (pinned
+netns, CNI ADD), the pod's /dev/shm, the pod's monitor and the infra bundle; then the monitor creates and starts
+the infra container (a user-namespaced pod's network comes after the infra is created: it owns the netns). A
+failure, or a crash finished at the next start, is undone by the teardown, which tolerates what is absent.
+StopPodSandbox stops the pod's containers, then kills the infra while CNI DEL runs (DEL needs the netns: see
+docs/design.md, "Pod lifecycle"), then unpins the namespaces and unmounts /dev/shm.
 """
 
 from __future__ import annotations
@@ -260,8 +263,7 @@ class Sandboxes:
         """Undo what exists of a sandbox; each step tolerates what is already gone.
 
         CNI DEL runs while the netns still exists, in parallel with killing the infra container: the bridge
-        plugin finds the pod's addresses inside the netns to remove its masquerade rules, so a DEL after the
-        netns is deleted (faster, see docs/design.md) leaks those iptables chains whenever ipMasq is on.
+        plugin finds the pod's addresses inside the netns to remove its masquerade rules (docs/design.md).
         """
         ctx = self.ctx
         errors: list[str] = []  # every step runs even when one fails: a step skipped is a leak
@@ -333,8 +335,6 @@ class Sandboxes:
         try:
             await self.ctx.cni.delete(net, self._pod_network_args(rec, rec.config))
         except Exception as exc:  # noqa: BLE001 - whatever fails here, the rest of the teardown must still run
-            # (an exception out of here stopped it before the netns unpin, the /dev/shm unmount and the monitor's
-            # shutdown: all three leaked, and an undone RunPodSandbox kept its invisible CREATING record)
             _log.warning("CNI DEL failed", pod_sandbox_id=rec.id, error=str(exc) or type(exc).__name__)
             return
         rec.network_name = ""
