@@ -18,7 +18,7 @@ from pathlib import Path
 import grpc
 
 from pycri import __version__, log
-from pycri.observe import pages as status
+from pycri.observe import pages
 from pycri.state import dirs
 from pycri import reload as reloadmod
 from pycri.config import Config
@@ -206,8 +206,8 @@ async def serve(config: Config, spawner=None, config_path: str | None = None) ->
                           f"{exc.strerror or exc}") from None
     daemon.streaming = streaming
     try:
-        info_servers = await status.start(daemon)
-    except status.StatusError as exc:
+        info_servers = await pages.start(daemon)
+    except pages.PagesError as exc:
         await streaming.stop()
         await daemon.aclose()
         raise DaemonError(f"cannot serve the status socket or metrics ([metrics] address "
@@ -241,6 +241,6 @@ async def serve(config: Config, spawner=None, config_path: str | None = None) ->
     await server.stop(SHUTDOWN_GRACE_SECONDS)
     sock.unlink(missing_ok=True)
     await streaming.stop()
-    await status.stop(info_servers)
+    await pages.stop(info_servers)
     await daemon.aclose()
     _log.info("stopped")

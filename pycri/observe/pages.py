@@ -18,7 +18,7 @@ from pycri.observe.infoserver import InfoServer
 _log = log.get("status")
 
 
-class StatusError(Exception):
+class PagesError(Exception):
     """A status server cannot listen (address in use, bad permissions)."""
 
 
@@ -41,7 +41,7 @@ async def start(daemon) -> list[InfoServer]:
     except OSError as exc:
         await stop(servers)
         metrics.disable()
-        raise StatusError(f"{exc.strerror or exc}") from None
+        raise PagesError(f"{exc.strerror or exc}") from None
     return servers
 
 
