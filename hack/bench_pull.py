@@ -27,7 +27,7 @@ sys.path.insert(0, str(REPO))
 
 from pycri.config import Config  # noqa: E402
 from pycri.images import ImageManager  # noqa: E402
-from pycri.store import Store  # noqa: E402
+from pycri.state.store import Store  # noqa: E402
 from tests.fixtures.registry import RegistryServer, images_dir  # noqa: E402
 
 CONTAINERD_CONFIG = """version = 2

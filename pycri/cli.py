@@ -68,7 +68,7 @@ def _images_import(config_path: str | None, path: str, name: str | None) -> int:
         return 2
     from pycri import log
     from pycri.images import ImageError, ImageManager
-    from pycri.store import Store
+    from pycri.state.store import Store
 
     log.setup("warning")
 
@@ -96,13 +96,13 @@ def _images_import(config_path: str | None, path: str, name: str | None) -> int:
 
 
 def _images_pulls(config_path: str | None, interval: float, as_json: bool) -> int:
-    """Pulls in flight, from the daemon's status socket (see pycri/status.py)."""
+    """Pulls in flight, from the daemon's status socket (see pycri/observe/pages.py)."""
     try:
         cfg = configmod.load(config_path)
     except configmod.ConfigError as exc:
         print(f"pycri: config error: {exc}", file=sys.stderr)
         return 2
-    from pycri import pullsview
+    from pycri.observe import pullsview
 
     if as_json:
         import json

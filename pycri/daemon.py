@@ -17,25 +17,28 @@ from pathlib import Path
 
 import grpc
 
-from pycri import __version__, dirs, log, status
+from pycri import __version__, log
+from pycri.observe import pages
+from pycri.state import dirs
 from pycri import reload as reloadmod
 from pycri.config import Config
-from pycri.containers import Containers
-from pycri.events import Events
+from pycri.containers.manager import Containers
+from pycri.server.events import Events
 from pycri.images import ImageManager
 from pycri.memtrim import trim_when_quiet
-from pycri.monitors import Monitors
+from pycri.pods.monitors import Monitors
 from pycri.network.cni import CNI
 from pycri.network.cniconf import load_network_config
 from pycri.network.defaultnet import write_default_conflist
 from pycri.node import cgroup_version
-from pycri.records import Records
-from pycri.rpc import service_handler
-from pycri.sandboxes import Sandboxes
-from pycri.services.image_service import ImageService
-from pycri.services.runtime_service import RuntimeService
-from pycri.store import Store
-from pycri.topdir import ensure_top_dir
+from pycri.pods.manager import Sandboxes
+from pycri.server.image_service import ImageService
+from pycri.server.rpc import service_handler
+from pycri.server.runtime_service import RuntimeService
+from pycri.state.records import Records
+from pycri.state.store import Store
+from pycri.state.topdir import ensure_top_dir
+from pycri.stats.collect import Stats
 from pycri.streaming.container_backend import streaming_server
 
 _log = log.get("daemon")
@@ -55,8 +58,8 @@ class Daemon:
     def __init__(self, config: Config, spawner=None) -> None:
         self.config = config
         self.started_at = time.time()
-        dirs.secure_roots(config.root_path, config.state_path)  # (pycri/dirs.py)
-        ensure_top_dir(config.root_path / "containers", 0o700)  # containers' writable layers (pycri/topdir.py)
+        dirs.secure_roots(config.root_path, config.state_path)  # (pycri/state/dirs.py)
+        ensure_top_dir(config.root_path / "containers", 0o700)  # containers' writable layers (pycri/state/topdir.py)
         dirs.private_dir(config.root_path / "cni")
         self.store = Store(config.db_path, sync_full=config.store_sync_full)
         self.cgroup_version = _cgroup_version()
@@ -68,8 +71,9 @@ class Daemon:
         self.monitors = Monitors(spawner, config.exec_sync_per_pod)
         self.cni = CNI(config.cni.bin_dirs, config.root_path / "cni" / "results")
         self.events = Events()
-        self.sandboxes = Sandboxes(self)
         self.containers = Containers(self)
+        self.sandboxes = Sandboxes(self, self.containers)
+        self.stats = Stats(self)
         self.streaming = None  # the StreamingServer, once serve() has started it
         self._tasks: set[asyncio.Task] = set()
 
@@ -201,8 +205,8 @@ async def serve(config: Config, spawner=None, config_path: str | None = None) ->
                           f"{exc.strerror or exc}") from None
     daemon.streaming = streaming
     try:
-        info_servers = await status.start(daemon)
-    except status.StatusError as exc:
+        info_servers = await pages.start(daemon)
+    except pages.PagesError as exc:
         await streaming.stop()
         await daemon.aclose()
         raise DaemonError(f"cannot serve the status socket or metrics ([metrics] address "
@@ -213,7 +217,7 @@ async def serve(config: Config, spawner=None, config_path: str | None = None) ->
     ])
     server.add_generic_rpc_handlers((
         service_handler("RuntimeService", RuntimeService(daemon), before=daemon.take_exits),
-        service_handler("ImageService", ImageService(daemon.images, daemon.containers.fs_usage)),
+        service_handler("ImageService", ImageService(daemon.images, daemon.stats.fs_usage)),
     ))
     old_umask = os.umask(0o117)  # the socket is born 0660: root (and the socket's group) only, no window
     try:
@@ -236,6 +240,6 @@ async def serve(config: Config, spawner=None, config_path: str | None = None) ->
     await server.stop(SHUTDOWN_GRACE_SECONDS)
     sock.unlink(missing_ok=True)
     await streaming.stop()
-    await status.stop(info_servers)
+    await pages.stop(info_servers)
     await daemon.aclose()
     _log.info("stopped")

@@ -1,4 +1,4 @@
-"""pycri/cdi.py without a daemon: name parsing, spec loading and precedence, and the edits on an OCI spec."""
+"""pycri/oci/cdi.py without a daemon: name parsing, spec loading and precedence, and the edits on an OCI spec."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import os
 
 import pytest
 
-from pycri import cdi
+from pycri.oci import cdi
 from pycri.api import api_pb2 as cri
 from pycri.errors import InvalidArgument
 

@@ -33,7 +33,7 @@ def test_socket_is_root_only(daemon):
 
 
 def test_layer_directories_are_marked_as_tops_of_unrelated_trees(daemon):
-    """Image layers and containers' writable layers: ext4 spreads each over a group of its own (pycri/topdir.py)
+    """Image layers and containers' writable layers: ext4 spreads each over a group of its own (pycri/state/topdir.py)
     instead of piling them, and the inodes that removals free, into one group."""
     fs_type = subprocess.run(["stat", "-f", "-c", "%T", str(daemon.root)], capture_output=True, text=True).stdout
     if not fs_type.startswith("ext2/ext3"):  # stat's name for every ext* file system

@@ -10,11 +10,11 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from pycri import config as configmod
-from pycri import metrics
+from pycri.observe import metrics
 from pycri.config import ConfigError, from_dict
 from pycri.images.content import ContentStore
 from pycri.images.progress import PullTracker
-from pycri.records import C_RUNNING, SB_READY
+from pycri.state.records import C_RUNNING, SB_READY
 
 
 def test_metrics_address_default_off_and_listed():
@@ -37,7 +37,7 @@ def test_metrics_address_checked(address, ok):
 
 
 def test_hooks_are_noops_until_enabled_and_prometheus_client_is_not_imported():
-    code = ("import sys; from pycri import metrics, rpc, daemon; metrics.rpc('Version', 'OK', 0.1); "
+    code = ("import sys; from pycri import daemon; from pycri.observe import metrics; from pycri.server import rpc; metrics.rpc('Version', 'OK', 0.1); "
             "metrics.cni_call('bridge', 'ADD', 'ok', 0.1); print('prometheus_client' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from pycri import spec as s
+from pycri.oci import spec as s
 from pycri.api import api_pb2 as cri
 from pycri.errors import InvalidArgument
-from pycri.users import resolve
+from pycri.oci.users import resolve
 
 # a container's own cgroup namespace, on a cgroup v2 host (test_on_cgroup_v2_a_container_gets_... checks both)
 _OWN_CGROUPNS = {"cgroup": None} if s.host_cgroup_v2() else {}

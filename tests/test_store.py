@@ -6,7 +6,7 @@ import sqlite3
 
 import pytest
 
-from pycri import store as s
+from pycri.state import store as s
 
 
 def test_new_database_is_at_the_latest_schema_in_wal_mode(tmp_path):

@@ -92,7 +92,7 @@ class ContentStore:
         self.root = Path(root)
         self.blob_dir = self.root / "blobs" / "sha256"
         self.ingest_dir = self.root / "ingest"
-        for d in (self.blob_dir.parent, self.blob_dir, self.ingest_dir):  # root's alone (pycri/dirs.py)
+        for d in (self.blob_dir.parent, self.blob_dir, self.ingest_dir):  # root's alone (pycri/state/dirs.py)
             d.mkdir(parents=True, exist_ok=True, mode=0o700)
         self._inflight: dict[str, _Download] = {}
         self.transfers: dict[str, Transfer] = {}  # digest -> progress of its download in flight

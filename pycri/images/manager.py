@@ -20,11 +20,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
-from .. import metrics
 from ..config import ImagesConfig
 from ..log import get as get_logger
 from ..node import tree_usage
-from ..store import Store, dumps, loads
+from ..observe import metrics
+from ..state.store import Store, dumps, loads
 from . import reference
 from .archive import ArchiveError, plan_archive
 from .content import ContentError, ContentStore

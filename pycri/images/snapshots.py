@@ -9,7 +9,7 @@ a layer waits for the ones below only if it hardlinks into them. An extraction i
 away (it is local work in a thread that cannot be interrupted safely); the finished snapshot serves the retry.
 Extracted files are flushed with syncfs() before the snapshot is recorded.
 
-The snapshots directory is marked as a top of unrelated trees (pycri/topdir.py).
+The snapshots directory is marked as a top of unrelated trees (pycri/state/topdir.py).
 """
 
 from __future__ import annotations
@@ -25,8 +25,8 @@ from typing import Iterable
 
 from ..log import get as get_logger
 from ..node import remove_tree
-from ..store import Store, dumps, loads
-from ..topdir import ensure_top_dir
+from ..state.store import Store, dumps, loads
+from ..state.topdir import ensure_top_dir
 from .unpack import LayerError, MissingLowers, UnpackBudget, UnpackLimit, UnpackOptions, UnpackResult, unpack_layer
 
 log = get_logger("images.snapshots")

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pycri import metrics
+from pycri.observe import metrics
 from pycri.network.cniconf import NetworkConfig, find_plugin
 
 PLUGIN_TIMEOUT_SECONDS = 60

@@ -32,7 +32,7 @@ from pycri import log
 from pycri.node import (CH_CLOSE_STDIN, CH_EXIT, CH_RESIZE, CH_STDERR, CH_STDIN, CH_STDOUT, HEADER, MAX_PAYLOAD,
                         MonitorClient, MonitorError, NetnsError, Stream, frame, socket_in_netns)
 from pycri.errors import FailedPrecondition, NotFound
-from pycri.records import C_CREATING, C_RUNNING, SB_CREATING, SB_READY, ContainerRecord, SandboxRecord
+from pycri.state.records import C_CREATING, C_RUNNING, SB_CREATING, SB_READY, ContainerRecord, SandboxRecord
 from pycri.streaming.backend import NotFoundError, StreamReaderLike, StreamWriterLike
 from pycri.streaming.server import StreamingServer
 

@@ -12,6 +12,7 @@ import h11
 from pycri import log
 from pycri.api import api_pb2
 from pycri.errors import InvalidArgument
+from pycri.server import http
 from pycri.streaming import portforward, remotecommand, spdysession, websocket, wssession, wstunnel
 from pycri.streaming.backend import Backend
 from pycri.streaming.spdyconn import SpdyConnection
@@ -132,9 +133,9 @@ class StreamingServer:
             writer.close()
 
     async def _serve_http(self, reader, writer, peer: str) -> None:
-        conn = h11.Connection(h11.SERVER, max_incomplete_event_size=16 * 1024)
+        conn = http.connection()
         try:
-            request = await asyncio.wait_for(self._read_request(conn, reader), REQUEST_HEAD_TIMEOUT)
+            request = await asyncio.wait_for(http.read_request(conn, reader, 65536), REQUEST_HEAD_TIMEOUT)
         except (h11.RemoteProtocolError, asyncio.TimeoutError, ConnectionError) as exc:
             _log.info("bad or incomplete http request", peer=peer, error=str(exc) or type(exc).__name__)
             if conn.our_state in (h11.IDLE, h11.SEND_RESPONSE):
@@ -150,33 +151,9 @@ class StreamingServer:
             await self._respond(conn, writer, rej.status, rej.body, rej.headers)
 
     @staticmethod
-    async def _read_request(conn: h11.Connection, reader) -> h11.Request | None:
-        while True:
-            event = conn.next_event()
-            if event is h11.NEED_DATA:
-                data = await reader.read(65536)
-                conn.receive_data(data)
-                if not data and conn.their_state == h11.IDLE:
-                    return None
-                continue
-            if isinstance(event, h11.Request):
-                return event
-            if isinstance(event, h11.ConnectionClosed):
-                return None
-
-    @staticmethod
     async def _respond(conn: h11.Connection, writer, status: int, body: str,
                        headers: list[tuple[str, str]] | None = None) -> None:
-        data = body.encode()
-        hdrs = [("Content-Type", "text/plain; charset=utf-8"), ("Content-Length", str(len(data))),
-                ("Connection", "close")] + (headers or [])
-        try:
-            writer.write(conn.send(h11.Response(status_code=status, headers=hdrs)))
-            writer.write(conn.send(h11.Data(data=data)))
-            writer.write(conn.send(h11.EndOfMessage()))
-            await writer.drain()
-        except (h11.LocalProtocolError, ConnectionError) as exc:
-            _log.debug("could not send error response", error=str(exc))
+        await http.respond(conn, writer, status, "text/plain; charset=utf-8", body.encode(), headers)
 
     async def _dispatch(self, conn: h11.Connection, request: h11.Request, reader, writer, peer: str) -> None:
         if request.method not in (b"GET", b"POST"):

@@ -10,7 +10,7 @@ import pytest
 
 from pycri.config import Config, RegistryConfig
 from pycri.images import ImageManager
-from pycri.store import Store
+from pycri.state.store import Store
 
 
 @contextlib.asynccontextmanager

@@ -9,8 +9,8 @@ import grpc
 import pytest
 
 from pycri.api import api_pb2, api_pb2_grpc
-from pycri.rpc import service_handler
-from pycri.services.image_service import ImageService
+from pycri.server.rpc import service_handler
+from pycri.server.image_service import ImageService
 from tests.fixtures.registry import registry, registry_factory  # noqa: F401
 
 from .conftest import open_manager

@@ -131,7 +131,7 @@ def test_parallel_extraction_waits_for_lowers_only_for_hardlinks(tmp_path):
     """The child layer starts before its parent exists; its hardlink into the parent makes it wait and retry."""
     from pycri.images.snapshots import Snapshots
     from pycri.images.unpack import UnpackOptions
-    from pycri.store import Store
+    from pycri.state.store import Store
 
     from .test_unpack import entry, make_tar
 

@@ -9,7 +9,7 @@ import uuid
 
 import pytest
 
-from pycri.spec import DEFAULT_DEVICE_RULES
+from pycri.oci.spec import DEFAULT_DEVICE_RULES
 from runtime import cgroups
 from runtime.cgroups import devicefilter
 

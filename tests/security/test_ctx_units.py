@@ -8,7 +8,7 @@ import pytest
 
 from runtime.host import mountinfo
 from pycri.api import api_pb2 as cri
-from pycri.spec import PodPaths, container_spec, host_devices
+from pycri.oci.spec import PodPaths, container_spec, host_devices
 from runtime.host import linux
 from runtime.launch.rootfs import parse_options, parse_recursive
 

@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from pycri.api import api_pb2 as cri
-from pycri.spec import DEFAULT_MASKED_PATHS
+from pycri.oci.spec import DEFAULT_MASKED_PATHS
 from pycri.streaming.tokens import TokenCache
 from tests.security.ctx_helpers import run_to_exit
 

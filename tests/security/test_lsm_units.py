@@ -8,10 +8,10 @@ import stat
 
 import pytest
 
-from pycri import lsm
+from pycri.oci import lsm
 from pycri.api import api_pb2 as cri
 from pycri.errors import InvalidArgument
-from pycri.spec import PodPaths, container_spec, sandbox_spec
+from pycri.oci.spec import PodPaths, container_spec, sandbox_spec
 from runtime import launch
 
 SP = cri.SecurityProfile

@@ -10,7 +10,7 @@ import time
 import grpc
 import pytest
 
-from pycri import lsm
+from pycri.oci import lsm
 from pycri.api import api_pb2 as cri
 from tests.lifecycle.test_handlers import handler_daemon  # noqa: F401 - fixture
 from tests.security.ctx_helpers import privileged_pod_kw, proc_status, run_to_exit, security

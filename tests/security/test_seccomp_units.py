@@ -10,10 +10,10 @@ import os
 
 import pytest
 
-from pycri import seccomp_profiles as sp
+from pycri.oci import seccomp as sp
 from pycri.api import api_pb2 as cri
 from pycri.errors import InvalidArgument
-from pycri.spec import DEFAULT_CAPABILITIES, PodPaths, container_spec, sandbox_spec
+from pycri.oci.spec import DEFAULT_CAPABILITIES, PodPaths, container_spec, sandbox_spec
 
 ADMIN = [*DEFAULT_CAPABILITIES, "CAP_SYS_ADMIN"]
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import grpc
 import pytest
 
-from pycri import spec as oci
+from pycri.oci import spec as oci
 from pycri.api import api_pb2 as cri
 from runtime.launch.userns import supported
 from tests.security.ctx_helpers import run_to_exit

@@ -1,4 +1,8 @@
-"""Container events (GetContainerEvents): a fan-out of lifecycle events to every subscribed client."""
+"""Container events (GetContainerEvents): a fan-out of lifecycle events to every subscribed client.
+
+One path: the pod and container managers (pycri/pods/manager.py, pycri/containers/manager.py) emit an event where
+they change what the CRI reports - a container created, started, ended (also an end learnt from its monitor),
+removed; a pod run, stopped, removed - never the servicers."""
 
 from __future__ import annotations
 

@@ -34,10 +34,9 @@ import threading
 
 from pycri.api import api_pb2 as cri
 from pycri.errors import FailedPrecondition, InvalidArgument
+from pycri.oci import profiles
+from pycri.oci.profiles import LOCALHOST_PREFIX, RUNTIME_DEFAULT, UNCONFINED
 
-RUNTIME_DEFAULT = "runtime/default"
-UNCONFINED = "unconfined"
-LOCALHOST_PREFIX = "localhost/"
 DEFAULT_APPARMOR_PROFILE = "pycri-default"
 
 APPARMOR_ENABLED = "/sys/module/apparmor/parameters/enabled"
@@ -105,19 +104,7 @@ def requested_apparmor(sc) -> tuple[str, str]:
     if sc is None:
         return "", ""
     if sc.HasField("apparmor"):
-        sp = sc.apparmor
-        if sp.profile_type != cri.SecurityProfile.Localhost and sp.localhost_ref:
-            raise InvalidArgument("apparmor: localhost_ref must only be set when profile_type is Localhost")
-        if sp.profile_type == cri.SecurityProfile.Unconfined:
-            return UNCONFINED, ""
-        if sp.profile_type == cri.SecurityProfile.RuntimeDefault:
-            return RUNTIME_DEFAULT, ""
-        if sp.profile_type == cri.SecurityProfile.Localhost:
-            name = sp.localhost_ref.removeprefix(LOCALHOST_PREFIX)
-            if not name:
-                raise InvalidArgument("apparmor: profile_type Localhost needs localhost_ref (the profile's name)")
-            return "localhost", name
-        raise InvalidArgument(f"apparmor: unknown profile_type {sp.profile_type}")
+        return profiles.requested(sc.apparmor, "apparmor", "name")
     legacy = getattr(sc, "apparmor_profile", "")  # containers only; sandboxes have no such field
     if legacy == "":
         return "", ""

@@ -29,11 +29,10 @@ import re
 
 from pycri.api import api_pb2 as cri
 from pycri.errors import InvalidArgument
+from pycri.oci import profiles
+from pycri.oci.profiles import LOCALHOST_PREFIX, RUNTIME_DEFAULT, UNCONFINED
 
-RUNTIME_DEFAULT = "runtime/default"
 DOCKER_DEFAULT = "docker/default"
-UNCONFINED = "unconfined"
-LOCALHOST_PREFIX = "localhost/"
 
 ACTIONS = {"SCMP_ACT_KILL", "SCMP_ACT_KILL_THREAD", "SCMP_ACT_KILL_PROCESS", "SCMP_ACT_TRAP", "SCMP_ACT_ERRNO",
            "SCMP_ACT_TRACE", "SCMP_ACT_ALLOW", "SCMP_ACT_LOG"}  # what runtime/launch/seccomp.py compiles (no NOTIFY)
@@ -315,18 +314,7 @@ def requested(sc) -> tuple[str, str]:
     if sc is None:
         return UNCONFINED, ""
     if sc.HasField("seccomp"):
-        sp = sc.seccomp
-        if sp.profile_type != cri.SecurityProfile.Localhost and sp.localhost_ref:
-            raise InvalidArgument("seccomp: localhost_ref must only be set when profile_type is Localhost")
-        if sp.profile_type == cri.SecurityProfile.Unconfined:
-            return UNCONFINED, ""
-        if sp.profile_type == cri.SecurityProfile.RuntimeDefault:
-            return RUNTIME_DEFAULT, ""
-        if sp.profile_type == cri.SecurityProfile.Localhost:
-            if not sp.localhost_ref:
-                raise InvalidArgument("seccomp: profile_type Localhost needs localhost_ref (the profile's path)")
-            return "localhost", sp.localhost_ref.removeprefix(LOCALHOST_PREFIX)
-        raise InvalidArgument(f"seccomp: unknown profile_type {sp.profile_type}")
+        return profiles.requested(sc.seccomp, "seccomp", "path")
     path = sc.seccomp_profile_path
     if path in ("", UNCONFINED):
         return UNCONFINED, ""

@@ -1,4 +1,6 @@
-"""Containers: create from an image in a sandbox, start, stop, remove, status, list, exec, logs, resources, stats."""
+"""Containers: create from an image in a pod, start, stop, remove, status, list, exec, logs, resources; their
+exits and the recovery at start. ExecSync's own work is in exec.py, the user a container runs as in
+pycri/oci/users.py, its stats in pycri/stats/."""
 
 from __future__ import annotations
 
@@ -6,33 +8,29 @@ import asyncio
 import json
 import os
 import secrets
-import stat
 import time
 from pathlib import Path
 
 import structlog
 
-from pycri import cdi, log, validation
+from pycri import log
 from pycri.api import api_pb2 as cri
-from pycri.errors import DeadlineExceeded, FailedPrecondition, InvalidArgument, NotFound, TeardownError
-from pycri.dirs import private_dir, write_private
+from pycri.containers.exec import exec_sync
+from pycri.errors import FailedPrecondition, InvalidArgument, NotFound, TeardownError
 from pycri.images import ImageError
-from pycri.monitors import MonitorUnavailable
-from pycri.node import MonitorError, SharedMounts, detach_if_mounted, mount_setattr_supported, remove_tree, tree_usage
-from pycri.records import (C_CREATED, C_CREATING, C_EXITED, C_RUNNING, CONTAINER_STATE, SB_READY, ContainerRecord,
-                           SandboxRecord, matches, pb)
-from pycri.reservations import Reservations
-from pycri.sandboxes import pod_root_group, remove_cgroup
-from pycri.spec import PodPaths, container_spec, default_pids_limit, resources as oci_resources, userns_mappings
-from pycri.users import resolve as resolve_user
+from pycri.node import MonitorError, SharedMounts, detach_if_mounted, mount_setattr_supported, remove_tree
+from pycri.oci import cdi, validation
+from pycri.oci.spec import (PodPaths, container_spec, default_pids_limit, resources as oci_resources, stop_signal,
+                            userns_mappings)
+from pycri.oci.users import ImageUsers
+from pycri.pods.manager import pod_root_group, remove_cgroup, runtime_request
+from pycri.pods.monitors import MonitorUnavailable
+from pycri.state.dirs import private_dir, write_private
+from pycri.state.records import (C_CREATED, C_CREATING, C_EXITED, C_RUNNING, CONTAINER_STATE, SB_READY, ContainerRecord,
+                                 SandboxRecord, matches, pb)
+from pycri.state.reservations import Reservations
 
 _log = log.get("container")
-# ExecSync's stdout and stderr together, with the note on a cut: below the 16 MiB message limit of the kubelet's
-# CRI client (k8s.io/cri-client, maxMsgSize) and of this server, with room for the response's own fields
-EXEC_OUTPUT_CAP = 16 * 1024 * 1024 - 4096
-EXEC_CUT_NOTE = b"\n[pycri: stdout and stderr over %d bytes together: the rest was cut]\n" % EXEC_OUTPUT_CAP
-FS_USAGE_TTL = 10.0  # ExecSync output beyond this is cut (probes print little)
-_SIGNAL_NAMES = {v: k for k, v in cri.Signal.items()}
 
 
 def container_name(config: cri.ContainerConfig, sandbox_config: cri.PodSandboxConfig) -> str:
@@ -45,9 +43,7 @@ class Containers:
         self.ctx = ctx
         self.reservations = Reservations("container")
         self._locks: dict[str, asyncio.Lock] = {}
-        self._cpu_samples: dict[str, tuple[int, int]] = {}  # id -> (time ns, usage ns): for usage_nano_cores
-        self._users: dict[tuple, object] = {}
-        self._fs_usage: tuple[float, tuple[str, int, int]] | None = None
+        self._users = ImageUsers()
         self.shared_mounts = SharedMounts(ctx.config.state_path / "shared-mounts.json",
                                           log=structlog.get_logger("pycri.hostmounts"))
         # Monitor-side creates (the clone of the container's process) begun by CreateContainer and awaited by
@@ -142,7 +138,7 @@ class Containers:
                 except OSError as exc:
                     raise FailedPrecondition(f"mount {m['destination']!r}: cannot make host path "
                                              f"{m['source']!r} a shared mount for {prop}: {exc}") from None
-        user = self._user(config, image)
+        user = self._users.spec_user(config, image, image.lowerdirs or ctx.images.lowerdirs(image.id))
         spec["process"]["user"] = user
         cdi.inject(spec, config, ctx.config.cdi.spec_dirs, container_id=rec.id)  # after the user: may add groups
         rec.user = user
@@ -150,11 +146,11 @@ class Containers:
         rec.chain_ids = list(image.chain_ids)
         if config.linux.HasField("resources"):
             rec.resources_pb = pb(config.linux.resources)
-        rec.stop_signal = self._stop_signal(config, image)
+        rec.stop_signal = stop_signal(config, image)
         bundle = Path(rec.bundle)
         layer = Path(rec.layer_dir)
         group = pod_root_group(sandbox_config)
-        private_dir(private_dir(bundle.parent, group) / bundle.name, group)  # (pycri/dirs.py)
+        private_dir(private_dir(bundle.parent, group) / bundle.name, group)  # (pycri/state/dirs.py)
         private_dir(layer)
         for d in (bundle / "rootfs", layer / "upper", layer / "work"):
             d.mkdir(exist_ok=True)
@@ -163,7 +159,7 @@ class Containers:
         # config.json is for recovery (a create redone after a restart) and OCI runtimes; the monitor got the
         # spec inline, so this is written while it works - or before, for an OCI runtime, whose monitor rewrites
         # it (the runtime reads it) and must not be overwritten afterwards
-        oci = self.ctx.sandboxes.runtime_request(sandbox) is not None
+        oci = runtime_request(self.ctx.config, sandbox) is not None
         if not oci:
             self._begin_monitor_create(rec, sandbox, image.lowerdirs, spec)
         write_private(bundle / "config.json", json.dumps(spec))
@@ -188,7 +184,7 @@ class Containers:
 
         sent = self.ctx.monitors.call_now(sandbox.monitor_dir, "create", rec.id, rec.bundle, overlay=overlay,
                                           stdin=config.stdin, log_path=rec.log_path or os.devnull, spec=spec,
-                                          runtime=self.ctx.sandboxes.runtime_request(sandbox), ready_later=True)
+                                          runtime=runtime_request(self.ctx.config, sandbox), ready_later=True)
 
         async def create() -> None:
             try:
@@ -224,49 +220,6 @@ class Containers:
         finally:
             if task.done():
                 self._monitor_creates.pop(rec.id, None)
-
-    def _user(self, config: cri.ContainerConfig, image) -> dict:
-        sc = config.linux.security_context if config.linux.HasField("security_context") else None
-        read = image_file_reader(image.lowerdirs or self.ctx.images.lowerdirs(image.id))
-        image_user = (image.config.get("config") or {}).get("User") or ""
-        uid = gid = None
-        supplemental = []
-        merge = True
-        if sc is not None:
-            # as containerd: run_as_username wins over run_as_user, and either replaces the image's whole User
-            # (its group too); run_as_group alone is an error
-            if sc.run_as_username:
-                image_user = sc.run_as_username
-            elif sc.HasField("run_as_user"):
-                uid = sc.run_as_user.value
-                image_user = ""
-            if sc.HasField("run_as_group"):
-                if not (sc.HasField("run_as_user") or sc.run_as_username):
-                    raise InvalidArgument("run_as_group needs run_as_user or run_as_username")
-                gid = sc.run_as_group.value
-            supplemental = list(sc.supplemental_groups)
-            merge = sc.supplemental_groups_policy != cri.SupplementalGroupsPolicy.Strict
-        key = (image.id, image_user, uid, gid, tuple(supplemental), merge)
-        user = self._users.get(key)
-        if user is None:  # an image's passwd/group never change: resolve once per image and user
-            user = resolve_user(image_user, read, uid=uid, gid=gid, supplemental=supplemental, merge_groups=merge)
-            if len(self._users) > 4096:
-                self._users.clear()
-            self._users[key] = user
-        # the primary gid leads the groups list, as containerd's spec has it (the kernel's groups then match what
-        # ContainerStatus.user reports)
-        return {"uid": user.uid, "gid": user.gid,
-                "additionalGids": [user.gid] + [g for g in user.additional_gids if g != user.gid]}
-
-    @staticmethod
-    def _stop_signal(config: cri.ContainerConfig, image) -> str:
-        if config.stop_signal:
-            name = _SIGNAL_NAMES.get(config.stop_signal, "SIGTERM")
-            return name.replace("RTMINPLUS", "RTMIN+").replace("RTMAXMINUS", "RTMAX-")
-        img = (image.config.get("config") or {}).get("StopSignal") or ""
-        if img:
-            return img if img.startswith("SIG") or (img.isascii() and img.isdigit()) else f"SIG{img}"
-        return "SIGTERM"
 
     # ---- Start / Stop / Remove ----
 
@@ -406,7 +359,6 @@ class Containers:
             _log.error("container files not removed", container_id=rec.id, error=str(exc))
             raise TeardownError(f"container {rec.id}: its files could not be removed: {exc}") from None
         self.ctx.records.delete_container(rec.id)
-        self._cpu_samples.pop(rec.id, None)
 
     async def _remove_files(self, rec: ContainerRecord) -> None:
         """Remove the bundle and the writable layer. A large layer takes seconds (20,000 files: ~3 s): the removal
@@ -463,7 +415,7 @@ class Containers:
                                      labels=config.labels, annotations=config.annotations))
         return out
 
-    # ---- Exec, logs, resources, stats ----
+    # ---- Exec, logs, resources ----
 
     def _running(self, container_id: str) -> tuple[ContainerRecord, SandboxRecord]:
         rec = self.get(container_id)
@@ -472,46 +424,11 @@ class Containers:
         return rec, self.ctx.records.sandboxes[rec.sandbox_id]
 
     async def exec_sync(self, container_id: str, cmd: list[str], timeout: int) -> cri.ExecSyncResponse:
-        """Run cmd in the container. Its timeout counts from the request: a wait for one of the pod's exec slots
-        (Monitors.exec_slots) uses it up too."""
+        """Run cmd in the container (pycri/containers/exec.py)."""
         if not cmd:
             raise InvalidArgument("exec needs a command")
         rec, sandbox = self._running(container_id)
-        # (clamped: an int64 timeout overflows the event loop's clock; found by tests/fuzz)
-        seconds = min(timeout, 10 * 365 * 86400) if timeout > 0 else None
-        slots = self.ctx.monitors.exec_slots
-        loop = asyncio.get_running_loop()
-        asked = loop.time()
-        try:
-            await slots.acquire(sandbox.id, seconds)
-        except TimeoutError:
-            _log.warning("exec timed out waiting for a slot of its pod", container_id=rec.id,
-                         pod_sandbox_id=sandbox.id, timeout=timeout, limit=slots.limit,
-                         pod_execs=slots.waiting(sandbox.id))
-            raise DeadlineExceeded(f"command {cmd!r} timed out after {timeout}s waiting behind the "
-                                   f"{slots.limit} execs in flight in pod {sandbox.id}") from None
-        try:
-            left = None if seconds is None else max(0.001, seconds - (loop.time() - asked))
-            result = await self.ctx.monitors.call(sandbox.monitor_dir, "exec", rec.id, {"args": list(cmd)},
-                                                  timeout=left, output_cap=EXEC_OUTPUT_CAP - len(EXEC_CUT_NOTE),
-                                                  client_timeout=None,
-                                                  # planned in the daemon, not in the pod's monitor (the
-                                                  # built-in runtime's only: see runtime/launch/fastinit.py)
-                                                  target=None if self.ctx.sandboxes.runtime_request(sandbox)
-                                                  else (rec.pid, rec.bundle))
-        except MonitorError as exc:
-            raise FailedPrecondition(f"exec in container {rec.id} failed: {exc}") from None
-        finally:
-            slots.release(sandbox.id)
-        if result.timed_out:
-            raise DeadlineExceeded(f"command {cmd!r} timed out after {timeout}s")
-        stdout, stderr = result.stdout, result.stderr
-        if result.truncated or len(stdout) + len(stderr) > EXEC_OUTPUT_CAP:
-            room = EXEC_OUTPUT_CAP - len(EXEC_CUT_NOTE)  # (a monitor of an older pycri caps each stream alone)
-            stdout = stdout[:room]
-            stderr = stderr[:room - len(stdout)] + EXEC_CUT_NOTE
-            _log.info("exec output cut", container_id=rec.id, cap=EXEC_OUTPUT_CAP)
-        return cri.ExecSyncResponse(stdout=stdout, stderr=stderr, exit_code=result.exit_code)
+        return await exec_sync(self.ctx, rec, sandbox, cmd, timeout)
 
     async def reopen_log(self, container_id: str) -> None:
         rec, sandbox = self._running(container_id)
@@ -532,63 +449,6 @@ class Containers:
             _log.warning("update resources", container_id=rec.id, warning=w)
         rec.resources_pb = pb(res)
         self.ctx.records.save_container(rec)
-
-    async def cgroup_stats(self, rec: ContainerRecord) -> dict | None:
-        """The raw cgroup figures of a running container (runtime/cgroups stats()), None if unavailable."""
-        sandbox = self.ctx.records.sandboxes[rec.sandbox_id]
-        try:
-            return await self.ctx.monitors.call(sandbox.monitor_dir, "stats", rec.id)
-        except (MonitorError, MonitorUnavailable):
-            return None
-
-    async def stats(self, rec: ContainerRecord) -> cri.ContainerStats:
-        now = time.time_ns()
-        attrs = cri.ContainerAttributes(id=rec.id, metadata=rec.config.metadata, labels=rec.config.labels,
-                                        annotations=rec.config.annotations)
-        out = cri.ContainerStats(attributes=attrs)
-        if rec.state == C_RUNNING:
-            st = await self.cgroup_stats(rec)
-            if st:
-                usage = int(st.get("cpu_usage_ns", 0))
-                cpu = cri.CpuUsage(timestamp=now, usage_core_nano_seconds=cri.UInt64Value(value=usage))
-                last = self._cpu_samples.get(rec.id)
-                if last is not None and now > last[0] and usage >= last[1]:
-                    cpu.usage_nano_cores.value = int((usage - last[1]) * 1e9 / (now - last[0]))
-                self._cpu_samples[rec.id] = (now, usage)
-                out.cpu.CopyFrom(cpu)
-                working_set = int(st.get("memory_working_set", 0))
-                limit = int(st.get("memory_limit") or 0)
-                out.memory.CopyFrom(cri.MemoryUsage(
-                    timestamp=now,
-                    working_set_bytes=cri.UInt64Value(value=working_set),
-                    available_bytes=cri.UInt64Value(value=max(limit - working_set, 0)) if 0 < limit < 1 << 62
-                    else None,
-                    usage_bytes=cri.UInt64Value(value=int(st.get("memory_usage", 0))),
-                    rss_bytes=cri.UInt64Value(value=int(st.get("memory_rss", 0))),
-                    page_faults=cri.UInt64Value(value=int(st.get("page_faults", 0))),
-                    major_page_faults=cri.UInt64Value(value=int(st.get("major_page_faults", 0)))))
-        try:
-            usage = await asyncio.to_thread(tree_usage, Path(rec.layer_dir) / "upper")
-        except OSError as exc:  # this container's figures are left out, not every container's
-            _log.warning("writable layer not counted", container_id=rec.id, error=str(exc))
-            return out
-        if not usage.complete:
-            _log.warning("writable layer kept changing while counted; its usage is a lower bound",
-                         container_id=rec.id)
-        out.writable_layer.CopyFrom(cri.FilesystemUsage(
-            timestamp=now, fs_id=cri.FilesystemIdentifier(mountpoint=str(self.ctx.config.root_path)),
-            used_bytes=cri.UInt64Value(value=usage.bytes), inodes_used=cri.UInt64Value(value=usage.inodes)))
-        return out
-
-    async def fs_usage(self) -> tuple[str, int, int]:
-        """(dir, bytes, inodes) of all writable layers, for ImageFsInfo; the walk is cached for a few seconds
-        because the kubelet asks often."""
-        now = time.monotonic()
-        if self._fs_usage is None or now - self._fs_usage[0] > FS_USAGE_TTL:
-            layers = self.ctx.config.root_path / "containers"
-            usage = await asyncio.to_thread(tree_usage, layers)
-            self._fs_usage = (now, (str(layers), usage.bytes, usage.inodes))
-        return self._fs_usage[1]
 
     # ---- Recovery ----
 
@@ -646,44 +506,3 @@ def _remove_dirs(*dirs: str) -> None:
             failures.append(exc)
     if failures:
         raise failures[0]
-
-
-def image_file_reader(lowerdirs: list[str]):
-    """A reader of small files (e.g. /etc/passwd) from an image's layer snapshots, topmost layer first.
-
-    Layers are untrusted: a path through a symlink is treated as absent rather than followed (a hostile image
-    must not make us read a host file). Overlay semantics: a whiteout (char 0/0) or a non-directory in the way
-    hides what lower layers have, and so does an opaque directory.
-    """
-    def read(path: str) -> bytes | None:
-        parts = [p for p in path.split("/") if p and p not in (".", "..")]
-        for layer in lowerdirs:
-            current = layer
-            for i, part in enumerate(parts):
-                parent, current = current, os.path.join(current, part)
-                try:
-                    st = os.lstat(current)
-                except FileNotFoundError:
-                    if _opaque(parent):
-                        return None
-                    break  # not in this layer: look lower
-                if stat.S_ISLNK(st.st_mode):
-                    return None
-                if i < len(parts) - 1:
-                    if not stat.S_ISDIR(st.st_mode):
-                        return None
-                    continue
-                if not stat.S_ISREG(st.st_mode):
-                    return None
-                with open(current, "rb") as f:
-                    return f.read(1 << 20)
-        return None
-
-    return read
-
-
-def _opaque(path: str) -> bool:
-    try:
-        return os.getxattr(path, "trusted.overlay.opaque", follow_symlinks=False) == b"y"
-    except OSError:
-        return False

@@ -2,19 +2,17 @@
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import ipaddress
 import json
 import os
 import subprocess
 
-from pycri import CRI_API_VERSION, RUNTIME_NAME, __version__, cadvisor_metrics, log
+from pycri import CRI_API_VERSION, RUNTIME_NAME, __version__, log
 from pycri.api import api_pb2 as cri
 from pycri.errors import InvalidArgument, Unavailable
 from pycri.network.cniconf import load_network_config, network_status
 from pycri.node import mount_setattr_supported, userns_supported
-from pycri.records import C_RUNNING, matches
 from pycri.streaming.container_backend import ready_sandbox, running_container
 
 _log = log.get("runtime")
@@ -30,23 +28,20 @@ class RuntimeService:
         self.config = daemon.config
         self.sandboxes = daemon.sandboxes
         self.containers = daemon.containers
+        self.stats = daemon.stats
 
     # ---- pod sandboxes ----
 
     async def RunPodSandbox(self, request, context):
         sid = await self.sandboxes.run(request.config, request.runtime_handler)
-        self.daemon.events.emit(sid, cri.ContainerEventType.CONTAINER_CREATED_EVENT)
-        self.daemon.events.emit(sid, cri.ContainerEventType.CONTAINER_STARTED_EVENT)
         return cri.RunPodSandboxResponse(pod_sandbox_id=sid)
 
     async def StopPodSandbox(self, request, context):
         await self.sandboxes.stop(request.pod_sandbox_id)
-        self.daemon.events.emit(request.pod_sandbox_id, cri.ContainerEventType.CONTAINER_STOPPED_EVENT)
         return cri.StopPodSandboxResponse()
 
     async def RemovePodSandbox(self, request, context):
         await self.sandboxes.remove(request.pod_sandbox_id)
-        self.daemon.events.emit(request.pod_sandbox_id, cri.ContainerEventType.CONTAINER_DELETED_EVENT)
         return cri.RemovePodSandboxResponse()
 
     async def PodSandboxStatus(self, request, context):
@@ -130,65 +125,35 @@ class RuntimeService:
         request.pod_sandbox_id = sandbox.id
         return cri.PortForwardResponse(url=self._streaming().register_portforward(request))
 
-    # ---- stats ----
+    # ---- stats (pycri/stats/collect.py) ----
 
     async def ContainerStats(self, request, context):
         rec = self.containers.get(request.container_id)
-        return cri.ContainerStatsResponse(stats=await self.containers.stats(rec))
+        return cri.ContainerStatsResponse(stats=await self.stats.container(rec))
 
     async def ListContainerStats(self, request, context):
-        return cri.ListContainerStatsResponse(stats=await self._container_stats(request))
+        return cri.ListContainerStatsResponse(stats=await self.stats.containers(_filter(request)))
 
     async def StreamContainerStats(self, request, context):
-        for chunk in _chunks(await self._container_stats(request)):
+        for chunk in _chunks(await self.stats.containers(_filter(request))):
             yield cri.StreamContainerStatsResponse(container_stats=chunk)
-
-    async def _container_stats(self, request) -> list:
-        flt = request.filter if request.HasField("filter") else None
-        wanted = []
-        for rec in self.daemon.records.containers.values():
-            if rec.state == C_RUNNING and matches(flt, rec.id, rec.config.labels, sandbox_id=rec.sandbox_id):
-                wanted.append(rec)
-        return list(await asyncio.gather(*(self.containers.stats(rec) for rec in wanted)))
 
     async def PodSandboxStats(self, request, context):
         rec = self.sandboxes.get(request.pod_sandbox_id)
-        return cri.PodSandboxStatsResponse(stats=await self.sandboxes.stats(rec))
+        return cri.PodSandboxStatsResponse(stats=await self.stats.pod(rec))
 
     async def ListPodSandboxStats(self, request, context):
-        return cri.ListPodSandboxStatsResponse(stats=await self._pod_stats(request))
+        return cri.ListPodSandboxStatsResponse(stats=await self.stats.pods(_filter(request)))
 
     async def StreamPodSandboxStats(self, request, context):
-        for chunk in _chunks(await self._pod_stats(request)):
+        for chunk in _chunks(await self.stats.pods(_filter(request))):
             yield cri.StreamPodSandboxStatsResponse(pod_sandbox_stats=chunk)
 
-    async def _pod_stats(self, request) -> list:
-        targets = self.sandboxes.stats_targets(request.filter if request.HasField("filter") else None)
-        return list(await asyncio.gather(*(self.sandboxes.stats(rec) for rec in targets)))
-
-    # ---- cAdvisor-style metrics ----
-
     async def ListMetricDescriptors(self, request, context):
-        return cri.ListMetricDescriptorsResponse(descriptors=[d.pb() for d in cadvisor_metrics.DESCRIPTORS])
+        return cri.ListMetricDescriptorsResponse(descriptors=self.stats.metric_descriptors())
 
     async def ListPodSandboxMetrics(self, request, context):
-        pods = self.sandboxes.stats_targets(None)
-        return cri.ListPodSandboxMetricsResponse(
-            pod_metrics=list(await asyncio.gather(*(self._pod_metrics(rec) for rec in pods))))
-
-    async def _pod_metrics(self, rec) -> cri.PodSandboxMetrics:
-        running = [c for c in self.daemon.records.containers_of(rec.id) if c.state == C_RUNNING]
-        stats = await asyncio.gather(*(self.containers.cgroup_stats(c) for c in running))
-        out = cri.PodSandboxMetrics(pod_sandbox_id=rec.id)
-        for c, st in zip(running, stats):
-            if st:
-                out.container_metrics.append(cri.ContainerMetrics(
-                    container_id=c.id, metrics=cadvisor_metrics.container_metrics(
-                        c.id, c.config.metadata.name, c.config.image.image, st, c.resources)))
-        if rec.infra_pid and not rec.host_network:
-            interfaces = await asyncio.to_thread(cadvisor_metrics.read_net_dev, rec.infra_pid)
-            out.metrics.extend(cadvisor_metrics.network_metrics(rec.id, interfaces))
-        return out
+        return cri.ListPodSandboxMetricsResponse(pod_metrics=await self.stats.pod_metrics())
 
     # ---- events ----
 
@@ -281,6 +246,10 @@ def oci_rro_supported(path: str) -> bool:
 
 
 STREAM_CHUNK = 500  # items per Stream* response: far below the 16 MiB message limit
+
+
+def _filter(request):
+    return request.filter if request.HasField("filter") else None
 
 
 def _chunks(items: list) -> list[list]:

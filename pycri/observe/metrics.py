@@ -56,7 +56,7 @@ class _StateCollector:
     def collect(self):
         from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
-        from pycri.records import C_CREATED, C_CREATING, C_EXITED, C_RUNNING, C_UNKNOWN, SB_CREATING, SB_NOTREADY, \
+        from pycri.state.records import C_CREATED, C_CREATING, C_EXITED, C_RUNNING, C_UNKNOWN, SB_CREATING, SB_NOTREADY, \
             SB_READY
 
         records = self.daemon.records

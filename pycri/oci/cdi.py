@@ -16,11 +16,11 @@ from __future__ import annotations
 import json
 import os
 import re
-import stat
 from dataclasses import dataclass, field
 
 from pycri import log
 from pycri.errors import InvalidArgument
+from pycri.oci.spec import host_device
 
 _log = log.get("cdi")
 
@@ -272,24 +272,18 @@ def device_node(node: dict) -> dict:
     mode = node.get("fileMode")
     if not kind or (kind != "p" and (major is None or minor is None)) or mode is None:
         try:
-            st = os.stat(host_path)
+            host_kind, host_major, host_minor, host_mode = host_device(host_path)
         except OSError as exc:
             raise CDIError(f"device node {host_path}: {exc.strerror}") from None
-        if stat.S_ISCHR(st.st_mode):
-            host_kind = "c"
-        elif stat.S_ISBLK(st.st_mode):
-            host_kind = "b"
-        elif stat.S_ISFIFO(st.st_mode):
-            host_kind = "p"
-        else:
+        if not host_kind:
             raise CDIError(f"{host_path} is not a device node")
         if kind and _DEV_TYPES[kind] != host_kind and not (kind == "u" and host_kind == "c"):
             raise CDIError(f"device node {host_path} is of type {host_kind!r}, the spec says {kind!r}")
         kind = kind or host_kind
         if major is None or minor is None:
-            major, minor = os.major(st.st_rdev), os.minor(st.st_rdev)
+            major, minor = host_major, host_minor
         if mode is None:
-            mode = stat.S_IMODE(st.st_mode)
+            mode = host_mode
     out = {"path": path, "type": kind, "major": int(major or 0), "minor": int(minor or 0), "fileMode": int(mode)}
     for key in ("uid", "gid"):
         if node.get(key) is not None:

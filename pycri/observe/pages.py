@@ -10,14 +10,15 @@ from __future__ import annotations
 import ipaddress
 import json
 
-from pycri import log, metrics
+from pycri import log
+from pycri.observe import metrics
 from pycri.config import parse_host_port
-from pycri.infoserver import InfoServer
+from pycri.observe.infoserver import InfoServer
 
 _log = log.get("status")
 
 
-class StatusError(Exception):
+class PagesError(Exception):
     """A status server cannot listen (address in use, bad permissions)."""
 
 
@@ -40,7 +41,7 @@ async def start(daemon) -> list[InfoServer]:
     except OSError as exc:
         await stop(servers)
         metrics.disable()
-        raise StatusError(f"{exc.strerror or exc}") from None
+        raise PagesError(f"{exc.strerror or exc}") from None
     return servers
 
 

@@ -16,7 +16,8 @@ from typing import Any, Callable
 
 import grpc
 
-from pycri import log, metrics
+from pycri import log
+from pycri.observe import metrics
 from pycri.api import api_pb2
 from pycri.errors import CRIError
 

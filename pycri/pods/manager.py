@@ -1,8 +1,11 @@
 """Pod sandboxes: the pod's namespaces, network and infra (pause) container.
 
-RunPodSandbox: pinned netns -> CNI ADD -> pod /dev/shm -> monitor -> infra container. Each step registers its
-undo, so a failure (or a crash, finished at the next start) leaves nothing behind. Stop tears down in the fast
-order measured here: containers, infra, netns, then CNI DEL (DEL after the netns is gone is 7x faster).
+RunPodSandbox saves the record first (CREATING), writes the pod files, then makes in parallel the network (pinned
+netns, CNI ADD), the pod's /dev/shm, the pod's monitor and the infra bundle; then the monitor creates and starts
+the infra container (a user-namespaced pod's network comes after the infra is created: it owns the netns). A
+failure, or a crash finished at the next start, is undone by the teardown, which tolerates what is absent.
+StopPodSandbox stops the pod's containers, then kills the infra while CNI DEL runs (DEL needs the netns: see
+docs/design.md, "Pod lifecycle"), then unpins the namespaces and unmounts /dev/shm.
 """
 
 from __future__ import annotations
@@ -14,18 +17,18 @@ import secrets
 import time
 from pathlib import Path
 
-from pycri import log, validation
+from pycri import log
+from pycri.oci import validation
 from pycri.api import api_pb2 as cri
-from pycri.cadvisor_metrics import read_net_dev
-from pycri.dirs import private_dir, secure_pod_dir, write_private
+from pycri.state.dirs import private_dir, secure_pod_dir, write_private
 from pycri.errors import FailedPrecondition, InvalidArgument, NotFound, TeardownError
 from pycri.network.cni import CNIError, PodNetworkArgs, pod_ips
 from pycri.network.cniconf import load_network_config
-from pycri.node import MonitorError, cgroups, podns, process_count, remove_tree, userns_supported
-from pycri.podfiles import write_pod_files
-from pycri.records import SB_CREATING, SB_NOTREADY, SB_READY, SANDBOX_STATE, SandboxRecord, matches, pb, unpb
-from pycri.reservations import Reservations
-from pycri.spec import DEFAULT_CGROUP_PARENT, PodPaths, default_pids_limit, sandbox_spec, userns_mappings
+from pycri.node import MonitorError, cgroups, podns, remove_tree, userns_supported
+from pycri.oci.spec import DEFAULT_CGROUP_PARENT, PodPaths, default_pids_limit, sandbox_spec, userns_mappings
+from pycri.pods.podfiles import write_pod_files
+from pycri.state.records import SB_CREATING, SB_NOTREADY, SB_READY, SANDBOX_STATE, SandboxRecord, matches, pb, unpb
+from pycri.state.reservations import Reservations
 
 _log = log.get("sandbox")
 _PROTOCOLS = {cri.Protocol.TCP: "tcp", cri.Protocol.UDP: "udp", cri.Protocol.SCTP: "sctp"}
@@ -35,9 +38,19 @@ def sandbox_name(md: cri.PodSandboxMetadata) -> str:
     return f"{md.name}_{md.namespace}_{md.uid}_{md.attempt}"
 
 
+
+def runtime_request(config, rec: SandboxRecord) -> dict | None:
+    """The monitor's `runtime` for a pod's containers (None: built-in); the handler was checked at run."""
+    rt = config.runtime_for(rec.runtime_handler)
+    if rt is None:  # a handler removed from the config since the pod was made
+        raise FailedPrecondition(f"runtime handler {rec.runtime_handler!r} of pod {rec.id} is no longer "
+                                 f"configured")
+    return rt.monitor_request()
+
 class Sandboxes:
-    def __init__(self, ctx) -> None:
-        self.ctx = ctx  # the Daemon: config, records, images, monitors, cni, events, containers
+    def __init__(self, ctx, containers) -> None:
+        self.ctx = ctx  # the Daemon: config, records, images, monitors, cni, events
+        self.containers = containers  # (pycri/containers/manager.py) a pod's stop and removal stop and remove its own
         self.reservations = Reservations("sandbox")
         self._locks: dict[str, asyncio.Lock] = {}
 
@@ -56,7 +69,10 @@ class Sandboxes:
         self._check_handler(handler)
         name = sandbox_name(md)
         existing = (lambda n: (r.id if (r := self.ctx.records.sandbox_by_name(n)) else None))
-        return await self.reservations.create_once(name, existing, lambda: self._create(config, handler, name))
+        sid = await self.reservations.create_once(name, existing, lambda: self._create(config, handler, name))
+        self.ctx.events.emit(sid, cri.ContainerEventType.CONTAINER_CREATED_EVENT)
+        self.ctx.events.emit(sid, cri.ContainerEventType.CONTAINER_STARTED_EVENT)
+        return sid
 
     def _check_handler(self, handler: str) -> None:
         runtimes = self.ctx.config.runtimes
@@ -64,14 +80,6 @@ class Sandboxes:
             _log.warning("unknown runtime handler", runtime_handler=handler)
             raise InvalidArgument(f"no runtime for handler {handler!r} is configured "
                                   f"(configured: {', '.join(sorted(runtimes))})")
-
-    def runtime_request(self, rec: SandboxRecord) -> dict | None:
-        """The monitor's `runtime` for the pod's containers (None: built-in); the handler was checked at run."""
-        rt = self.ctx.config.runtime_for(rec.runtime_handler)
-        if rt is None:  # a handler removed from the config since the pod was made
-            raise FailedPrecondition(f"runtime handler {rec.runtime_handler!r} of pod {rec.id} is no longer "
-                                     f"configured")
-        return rt.monitor_request()
 
     async def _create(self, config: cri.PodSandboxConfig, handler: str, name: str) -> str:
         ctx = self.ctx
@@ -103,7 +111,7 @@ class Sandboxes:
         ctx = self.ctx
         opts = config.linux.security_context.namespace_options
         group = pod_root_group(config)
-        pod_dir = private_dir(Path(rec.pod_dir), group)  # (pycri/dirs.py)
+        pod_dir = private_dir(Path(rec.pod_dir), group)  # (pycri/state/dirs.py)
         files = write_pod_files(pod_dir, config, host_network=opts.network == cri.NamespaceMode.NODE)
         net = None
         if opts.network != cri.NamespaceMode.NODE:
@@ -158,7 +166,7 @@ class Sandboxes:
         try:
             # answered before the set-up ends (the start waits for it), but where its namespaces are pinned next
             created = await ctx.monitors.call(rec.monitor_dir, "create", rec.id, str(bundle), overlay=overlay,
-                                              log_path=os.devnull, spec=spec, runtime=self.runtime_request(rec),
+                                              log_path=os.devnull, spec=spec, runtime=runtime_request(ctx.config, rec),
                                               ready_later=not rec.userns)
             for warning in created.get("warnings", []):
                 _log.warning("infra container", pod_sandbox_id=rec.id, warning=warning)
@@ -212,12 +220,16 @@ class Sandboxes:
     # ---- Stop / Remove ----
 
     async def stop(self, sandbox_id: str) -> None:
+        await self._stop(sandbox_id)
+        self.ctx.events.emit(sandbox_id, cri.ContainerEventType.CONTAINER_STOPPED_EVENT)
+
+    async def _stop(self, sandbox_id: str) -> None:
         rec = self.ctx.records.find_sandbox(sandbox_id)
         if rec is None:
             return  # idempotent: an unknown sandbox is already stopped
         async with self._lock(rec.id):
             for c in self.ctx.records.containers_of(rec.id):
-                await self.ctx.containers.stop(c.id, timeout=0)
+                await self.containers.stop(c.id, timeout=0)
             try:
                 await self._teardown(rec, remove=False)
             finally:  # the infra is gone (or going) even when some other step failed
@@ -227,13 +239,17 @@ class Sandboxes:
         _log.info("sandbox stopped", pod_sandbox_id=rec.id)
 
     async def remove(self, sandbox_id: str) -> None:
+        await self._remove(sandbox_id)
+        self.ctx.events.emit(sandbox_id, cri.ContainerEventType.CONTAINER_DELETED_EVENT)
+
+    async def _remove(self, sandbox_id: str) -> None:
         rec = self.ctx.records.find_sandbox(sandbox_id)
         if rec is None:
             return
-        await self.stop(rec.id)
+        await self._stop(rec.id)
         async with self._lock(rec.id):
             for c in self.ctx.records.containers_of(rec.id):
-                await self.ctx.containers.remove(c.id)
+                await self.containers.remove(c.id)
             await self._teardown(rec, remove=True)
         self._locks.pop(rec.id, None)
         _log.info("sandbox removed", pod_sandbox_id=rec.id)
@@ -242,8 +258,7 @@ class Sandboxes:
         """Undo what exists of a sandbox; each step tolerates what is already gone.
 
         CNI DEL runs while the netns still exists, in parallel with killing the infra container: the bridge
-        plugin finds the pod's addresses inside the netns to remove its masquerade rules, so a DEL after the
-        netns is deleted (faster, see docs/design.md) leaks those iptables chains whenever ipMasq is on.
+        plugin finds the pod's addresses inside the netns to remove its masquerade rules (docs/design.md).
         """
         ctx = self.ctx
         errors: list[str] = []  # every step runs even when one fails: a step skipped is a leak
@@ -315,8 +330,6 @@ class Sandboxes:
         try:
             await self.ctx.cni.delete(net, self._pod_network_args(rec, rec.config))
         except Exception as exc:  # noqa: BLE001 - whatever fails here, the rest of the teardown must still run
-            # (an exception out of here stopped it before the netns unpin, the /dev/shm unmount and the monitor's
-            # shutdown: all three leaked, and an undone RunPodSandbox kept its invisible CREATING record)
             _log.warning("CNI DEL failed", pod_sandbox_id=rec.id, error=str(exc) or type(exc).__name__)
             return
         rec.network_name = ""
@@ -382,44 +395,6 @@ class Sandboxes:
         self.ctx.records.save_sandbox(rec)
         _log.info("pod resources updated", pod_sandbox_id=rec.id)
 
-    # ---- Stats ----
-
-    async def stats(self, rec: SandboxRecord) -> cri.PodSandboxStats:
-        """Pod stats: the sum of its containers' cpu and memory, its netns's interfaces, its process count."""
-        config = rec.config
-        now = time.time_ns()
-        containers = [c for c in self.ctx.records.containers_of(rec.id) if c.state == "running"]
-        cstats = list(await asyncio.gather(*(self.ctx.containers.stats(c) for c in containers)))
-        linux = cri.LinuxPodSandboxStats(containers=cstats)
-        cpu = sum(s.cpu.usage_core_nano_seconds.value for s in cstats)
-        nano = sum(s.cpu.usage_nano_cores.value for s in cstats)
-        linux.cpu.CopyFrom(cri.CpuUsage(timestamp=now, usage_core_nano_seconds=cri.UInt64Value(value=cpu),
-                                        usage_nano_cores=cri.UInt64Value(value=nano)))
-        linux.memory.CopyFrom(cri.MemoryUsage(
-            timestamp=now,
-            working_set_bytes=cri.UInt64Value(value=sum(s.memory.working_set_bytes.value for s in cstats)),
-            usage_bytes=cri.UInt64Value(value=sum(s.memory.usage_bytes.value for s in cstats)),
-            rss_bytes=cri.UInt64Value(value=sum(s.memory.rss_bytes.value for s in cstats))))
-        if rec.state == SB_READY and rec.netns:
-            interfaces = await asyncio.to_thread(_net_dev, rec.infra_pid)
-            if interfaces:
-                usage = cri.NetworkUsage(timestamp=now, interfaces=interfaces)
-                default = next((i for i in interfaces if i.name == "eth0"), interfaces[0])
-                usage.default_interface.CopyFrom(default)
-                linux.network.CopyFrom(usage)
-        processes = await asyncio.to_thread(process_count, [c.pid for c in containers])
-        linux.process.CopyFrom(cri.ProcessUsage(timestamp=now, process_count=cri.UInt64Value(value=processes)))
-        attrs = cri.PodSandboxAttributes(id=rec.id, metadata=config.metadata, labels=config.labels,
-                                         annotations=config.annotations)
-        return cri.PodSandboxStats(attributes=attrs, linux=linux)
-
-    def stats_targets(self, flt) -> list[SandboxRecord]:
-        out = []
-        for rec in self.ctx.records.sandboxes.values():
-            if rec.state == SB_READY and matches(flt, rec.id, rec.config.labels):
-                out.append(rec)
-        return out
-
     # ---- Recovery ----
 
     async def recover(self) -> None:
@@ -451,14 +426,6 @@ def _resources_json(text: str) -> dict | None:
     from google.protobuf.json_format import MessageToDict
 
     return MessageToDict(unpb(cri.LinuxContainerResources, text))
-
-
-def _net_dev(pid: int) -> list:
-    """Interface counters of the netns a process is in, lo excluded."""
-    return [cri.NetworkInterfaceUsage(
-        name=name, rx_bytes=cri.UInt64Value(value=c["rx_bytes"]), rx_errors=cri.UInt64Value(value=c["rx_errors"]),
-        tx_bytes=cri.UInt64Value(value=c["tx_bytes"]), tx_errors=cri.UInt64Value(value=c["tx_errors"]))
-        for name, c in read_net_dev(pid).items()]
 
 
 def remove_cgroup(path: str, driver: str) -> None:

@@ -1,7 +1,7 @@
 """CRI configs + image config -> OCI runtime spec (config.json, runtime-spec 1.x), as containerd's CRI builds it.
 
 Pure functions: no I/O beyond stat() of host paths named by the request (devices, mount sources), a Localhost
-seccomp profile's file and the host's LSM state (pycri/seccomp_profiles.py, pycri/lsm.py). The runtime
+seccomp profile's file and the host's LSM state (pycri/oci/seccomp.py, pycri/oci/lsm.py). The runtime
 layer receives only the resulting dict. Defaults (capabilities, masked/read-only paths, default mounts, device
 allow-list) follow containerd's so that images behave the same on both.
 """
@@ -13,7 +13,8 @@ import os
 import stat
 from dataclasses import dataclass, field
 
-from pycri import lsm, seccomp_profiles
+from pycri.oci import seccomp as seccomp_profiles
+from pycri.oci import lsm
 from pycri.api import api_pb2 as cri
 from pycri.errors import InvalidArgument
 from pycri.node import cgroup_version, resolve_path
@@ -314,26 +315,30 @@ def userns_mappings(opts: cri.NamespaceOption) -> tuple[list[dict], list[dict]] 
     return _oci_id_mappings(u.uids), _oci_id_mappings(u.gids)
 
 
+def host_device(path: str) -> tuple[str, int, int, int]:
+    """(type "c" | "b" | "p", or "" for anything else; major; minor; permission bits) of a host node, followed
+    through symlinks as the kernel would; OSError when it cannot be stat'ed. For CRI devices and CDI nodes."""
+    st = os.stat(path)
+    kind = "c" if stat.S_ISCHR(st.st_mode) else "b" if stat.S_ISBLK(st.st_mode) else \
+        "p" if stat.S_ISFIFO(st.st_mode) else ""
+    return kind, os.major(st.st_rdev), os.minor(st.st_rdev), stat.S_IMODE(st.st_mode)
+
+
 def devices(devs) -> tuple[list[dict], list[dict]]:
     """CRI devices -> (linux.devices, device cgroup allow rules); the host node must exist."""
     nodes, rules = [], []
     for d in devs:
         try:
-            st = os.stat(d.host_path)
+            kind, major, minor, mode = host_device(d.host_path)
         except OSError as exc:
             raise InvalidArgument(f"device {d.host_path!r}: {exc.strerror}") from None
-        if stat.S_ISCHR(st.st_mode):
-            kind = "c"
-        elif stat.S_ISBLK(st.st_mode):
-            kind = "b"
-        else:
+        if kind not in ("c", "b"):
             raise InvalidArgument(f"device {d.host_path!r} is not a device node")
-        major, minor = os.major(st.st_rdev), os.minor(st.st_rdev)
         perms = d.permissions or "rwm"
         if set(perms) - set("rwm"):
             raise InvalidArgument(f"device {d.host_path!r}: permissions {perms!r} are not a subset of 'rwm'")
         nodes.append({"path": d.container_path or d.host_path, "type": kind, "major": major, "minor": minor,
-                      "fileMode": stat.S_IMODE(st.st_mode), "uid": 0, "gid": 0})
+                      "fileMode": mode, "uid": 0, "gid": 0})
         rules.append({"allow": True, "type": kind, "major": major, "minor": minor, "access": perms})
     return nodes, rules
 
@@ -560,8 +565,8 @@ def container_spec(config: cri.ContainerConfig, sandbox_config: cri.PodSandboxCo
 
 
 def security_profiles(spec: dict, sc, caps: list[str], *, privileged: bool, pod_sc=None) -> None:
-    """linux.seccomp (pycri/seccomp_profiles.py), process.apparmorProfile, process.selinuxLabel and
-    linux.mountLabel (pycri/lsm.py) as the security context asks; `caps` is the bounding set (the seccomp
+    """linux.seccomp (pycri/oci/seccomp.py), process.apparmorProfile, process.selinuxLabel and
+    linux.mountLabel (pycri/oci/lsm.py) as the security context asks; `caps` is the bounding set (the seccomp
     profile's per-capability rules follow it)."""
     profile = seccomp_profiles.linux_seccomp(sc, caps, privileged=privileged)
     if profile is not None:
@@ -581,7 +586,7 @@ _UTS_SYSCTLS = ("kernel.hostname", "kernel.domainname")
 
 def sysctl_dot_form(name: str) -> str:
     """A sysctl name in the kubelet's dot form: a slash-separated name has its dots and slashes swapped
-    (`net/ipv4/conf/eth0.100/forwarding` -> `net.ipv4.conf.eth0/100.forwarding`); runtime/rootfs.sysctl_path
+    (`net/ipv4/conf/eth0.100/forwarding` -> `net.ipv4.conf.eth0/100.forwarding`); runtime/launch/rootfs.sysctl_path
     turns either form into the same /proc/sys path."""
     first = min((i for i in (name.find("."), name.find("/")) if i >= 0), default=-1)
     return name.translate(str.maketrans("./", "/.")) if first >= 0 and name[first] == "/" else name
@@ -605,3 +610,17 @@ def validate_sysctls(sysctls: dict[str, str], opts: cri.NamespaceOption) -> dict
             raise InvalidArgument(f"sysctl {name!r} is not namespaced; it cannot be set for a pod")
         out[key] = value
     return out
+
+
+_SIGNAL_NAMES = {v: k for k, v in cri.Signal.items()}
+
+
+def stop_signal(config: cri.ContainerConfig, image) -> str:
+    """The signal that stops a container: its config's, else its image's StopSignal, else SIGTERM."""
+    if config.stop_signal:
+        name = _SIGNAL_NAMES.get(config.stop_signal, "SIGTERM")
+        return name.replace("RTMINPLUS", "RTMIN+").replace("RTMAXMINUS", "RTMAX-")
+    img = (image.config.get("config") or {}).get("StopSignal") or ""
+    if img:
+        return img if img.startswith("SIG") or (img.isascii() and img.isdigit()) else f"SIG{img}"
+    return "SIGTERM"

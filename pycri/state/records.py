@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pycri.api import api_pb2 as cri
-from pycri.store import Store, dumps, loads
+from pycri.state.store import Store, dumps, loads
 
 # Sandbox states. "creating"/"removing" are never shown to a client as READY.
 SB_CREATING, SB_READY, SB_NOTREADY = "creating", "ready", "notready"

@@ -16,6 +16,7 @@ from typing import Callable
 import h11
 
 from pycri import log
+from pycri.server import http
 
 _log = log.get("infoserver")
 
@@ -65,37 +66,18 @@ class InfoServer:
     async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
         self._tasks.add(task)
-        conn = h11.Connection(h11.SERVER, max_incomplete_event_size=16 * 1024)
+        conn = http.connection()
         try:
-            request = await asyncio.wait_for(self._read_request(conn, reader), REQUEST_TIMEOUT)
+            request = await asyncio.wait_for(http.read_request(conn, reader), REQUEST_TIMEOUT)
             if request is None:
                 return
             status, ctype, body = self._answer(request)
-            headers = [("Content-Type", ctype), ("Content-Length", str(len(body))), ("Connection", "close")]
-            writer.write(conn.send(h11.Response(status_code=status, headers=headers)))
-            if request.method != b"HEAD":
-                writer.write(conn.send(h11.Data(data=body)))
-            writer.write(conn.send(h11.EndOfMessage()))
-            await writer.drain()
+            await http.respond(conn, writer, status, ctype, body, head_only=request.method == b"HEAD")
         except (h11.ProtocolError, asyncio.TimeoutError, ConnectionError) as exc:
             _log.debug("request failed", server=self.name, error=f"{type(exc).__name__}: {exc}")
         finally:
             self._tasks.discard(task)
             writer.close()
-
-    @staticmethod
-    async def _read_request(conn: h11.Connection, reader: asyncio.StreamReader) -> h11.Request | None:
-        while True:
-            event = conn.next_event()
-            if event is h11.NEED_DATA:
-                data = await reader.read(16384)
-                conn.receive_data(data)
-                if not data and conn.their_state == h11.IDLE:
-                    return None
-                continue
-            if isinstance(event, h11.Request):
-                return event
-            return None
 
     def _answer(self, request: h11.Request) -> tuple[int, str, bytes]:
         path = request.target.decode("latin-1").split("?", 1)[0]

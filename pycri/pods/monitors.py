@@ -15,7 +15,8 @@ import os
 import time
 from typing import Any, Awaitable
 
-from pycri import log, metrics
+from pycri import log
+from pycri.observe import metrics
 from pycri.errors import CRIError
 from pycri.node import AsyncMonitorClient, ExitWatch, MonitorClient, MonitorError, monitor_state
 

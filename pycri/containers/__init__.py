@@ -1,0 +1,2 @@
+"""Containers: their lifecycle in a pod (manager.py) and the host mounts their volumes' propagation needs
+(hostmounts.py)."""

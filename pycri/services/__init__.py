@@ -1,1 +1,0 @@
-"""gRPC servicers: thin CRI handlers that validate, look up and delegate."""
