@@ -1,6 +1,6 @@
 """Containers: create from an image in a pod, start, stop, remove, status, list, exec, logs, resources; their
-exits and the recovery at start. ExecSync's own work is in exec.py, the user a container runs as in
-pycri/oci/users.py, its stats in pycri/stats/."""
+exits and the recovery at start. ExecSync's own work is in exec.py, the CRI messages of a record in messages.py,
+the user a container runs as in pycri/oci/users.py, its stats in pycri/stats/."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ import structlog
 from pycri import log
 from pycri.api import api_pb2 as cri
 from pycri.containers.exec import exec_sync
+from pycri.containers.messages import container_item, container_status, state_of
 from pycri.errors import FailedPrecondition, InvalidArgument, NotFound, TeardownError
 from pycri.images import ImageError
 from pycri.node import MonitorError, SharedMounts, detach_if_mounted, mount_setattr_supported, remove_tree
@@ -26,7 +27,7 @@ from pycri.oci.users import ImageUsers
 from pycri.pods.manager import pod_root_group, remove_cgroup, runtime_request
 from pycri.pods.monitors import MonitorUnavailable
 from pycri.state.dirs import private_dir, write_private
-from pycri.state.records import (C_CREATED, C_CREATING, C_EXITED, C_RUNNING, CONTAINER_STATE, SB_READY, ContainerRecord,
+from pycri.state.records import (C_CREATED, C_CREATING, C_EXITED, C_RUNNING, SB_READY, ContainerRecord,
                                  SandboxRecord, matches, pb)
 from pycri.state.reservations import Reservations
 
@@ -380,40 +381,16 @@ class Containers:
 
     def status(self, container_id: str, verbose: bool) -> cri.ContainerStatusResponse:
         rec = self.get(container_id)
-        config = rec.config
-        user = cri.ContainerUser(linux=cri.LinuxContainerUser(
-            uid=rec.user.get("uid", 0), gid=rec.user.get("gid", 0),
-            supplemental_groups=[rec.user.get("gid", 0)] + [g for g in rec.user.get("additionalGids", [])
-                                                             if g != rec.user.get("gid", 0)]))
-        status = cri.ContainerStatus(
-            id=rec.id, metadata=config.metadata, state=CONTAINER_STATE.get(rec.state, cri.CONTAINER_UNKNOWN),
-            created_at=rec.created_at, started_at=rec.started_at, finished_at=rec.finished_at,
-            exit_code=rec.exit_code, image=cri.ImageSpec(image=config.image.image, annotations=config.image.annotations,
-                                                         user_specified_image=config.image.user_specified_image),
-            image_ref=rec.image_ref, image_id=rec.image_id, reason=rec.reason, message=rec.message,
-            labels=config.labels, annotations=config.annotations, mounts=config.mounts, log_path=rec.log_path,
-            resources=cri.ContainerResources(linux=rec.resources) if rec.resources_pb else None, user=user,
-            stop_signal=config.stop_signal)
-        response = cri.ContainerStatusResponse(status=status)
+        response = cri.ContainerStatusResponse(status=container_status(rec))
         if verbose:
             response.info["info"] = json.dumps({"sandboxID": rec.sandbox_id, "pid": rec.pid, "bundle": rec.bundle,
                                                 "stopSignal": rec.stop_signal, "state": rec.state})
         return response
 
     def list(self, flt: cri.ContainerFilter | None) -> list[cri.Container]:
-        out = []
-        for rec in self.ctx.records.containers.values():
-            if rec.state == C_CREATING:
-                continue
-            state = CONTAINER_STATE.get(rec.state, cri.CONTAINER_UNKNOWN)
-            config = rec.config
-            if not matches(flt, rec.id, config.labels, sandbox_id=rec.sandbox_id, state=state):
-                continue
-            out.append(cri.Container(id=rec.id, pod_sandbox_id=rec.sandbox_id, metadata=config.metadata,
-                                     image=cri.ImageSpec(image=config.image.image), image_ref=rec.image_ref,
-                                     image_id=rec.image_id, state=state, created_at=rec.created_at,
-                                     labels=config.labels, annotations=config.annotations))
-        return out
+        return [container_item(rec) for rec in self.ctx.records.containers.values()
+                if rec.state != C_CREATING and matches(flt, rec.id, rec.config.labels, sandbox_id=rec.sandbox_id,
+                                                       state=state_of(rec))]
 
     # ---- Exec, logs, resources ----
 
