@@ -59,8 +59,6 @@ test: deps venv proto initc images wheels
 # hack/node.py boots a debootstrap'ed Debian 12 under User-mode Linux (the image is built once, ~100 s, and
 # rebuilt when its recipe changes). The guest is a process of this machine: no lock with `make test` needed.
 node-test: deps venv proto initc images wheels
-	rm -rf .cache/dist build
-	$(PY) -m pip wheel -q --no-deps -w .cache/dist .
 	$(PY) hack/node.py test $(NODE_TEST_ARGS)
 
 # Install on this machine (or under DESTDIR) as a node package would: the wheel (`pip wheel .`: the CRI stubs and

@@ -60,13 +60,15 @@ from pycri.api import api_pb2_grpc  # noqa: E402
 from runtime import state as rtstate  # noqa: E402
 from tests.fixtures import leaks  # noqa: E402
 from tests.fixtures.daemon import DaemonProcess  # noqa: E402
+from tests.fixtures.pace import scaled  # noqa: E402
 
 RETRYABLE = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED, grpc.StatusCode.DEADLINE_EXCEEDED,
              grpc.StatusCode.UNKNOWN}
 CHANNEL_OPTIONS = [("grpc.initial_reconnect_backoff_ms", 50), ("grpc.min_reconnect_backoff_ms", 50),
                    ("grpc.max_reconnect_backoff_ms", 300), ("grpc.max_receive_message_length", 16 << 20)]
 NAMESPACE = "chaos"
-RPC_TIMEOUT = 60
+RPC_TIMEOUT = scaled(60)
+RETRY_SECONDS = scaled(60)  # a worker gives up after 600 retries of a request, and no sooner than this
 
 
 def say(msg: str) -> None:
@@ -81,7 +83,7 @@ class ChaosDaemon(DaemonProcess):
 
     _offset = 0
 
-    def start(self, timeout: float = 30) -> "ChaosDaemon":
+    def start(self, timeout: float = scaled(30)) -> "ChaosDaemon":
         self._offset = self.log_path.stat().st_size if self.log_path.exists() else 0
         return super().start(timeout)
 
@@ -217,8 +219,11 @@ class Worker(threading.Thread):
         """Send until answered (kubelet-like retries of the same request); Rejected on an error answer."""
         attempts = 0
         stats = self.chaos.stats
+        give_up = time.monotonic() + RETRY_SECONDS
         while True:
+            paused = time.monotonic()
             self.chaos.gate.checkpoint()
+            give_up += time.monotonic() - paused  # (time held at a checkpoint is not time the daemon was down)
             try:
                 resp = method(request, timeout=timeout)
                 stats.bump("requests_ok")
@@ -228,8 +233,9 @@ class Worker(threading.Thread):
                 if code in RETRYABLE:  # the daemon is down, or the channel has not reconnected yet
                     attempts += 1
                     stats.bump("retries")
-                    if attempts > 600:
-                        raise Failure(f"{op}: still failing after {attempts} attempts: {exc.details()}")
+                    if attempts > 600 and time.monotonic() > give_up:
+                        raise Failure(f"{op}: still failing after {attempts} attempts in {RETRY_SECONDS:.0f}s: "
+                                      f"{exc.details()}")
                     time.sleep(0.05 + self.rng.random() * 0.1)
                     continue
                 stats.bump("rejected")
@@ -548,7 +554,7 @@ class Chaos:
                     self.gate.resume()
                 time.sleep(self.rng.uniform(0, 0.3))  # requests meet a dead socket
                 t0 = time.monotonic()
-                self.daemon.start(timeout=60)
+                self.daemon.start(timeout=scaled(60))
                 self.restart_seconds.append(time.monotonic() - t0)
                 self.gate.pause()
                 try:

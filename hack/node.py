@@ -258,9 +258,19 @@ def main() -> int:
         rc, out = run(" ".join(_quote(a) for a in argv) + "\n", opts.timeout, opts.keep)
     else:
         args = [a for a in opts.args if a != "--"] or ["tests/node"]
+        _fresh_wheel()
         rc, out = run(_pytest_script(args), opts.timeout)
     sys.stdout.write(out)
     return rc
+
+
+def _fresh_wheel() -> None:
+    """pycri's wheel, built from this checkout into .cache/dist for each test run: the node suite installs it
+    (tests/node/test_installed.py), and an older one would be an older pycri."""
+    for stale in (REPO / ".cache" / "dist", REPO / "build"):
+        shutil.rmtree(stale, ignore_errors=True)
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(REPO / ".cache" / "dist"),
+                    str(REPO)], check=True, cwd=REPO)
 
 
 def _quote(arg: str) -> str:

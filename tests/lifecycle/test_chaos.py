@@ -33,7 +33,7 @@ def test_chaos_kills_lose_nothing_and_leak_nothing(registry):
     lines: list[str] = []
     started = time.monotonic()
     result = chaos.run_chaos(workdir, registry, kills=10, workers=3, seed=seed, pods_per_worker=2, wound_every=3,
-                             min_gap=0.05, max_gap=1.0, subnet="10.242.0.0/24", log=lines.append)
+                             min_gap=scaled(0.05), max_gap=scaled(1.0), subnet="10.242.0.0/24", log=lines.append)
     elapsed = time.monotonic() - started
     assert not result["failures"], (f"seed {seed} (rerun with PYCRI_CHAOS_SEED={seed}):\n"
                                     + "\n".join(result["failures"]) + "\n--- log:\n" + "\n".join(lines[-40:]))

@@ -9,6 +9,7 @@ import time
 import grpc
 
 from pycri.api import api_pb2 as cri
+from tests.fixtures.pace import scaled
 
 SLOW = 40          # concurrent `sleep 20` ExecSyncs in pod A
 SLOW_SECONDS = 20
@@ -83,7 +84,7 @@ def test_slow_execs_in_one_pod_do_not_delay_another_pods_lifecycle(kubelet):
 def test_two_hundred_concurrent_execs_none_misses_its_deadline(kubelet):
     sid, pod = kubelet.run_pod("many")
     cid = kubelet.start(sid, pod, "c", command=["sleep", "3600"])
-    n, seconds, timeout = 200, 1, 15
+    n, seconds, timeout = 200, 1, int(scaled(15))
 
     def one(_):
         t0 = time.monotonic()

@@ -1,4 +1,4 @@
-"""pycri as a node installs it (`make install`'s steps): the wheel (.cache/dist, built by `make node-test` from this
+"""pycri as a node installs it (`make install`'s steps): the wheel (.cache/dist, built by `hack/node.py test` from this
 checkout) into a venv of its own, the wrapper, unit, config and default CNI network from hack/install.py, run by
 systemd as a service (Delegate=yes, KillMode=process) with the systemd cgroup driver, as a kubeadm node runs it;
 crictl's flow through its socket. (crictl itself is not to be had here: Debian 12 has no cri-tools and there is
@@ -36,7 +36,7 @@ def service(registry, tmp_path):
     """Installed, the pause image imported, the test registry trusted, started by systemd; stopped afterwards
     (its pods removed first)."""
     wheels = sorted((REPO / ".cache" / "dist").glob("pycri-*.whl"))
-    assert wheels, "no wheel in .cache/dist (make node-test builds it)"
+    assert wheels, "no wheel in .cache/dist (hack/node.py test builds it)"
     _sh("python3", "-m", "venv", "--clear", str(HOME))
     _sh(str(HOME / "bin/pip"), "install", "-q", "--no-index", "--find-links", str(REPO / ".cache" / "wheels"),
         str(wheels[-1]))

@@ -19,6 +19,7 @@ import time
 import uuid
 
 from runtime import cgroups
+from tests.fixtures.pace import scaled
 
 SYSTEMD = "/lib/systemd/systemd"
 V2 = cgroups.detect_version() == 2
@@ -70,7 +71,7 @@ class SystemdBox:
         assert self.proc is not None
         return int(open(f"/proc/{self.proc.pid}/task/{self.proc.pid}/children").read().split()[0])
 
-    def start(self, timeout: float = 20) -> "SystemdBox":
+    def start(self, timeout: float = scaled(20)) -> "SystemdBox":
         if V2:  # the box's root gets every controller (as a runtime gives a container's cgroup): the host's
             root = os.path.dirname(self.dirs[0])  # systemd enables cpu at its root only once a unit asks
             missing = set(open(f"{root}/cgroup.controllers").read().split()) - \
@@ -96,8 +97,9 @@ class SystemdBox:
             os.makedirs(self.leaf, exist_ok=True)
             own = os.stat("/proc/self/ns/cgroup").st_ino
             while os.stat(f"/proc/{self.proc.pid}/ns/cgroup").st_ino == own:  # until unshare has made the ns
-                if self.proc.poll() is not None or time.monotonic() > deadline:
-                    break
+                if self.proc.poll() is not None or time.monotonic() > deadline:  # (in the leaf, the box's
+                    self.stop()  # namespace would be rooted there, and its units' paths start /commands)
+                    raise RuntimeError("unshare made no cgroup namespace for the box in time")
                 time.sleep(0.005)
             with open(os.path.join(self.leaf, "cgroup.procs"), "w") as f:
                 f.write(str(self.proc.pid))
