@@ -18,7 +18,6 @@ import select
 import selectors
 import signal
 import socket
-import stat
 import struct
 import termios
 import time
@@ -26,16 +25,15 @@ import time
 from runtime import cgroups, frames, jsonlog, launch, state
 from runtime.frames import CH_CLOSE_STDIN, CH_EXIT, CH_RESIZE, CH_STDERR, CH_STDIN, CH_STDOUT, frame
 from runtime.host import linux, trees
-from runtime.launch import fastinit, hooks, initproc, rootfs
+from runtime.launch import initproc
+from runtime.monitor.builtin import BuiltinRunner
 from runtime.monitor.logfile import DEFAULT_MAX_LINE, LogFile
+from runtime.monitor.runner import RequestError, Runner, kill_quietly
+from runtime.monitor.stdio import container_pty, nonblock
 
 LOG_PATH_ANNOTATION = "io.pycri.log-path"
 DEFAULT_OUTPUT_CAP = 16 * 1024 * 1024
 log = jsonlog.get_logger("runtime.monitor")
-
-
-class RequestError(Exception):
-    """A request the monitor refuses; the message goes back to the client."""
 
 
 def _recv(sock: socket.socket) -> bytes | None:
@@ -46,49 +44,6 @@ def _recv(sock: socket.socket) -> bytes | None:
         return None
     except OSError:
         return b""
-
-
-def _nonblock(fd: int) -> None:
-    fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) | os.O_NONBLOCK)
-
-
-_TIOCSPTLCK, _TIOCGPTPEER = 0x40045431, 0x5441
-
-
-def _container_pty(pid: int) -> tuple[int, int]:
-    """A pty pair from the container's own devpts (so `tty` names it inside), else from the host's. The container
-    owns its /dev: its /dev/ptmx is resolved inside its root (rootfs.open_in_root: a symlink of the container's
-    leads nowhere outside) and opened only if it is a ptmx (5:2); the slave comes from the master itself
-    (TIOCGPTPEER), not from a second lookup."""
-    try:
-        root = os.open(f"/proc/{pid}/root", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
-        try:
-            master = _open_device(root, "/dev/ptmx", os.makedev(5, 2))
-        finally:
-            os.close(root)
-    except OSError:
-        master, slave = os.openpty()
-        os.set_inheritable(master, False)
-        return master, slave
-    try:
-        fcntl.ioctl(master, _TIOCSPTLCK, struct.pack("i", 0))
-        slave = fcntl.ioctl(master, _TIOCGPTPEER, os.O_RDWR | os.O_NOCTTY | os.O_CLOEXEC)
-    except OSError:
-        os.close(master)
-        raise
-    return master, slave
-
-
-def _open_device(root: int, path: str, rdev: int) -> int:
-    """path in the container whose root is root, opened read-write if it is the character device rdev."""
-    fd = rootfs.open_in_root(root, path)
-    try:
-        st = os.fstat(fd)
-        if not stat.S_ISCHR(st.st_mode) or st.st_rdev != rdev:
-            raise OSError(errno.EPERM, f"not the device it should be ({os.major(rdev)}:{os.minor(rdev)})", path)
-        return os.open(rootfs.fd_path(fd), os.O_RDWR | os.O_NOCTTY | os.O_CLOEXEC)
-    finally:
-        os.close(fd)
 
 
 def _signum(sig) -> int:
@@ -143,8 +98,7 @@ class Container:
         self.pid = 0
         self.start_time: int | None = None
         self.status = "creating"
-        self.proc: launch.Process | None = None
-        self.oci: ociruntime.OciRuntime | None = None  # set: an external OCI runtime runs it, not launch
+        self.runner: Runner | None = None      # what makes its processes: BuiltinRunner or ocirunner.OciRunner
         self.cgroup: cgroups.Cgroup | None = None
         self.oom_base = 0
         self.oom_seen = 0                     # the highest OOM kill count read while it ran (see _oom_event)
@@ -155,10 +109,8 @@ class Container:
         self.outputs: dict[int, str] = {}     # read fd -> stream name
         self.stdin_w: int | None = None
         self.master: int | None = None        # pty master (terminal)
-        self.spare_hint: bool | None = None   # fast init: the spare op_start keeps (in a new pid ns or not)
         self.init_lines: _InitLines | None = None  # during a create: its init's lines that follow
-        self.ready_pending = False  # created with "ready": "later": op_start waits for the end of the set-up
-        self.setup_error: str | None = None  # ... which failed before op_start came (read at the exit)
+        self.setup_error: str | None = None  # a set-up that failed before op_start came (read at the exit)
         self.waiters: list[Conn] = []
         self.attached: list[Conn] = []
         self.stdin_pending = b""
@@ -171,6 +123,17 @@ class Container:
         return {"id": self.id, "pid": self.pid, "start_time": self.start_time, "status": self.status,
                 "bundle": self.bundle, "created_at": self.created_at, "started_at": self.started_at,
                 "cgroup": self.cgroup.path if self.cgroup else None, "log_path": self.log_path}
+
+    def write_state(self, status: str | None = None) -> None:
+        """state.json: its record (with this status)."""
+        record = self.record()
+        if status is not None:
+            record["status"] = status
+        state.write_json(os.path.join(self.dir, "state.json"), record)
+
+    def open_log(self, path: str, max_line: int) -> None:
+        self.log_path = path
+        self.log = LogFile(path, max_line)
 
 
 class _InitLines:
@@ -583,9 +546,10 @@ class Monitor:
         c = Container(cid, bundle, spec, sdir)
         c.init_lines = lines
         if req.get("runtime") is not None:
-            from runtime.monitor import oci as ociruntime  # only pods of an OCI handler pay for it
-            rt = ociruntime.check_request(req["runtime"])
-            c.oci = ociruntime.OciRuntime(rt["path"], cid, sdir, bundle, spec, rt["cgroup_manager"] == "pycri")
+            from runtime.monitor import ocirunner  # only pods of an OCI handler pay for it
+            c.runner = ocirunner.OciRunner(self, c, req["runtime"])
+        else:
+            c.runner = BuiltinRunner(self, c)
         try:
             self._create(c, req)
         except BaseException:
@@ -593,21 +557,18 @@ class Monitor:
             raise
         finally:
             c.init_lines = None
-        return {"pid": c.pid, "warnings": c.proc.warnings if c.proc else c.oci.warnings if c.oci else []}
+        return {"pid": c.pid, "warnings": c.runner.warnings}
 
     def _create(self, c: Container, req: dict) -> None:
         spec = c.spec
         proc = spec.get("process") or {}
         log_path = req.get("log_path") or (spec.get("annotations") or {}).get(LOG_PATH_ANNOTATION)
         max_line = int(req.get("log_max_line") or DEFAULT_MAX_LINE)
-        oci_tty = c.oci is not None and bool(proc.get("terminal"))  # the runtime makes the pty
-        stdio, console = (None, None) if oci_tty else self._make_stdio(c, bool(proc.get("terminal")),
-                                                                       bool(req.get("stdin")))
+        runner_tty = c.runner.own_pty and bool(proc.get("terminal"))
+        stdio, console = (None, None) if runner_tty else self._make_stdio(c, bool(proc.get("terminal")),
+                                                                          bool(req.get("stdin")))
         try:
-            if c.oci is not None:
-                t0, t1, t2 = self._launch_oci(c, req, log_path, max_line, stdio)
-            else:
-                t0, t1, t2 = self._launch(c, req, log_path, max_line, stdio, console)
+            t0, t1, t2 = c.runner.create(req, log_path, max_line, stdio, console)
         finally:  # the child's ends: it has its own copies by now (or it failed)
             for fd in stdio or ():
                 os.close(fd)
@@ -616,134 +577,11 @@ class Monitor:
         c.status = "created"
         self.containers[c.id] = c
         t3 = time.perf_counter()
-        for w in (c.proc.warnings if c.proc else c.oci.warnings):
+        for w in c.runner.warnings:
             self._later(self.log.warning, "container.warning", container_id=c.id, warning=w)
         self._later(self.log.info, "container.created", container_id=c.id, pid=c.pid,
                     plan_ms=round((t1 - t0) * 1e3, 2), clone_ms=round((t2 - t1) * 1e3, 2),
                     setup_ms=round((t3 - t2) * 1e3, 2))
-
-    def _launch(self, c: Container, req: dict, log_path, max_line, stdio, console):
-        """Plan and clone first; the cgroup is made while the child sets up its namespaces and mounts (the
-        other CPU), and the child joins it itself just before pivot_root (go_stage "late"; see
-        cgroups.Cgroup.self_attach_paths). Then, still in parallel, the parent's share: state dir, log file,
-        start time and state.json (written before the answer, as always)."""
-        spec = c.spec
-        lin = spec.get("linux") or {}
-        cg_path = lin.get("cgroupsPath")
-        cg = cgroups.open_cgroup(cg_path) if cg_path else None
-        t0 = time.perf_counter()
-        parts = None
-        init = req.get("init")
-        if init == "follows":  # the client planned it while we made the pipes and state: its line is here
-            init = c.init_lines.head()
-        if init is not None and console is None and fastinit.prepared_usable(init):
-            # planned and encoded by the client, which found fast init enabled (see runtime/launch/fastinit.py)
-            plan, parts = fastinit.prepared_plan(init, spec, stdio)
-            plan.hook_state = {"id": c.id, "bundle": c.bundle}
-            if parts[1] is None:
-                parts = (parts[0], c.init_lines.tail)
-        else:
-            plan = launch.plan_container(spec, c.bundle, c.id, overlay=req.get("overlay"), stdio=stdio,
-                                         console_fd=console, cgroup=cg is not None,
-                                         cgroup_tasks=cg.self_attach_paths() if cg is not None else None)
-        t1 = time.perf_counter()
-        spare, self.spare = self.spare, None
-        try:
-            c.proc = launch.Process(plan, spare, parts)
-        finally:
-            if spare is not None and not (c.proc and c.proc.used_spare):
-                spare.close()
-        t2 = time.perf_counter()
-        c.pid = c.proc.pid
-        if cg is not None:
-            self._take_cgroup(c, cg, cg_path)
-            if not plan.cgroup_tasks:
-                cg.attach(c.pid)
-            # after the attach: under the systemd driver it is what makes the scope, and so the cgroup to watch
-            self._count_ooms(c)
-        c.proc.go()
-        # in parallel with the child's set-up
-        os.mkdir(c.dir, 0o700)
-        if log_path:
-            c.log_path = log_path
-            c.log = LogFile(log_path, max_line)
-        # else the pid is the grandchild's (a pid namespace joined, or made after a user namespace), known once ready
-        pid_known = plan.join_pid is None and not plan.pid_fork
-        if pid_known:
-            c.start_time = linux.proc_start_time(c.pid)
-            state.write_json(os.path.join(c.dir, "state.json"), {**c.record(), "status": "created"})
-        if c.proc.fast:  # op_start makes a spare like it, once its answer is out
-            c.spare_hint = bool(plan.clone_flags & linux.CLONE_NEWPID) and plan.join_pid is None
-        if plan.runtime_hooks:  # the child stops after its mounts, before pivot_root, for these (as runc)
-            c.proc.wait_hooks_point()
-            c.pid = c.proc.pid
-            self._hooks(c, ("prestart", "createRuntime"), "creating", fatal=True)
-            c.proc.resume()
-        if req.get("ready") == "later" and pid_known and not plan.runtime_hooks:
-            c.ready_pending = True  # answered now; the set-up goes on, and op_start waits for its end
-        else:
-            c.proc.wait_ready()
-        if not pid_known:
-            c.pid = c.proc.pid
-            c.start_time = linux.proc_start_time(c.pid)
-            state.write_json(os.path.join(c.dir, "state.json"), {**c.record(), "status": "created"})
-        return t0, t1, t2
-
-    def _take_cgroup(self, c: Container, cg: cgroups.Cgroup, cg_path: str) -> None:
-        """Make cg the container's (refused if processes are in it already), with the spec's resources applied:
-        what cannot be applied is a warning."""
-        if cg.exists() and cg.pids():
-            raise RequestError(f"cgroup {cg_path} is in use by other processes")
-        c.cgroup = cg
-        cg.create()
-        for w in cg.apply((c.spec.get("linux") or {}).get("resources")):
-            self._later(self.log.warning, "cgroup.warning", container_id=c.id, warning=w)
-
-    def _count_ooms(self, c: Container) -> None:
-        """OOM kills in the container's cgroup count from now, and are watched for."""
-        c.oom_base = c.cgroup.oom_kills()
-        self._watch_oom(c)
-
-    def _launch_oci(self, c: Container, req: dict, log_path, max_line, stdio):
-        """_launch through an external OCI runtime (runtime/monitor/oci.py): rootfs, `create`, then our view of
-        the container (pty master, cgroup for stats and OOM, log file, state.json) as _launch leaves it."""
-        t0 = time.perf_counter()
-        os.mkdir(c.dir, 0o700)
-        c.oci.fit_spec()
-        c.oci.write_config()
-        c.oci.mount_rootfs(req.get("overlay"))
-        if log_path:
-            c.log_path = log_path
-            c.log = LogFile(log_path, max_line)
-        cg_path = (c.spec.get("linux") or {}).get("cgroupsPath")
-        if cg_path and c.oci.own_cgroups:  # as _launch does; the runtime joins it before it execs
-            cg = cgroups.open_cgroup(cg_path)
-            self._take_cgroup(c, cg, cg_path)
-            joined = cg.make_joinable()
-            c.oci.cgroup_tasks = cg.self_attach_paths()
-            if not c.oci.cgroup_tasks:
-                joined()
-                raise RequestError("cgroup_manager \"pycri\" needs a cgroup the runtime can join by itself")
-        else:
-            joined = None
-        t1 = time.perf_counter()
-        try:
-            c.pid, master = c.oci.create(stdio, bool((c.spec.get("process") or {}).get("terminal")))
-        finally:
-            if joined is not None:
-                joined()
-        t2 = time.perf_counter()
-        if master is not None:
-            _nonblock(master)
-            c.master = master
-            self._watch(master, c, "stdout")
-        if cg_path and c.cgroup is None:
-            c.cgroup = cgroups.open_cgroup(cg_path)  # the runtime's: for stats and OOM kills
-        if c.cgroup is not None:
-            self._count_ooms(c)
-        c.start_time = linux.proc_start_time(c.pid)
-        state.write_json(os.path.join(c.dir, "state.json"), {**c.record(), "status": "created"})
-        return t0, t1, t2
 
     def _make_stdio(self, c: Container, terminal: bool, stdin: bool):
         """Pipes (or a pty) for the container; returns the child's ends (closed after setup)."""
@@ -754,7 +592,7 @@ class Monitor:
             if size:
                 fcntl.ioctl(master, termios.TIOCSWINSZ,
                             struct.pack("HHHH", int(size.get("height", 24)), int(size.get("width", 80)), 0, 0))
-            _nonblock(master)
+            nonblock(master)
             c.master = master
             self._watch(master, c, "stdout")
             return None, slave
@@ -762,12 +600,12 @@ class Monitor:
         err_r, err_w = os.pipe2(os.O_CLOEXEC)
         if stdin:
             in_r, in_w = os.pipe2(os.O_CLOEXEC)
-            _nonblock(in_w)
+            nonblock(in_w)
             c.stdin_w = in_w
         else:
             in_r = os.open("/dev/null", os.O_RDONLY | os.O_CLOEXEC)
         for fd, stream in ((out_r, "stdout"), (err_r, "stderr")):
-            _nonblock(fd)
+            nonblock(fd)
             self._watch(fd, c, stream)
         return (in_r, out_w, err_w), None
 
@@ -783,42 +621,22 @@ class Monitor:
         if c.status != "created":
             raise RequestError(f"container {c.id} is {c.status}, not created")
         started_at = time.time_ns()
-        if c.oci is not None:
-            c.oci.start()  # a failure leaves it created (OciError -> the request's error)
-        else:
-            if c.ready_pending:
-                self._await_ready(c)
-            c.proc.begin_start()
+        c.runner.start()
         # while the child drops privileges and execs: record "running" (before the answer, as always;
         # a failed exec below turns it into an exit file)
         c.status = "running"
         c.started_at = started_at
-        state.write_json(os.path.join(c.dir, "state.json"), c.record())
+        c.write_state()
         try:
-            if c.proc is not None:
-                c.proc.wait_started()
+            c.runner.started()
         except launch.LaunchError:
             self._failed_start(c, 127)
             raise
         self._later(self.log.info, "container.started", container_id=c.id, pid=c.pid)
-        if c.spare_hint is not None:  # once its start-up is over (SPARE_AFTER_START_S)
-            self.spare_due = (time.monotonic() + SPARE_AFTER_START_S, c.spare_hint, c.id)
-        self._later(self._hooks, c, ("poststart",), "running", fatal=False)
+        if c.runner.spare_hint is not None:  # once its start-up is over (SPARE_AFTER_START_S)
+            self.spare_due = (time.monotonic() + SPARE_AFTER_START_S, c.runner.spare_hint, c.id)
+        self._later(c.runner.hooks, ("poststart",), "running", fatal=False)
         return {"pid": c.pid, "started_at": c.started_at}
-
-    def _await_ready(self, c: Container) -> None:
-        """The end of the set-up of a container created with "ready": "later". A failed set-up fails the start
-        with its error, and the container ends as a failed exec does (exit code 128, as containerd's
-        StartError)."""
-        c.ready_pending = False
-        known = len(c.proc.warnings)
-        try:
-            c.proc.wait_ready()
-        except launch.LaunchError:
-            self._failed_start(c, 128)
-            raise
-        for w in c.proc.warnings[known:]:
-            self._later(self.log.warning, "container.warning", container_id=c.id, warning=w)
 
     def _failed_start(self, c: Container, exit_code: int) -> None:
         """A start whose exec (127) or set-up (128) failed ends the container."""
@@ -831,30 +649,7 @@ class Monitor:
         sig = _signum(req.get("signal", signal.SIGTERM))
         if c.status not in ("created", "running"):
             raise RequestError(f"container {c.id} is not running")
-        if c.oci is not None:
-            if req.get("all") and c.oci.own_cgroups and c.cgroup:  # our cgroup: we signal its processes
-                for pid in c.cgroup.pids():
-                    try:
-                        os.kill(pid, sig)
-                    except ProcessLookupError:
-                        pass
-            from runtime.monitor import oci as ociruntime
-            try:
-                c.oci.kill(sig, bool(req.get("all")) and not c.oci.own_cgroups)
-            except ociruntime.OciError:
-                if linux.is_alive(c.pid, c.start_time):
-                    raise
-            return {}
-        if req.get("all") and c.cgroup:
-            for pid in c.cgroup.pids():
-                try:
-                    os.kill(pid, sig)
-                except ProcessLookupError:
-                    pass
-        try:
-            os.kill(c.pid, sig)
-        except ProcessLookupError:
-            pass
+        c.runner.kill(sig, bool(req.get("all")))
         return {}
 
     def op_wait(self, conn, req):
@@ -887,10 +682,7 @@ class Monitor:
         res = req.get("resources")
         if not isinstance(res, dict):
             raise RequestError("resources must be an object")
-        if c.oci is not None and not c.oci.own_cgroups:
-            c.oci.update(res)
-            return {"warnings": []}
-        return {"warnings": c.cgroup.update(res)}
+        return {"warnings": c.runner.update(res)}
 
     def op_reopen_log(self, conn, req):
         c = self._get(req)
@@ -937,22 +729,8 @@ class Monitor:
         self._teardown(c)
         self.containers.pop(c.id, None)
         self._later(self.log.info, "container.deleted", container_id=c.id)
-        self._later(self._hooks, c, ("poststop",), "stopped", fatal=False)
+        self._later(c.runner.hooks, ("poststop",), "stopped", fatal=False)
         return {}
-
-    def _hooks(self, c: Container, kinds: tuple[str, ...], status: str, *, fatal: bool) -> None:
-        """Run the spec's OCI hooks of these kinds (runtime/launch/hooks.py); a fatal failure fails the request."""
-        if c.oci is not None:
-            return  # an external runtime runs the spec's hooks itself
-        for kind in kinds:
-            if not hooks.of(c.spec, kind):
-                continue
-            try:
-                hooks.run(kind, c.spec, hooks.state(c.spec, c.id, c.bundle, status, c.pid))
-            except hooks.HookError as exc:
-                self.log.warning("container.hook_failed", container_id=c.id, hook=kind, error=str(exc))
-                if fatal:
-                    raise launch.LaunchError(str(exc)) from None
 
     def op_shutdown(self, conn, req):
         live = [c.id for c in self.containers.values() if c.status in ("created", "running")]
@@ -983,11 +761,11 @@ class Monitor:
         ex = Exec(conn, c, int(req.get("output_cap") or DEFAULT_OUTPUT_CAP), deadline)
         streaming = bool(req.get("stream"))
         console = None
-        if process["terminal"] and c.oci is not None:
-            stdio = None  # the runtime makes the pty in the container and hands back the master
+        if process["terminal"] and c.runner.own_pty:
+            stdio = None  # the runner makes the pty in the container and hands back the master
         elif process["terminal"]:
-            master, console = _container_pty(c.pid)
-            _nonblock(master)
+            master, console = container_pty(c.pid)
+            nonblock(master)
             self._watch(master, ex, "stdout")
             if streaming:
                 ex.master = master
@@ -997,23 +775,20 @@ class Monitor:
             err_r, err_w = os.pipe2(os.O_CLOEXEC)
             if streaming and req.get("stdin"):
                 in_r, ex.stdin_w = os.pipe2(os.O_CLOEXEC)
-                _nonblock(ex.stdin_w)
+                nonblock(ex.stdin_w)
             else:
                 in_r = os.open("/dev/null", os.O_RDONLY | os.O_CLOEXEC)
             stdio = (in_r, out_w, err_w)
             for fd, stream in ((out_r, "stdout"), (err_r, "stderr")):
-                _nonblock(fd)
+                nonblock(fd)
                 self._watch(fd, ex, stream)
         try:
-            if c.oci is not None:
-                pid, master = c.oci.exec(process, stdio, process["terminal"])
-                if master is not None:
-                    _nonblock(master)
-                    self._watch(master, ex, "stdout")
-                    if streaming:
-                        ex.master = master
-            else:
-                pid = self._exec_builtin(c, process, stdio, console, req.get("init"))
+            pid, master = c.runner.exec(process, stdio, console, req.get("init"))
+            if master is not None:
+                nonblock(master)
+                self._watch(master, ex, "stdout")
+                if streaming:
+                    ex.master = master
         except BaseException:
             for fd in list(ex.fds):
                 self._unwatch(fd, ex)
@@ -1033,35 +808,6 @@ class Monitor:
             conn.stream = ex
             ex.stream = conn
         return None
-
-    def _exec_builtin(self, c: Container, process: dict, stdio, console, init: dict | None = None) -> int:
-        """Clone, join the container's namespaces and cgroup, exec process; returns its pid. init: the exec
-        planned by the client (launch/prepare.py), used when it was made for this container's process."""
-        plan = parts = None
-        if init is not None and console is None and fastinit.prepared_usable(init):
-            plan, parts = fastinit.prepared_plan(init, dict(c.spec, process=process), stdio)
-            ns = f"/proc/{c.pid}/ns/"
-            if not plan.auto_start or plan.rootfs is not None or not all(
-                    p.startswith(ns) for p in [path for _, path in plan.join] + [plan.join_pid or ns]):
-                plan = parts = None  # made for another process (or not an exec): planned here instead
-        if plan is None:
-            plan = launch.plan_for_exec(c.pid, process, c.spec, stdio=stdio, console_fd=console)
-            if c.cgroup:
-                plan.cgroup_tasks = c.cgroup.self_attach_paths()  # joined by the child before any setns
-            if plan.cgroup_tasks or not c.cgroup:
-                plan.go_stage = None  # nothing for the parent to do first: the child need not wait
-            plan.auto_start = True  # set up and exec in one go: no ready/start round trip
-        proc = launch.Process(plan, None, parts)
-        try:
-            if c.cgroup and not plan.cgroup_tasks:
-                c.cgroup.attach(proc.pid)
-            proc.run()
-        except launch.LaunchError:
-            raise
-        except BaseException:
-            proc.abort()
-            raise
-        return proc.pid
 
     # ---------------------------------------------------------------- process events
     def _output(self, fd: int, owner, stream: str) -> bool:
@@ -1134,11 +880,7 @@ class Monitor:
             return
         for c in self.containers.values():
             if c.pid == pid and c.status in ("created", "running"):
-                if c.ready_pending:  # gone during a set-up nobody waited for yet: keep its error for op_start
-                    c.ready_pending = False
-                    c.setup_error = c.proc.setup_outcome()
-                    if c.setup_error is not None and not sig:
-                        exit_code = 128  # as op_start records a failed set-up (_await_ready)
+                exit_code = c.runner.exited(exit_code, sig)
                 oom = bool(c.cgroup and self._oom_kills(c, sig) > c.oom_base)
                 c.exit = {"exit_code": exit_code, "signal": sig, "finished_at": time.time_ns(),
                           "oom_killed": oom}
@@ -1205,22 +947,13 @@ class Monitor:
                     pass
 
     def _kill_and_reap(self, c: Container) -> None:
-        if c.proc and c.status == "created":
-            c.proc.abort()
+        if c.status == "created" and c.runner.abort():
             c.exit = {"exit_code": 137, "signal": 9, "finished_at": time.time_ns(), "oom_killed": False}
             c.status = "stopped"
             self._finish(c)
             return
-        try:
-            os.kill(c.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        if c.cgroup:
-            for pid in c.cgroup.pids():
-                try:
-                    os.kill(pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
+        kill_quietly((c.pid,), signal.SIGKILL)
+        c.runner.kill_cgroup(signal.SIGKILL)
         # reap anything, not just the init: a pid namespace's init only finishes exiting once the other
         # processes of the namespace (our exec children among them) have been reaped
         deadline = time.monotonic() + 10
@@ -1238,10 +971,8 @@ class Monitor:
 
     def _teardown(self, c: Container) -> None:
         """Release everything a container holds: fds, log, cgroup, state dir."""
-        if c.proc and c.status == "creating":
-            c.proc.abort()  # a failed create: the child may still wait for its go
-        elif c.proc:
-            c.proc.close()
+        if c.runner is not None:
+            c.runner.release()
         for fd in list(c.outputs):
             self._unwatch(fd, c)
         for fd in (c.stdin_w, c.master):
@@ -1253,9 +984,6 @@ class Monitor:
         c.stdin_w = c.master = None
         if c.log:
             c.log.close()
-        if c.oci is not None:  # the runtime's state and cgroup, then the rootfs mount
-            for problem in c.oci.delete():
-                self.log.warning("container.runtime_delete_failed", container_id=c.id, error=problem)
         self._unwatch_oom(c)
         if c.cgroup:
             c.cgroup.remove()
