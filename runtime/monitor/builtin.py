@@ -47,7 +47,7 @@ class BuiltinRunner(Runner):
                                          console_fd=console, cgroup=cg is not None,
                                          cgroup_tasks=cg.self_attach_paths() if cg is not None else None)
         t1 = time.perf_counter()
-        spare, m.spare = m.spare, None
+        spare = m.spares.take()
         try:
             self.proc = launch.Process(plan, spare, parts)
         finally:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 
 from runtime import cgroups
+from runtime.monitor import oom
 
 
 class RequestError(Exception):
@@ -92,7 +93,7 @@ class Runner:
     def count_ooms(self) -> None:
         """OOM kills in the container's cgroup count from now, and are watched for."""
         self.c.oom_base = self.c.cgroup.oom_kills()
-        self.m._watch_oom(self.c)
+        oom.watch(self.m.sel, self.c)
 
     def kill_cgroup(self, sig: int) -> None:
         """Signal every process of the container's cgroup."""
