@@ -21,6 +21,7 @@ from runtime.frames import CH_CLOSE_STDIN, CH_EXIT, CH_RESIZE, CH_STDERR, CH_STD
 from runtime.monitor.runner import RequestError
 from runtime.monitor.stdio import nonblock
 
+
 def _recv(sock: socket.socket) -> bytes | None:
     """recv on a non-blocking socket: None if nothing is there yet; b"" at EOF, or on an error."""
     try:
