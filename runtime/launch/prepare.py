@@ -33,8 +33,9 @@ def plan_init(cid: str, bundle: str, spec: dict | None, overlay: dict | None):
 
 def prepare_exec(pid: int, bundle: str, process: dict) -> dict | None:
     """The init of an exec into the container whose process is pid and whose bundle is bundle, planned as the
-    monitor would (Monitor._exec_builtin), here rather than there (runtime/launch/fastinit.py says why); None where
-    fast init does not apply (a terminal) or the planning refuses (the monitor then plans and reports)."""
+    monitor would (runtime/monitor/builtin.py: BuiltinRunner.exec), here rather than there
+    (runtime/launch/fastinit.py says why); None where fast init does not apply (a terminal) or the planning
+    refuses (the monitor then plans and reports)."""
     if not fastinit.enabled() or not isinstance(process, dict) or process.get("terminal") or not pid:
         return None
     try:
@@ -53,7 +54,7 @@ def prepare_exec(pid: int, bundle: str, process: dict) -> dict | None:
 
 
 def init_lines(cid: str, bundle: str, spec: dict | None, overlay: dict | None):
-    """The lines that follow a create sent with "init": "follows" (the monitor's _InitLines): the init planned
+    """The lines that follow a create sent with "init": "follows" (the monitor's conns.InitLines): the init planned
     and its first part encoded here, while the monitor makes the container's pipes and state, then its second
     part. {"init": null} where fast init does not apply: the monitor then plans it."""
     plan = plan_init(cid, bundle, spec, overlay)

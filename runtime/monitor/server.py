@@ -4,91 +4,38 @@ Protocol (unix socket <state_dir>/monitor.sock): one JSON object per line each w
 {"op": ..., ...}; the answer is {"ok": true, ...} or {"ok": false, "error": "..."}. A connection may send
 several requests; answers come in order. "wait" and "exec" answer when the process ends.
 See docs/runtime.md for the ops.
+
+Here: the loop, the container ops and exits (Monitor), the spare monitor the spawner keeps (SpareMonitor). Beside
+it: conns.py (connections, frames, output fds: Monitor's base), execs.py, the runners behind runner.Runner
+(builtin.py, ocirunner.py + oci.py), spares.py (pycri-init spares), oom.py, stdio.py, logfile.py (CRI logs).
 """
 from __future__ import annotations
 
-import base64
-import binascii
 import errno
 import fcntl
 import gc
 import json
 import os
-import select
 import selectors
 import signal
-import socket
-import stat
 import struct
 import termios
 import time
 
-from runtime import cgroups, frames, jsonlog, launch, state
-from runtime.frames import CH_CLOSE_STDIN, CH_EXIT, CH_RESIZE, CH_STDERR, CH_STDIN, CH_STDOUT, frame
+from runtime import cgroups, jsonlog, launch, state
 from runtime.host import linux, trees
-from runtime.launch import fastinit, hooks, initproc, rootfs
+from runtime.launch import initproc
+from runtime.monitor import oom
+from runtime.monitor.builtin import BuiltinRunner
+from runtime.monitor.conns import STREAM_CH, Conn, InitLines, Server
+from runtime.monitor.execs import Exec, ExecOps
 from runtime.monitor.logfile import DEFAULT_MAX_LINE, LogFile
+from runtime.monitor.runner import RequestError, Runner, kill_quietly
+from runtime.monitor.spares import InitSpares
+from runtime.monitor.stdio import nonblock
 
 LOG_PATH_ANNOTATION = "io.pycri.log-path"
-DEFAULT_OUTPUT_CAP = 16 * 1024 * 1024
 log = jsonlog.get_logger("runtime.monitor")
-
-
-class RequestError(Exception):
-    """A request the monitor refuses; the message goes back to the client."""
-
-
-def _recv(sock: socket.socket) -> bytes | None:
-    """recv on a non-blocking socket: None if nothing is there yet; b"" at EOF, or on an error."""
-    try:
-        return sock.recv(65536)
-    except BlockingIOError:
-        return None
-    except OSError:
-        return b""
-
-
-def _nonblock(fd: int) -> None:
-    fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) | os.O_NONBLOCK)
-
-
-_TIOCSPTLCK, _TIOCGPTPEER = 0x40045431, 0x5441
-
-
-def _container_pty(pid: int) -> tuple[int, int]:
-    """A pty pair from the container's own devpts (so `tty` names it inside), else from the host's. The container
-    owns its /dev: its /dev/ptmx is resolved inside its root (rootfs.open_in_root: a symlink of the container's
-    leads nowhere outside) and opened only if it is a ptmx (5:2); the slave comes from the master itself
-    (TIOCGPTPEER), not from a second lookup."""
-    try:
-        root = os.open(f"/proc/{pid}/root", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
-        try:
-            master = _open_device(root, "/dev/ptmx", os.makedev(5, 2))
-        finally:
-            os.close(root)
-    except OSError:
-        master, slave = os.openpty()
-        os.set_inheritable(master, False)
-        return master, slave
-    try:
-        fcntl.ioctl(master, _TIOCSPTLCK, struct.pack("i", 0))
-        slave = fcntl.ioctl(master, _TIOCGPTPEER, os.O_RDWR | os.O_NOCTTY | os.O_CLOEXEC)
-    except OSError:
-        os.close(master)
-        raise
-    return master, slave
-
-
-def _open_device(root: int, path: str, rdev: int) -> int:
-    """path in the container whose root is root, opened read-write if it is the character device rdev."""
-    fd = rootfs.open_in_root(root, path)
-    try:
-        st = os.fstat(fd)
-        if not stat.S_ISCHR(st.st_mode) or st.st_rdev != rdev:
-            raise OSError(errno.EPERM, f"not the device it should be ({os.major(rdev)}:{os.minor(rdev)})", path)
-        return os.open(rootfs.fd_path(fd), os.O_RDWR | os.O_NOCTTY | os.O_CLOEXEC)
-    finally:
-        os.close(fd)
 
 
 def _signum(sig) -> int:
@@ -104,36 +51,6 @@ def _signum(sig) -> int:
     raise RequestError(f"bad signal {sig!r}")
 
 
-_STREAM_CH = {"stdout": CH_STDOUT, "stderr": CH_STDERR}
-STREAM_OUTBUF_MAX = 8 * 1024 * 1024
-# How long a spare pycri-init (initproc.Spare) is kept after a container's create: long enough for the rest of a
-# pod's containers (the kubelet creates them one after another), short enough that an idle pod holds none.
-SPARE_KEEP_S = 5.0
-# When op_start's spare is made: at the started container's exit, or this long after its start, whichever
-# comes first, so that its clone does not compete with the container's exec (docs/runtime.md, "The spare"); a
-# create that comes sooner has the spare made first.
-SPARE_AFTER_START_S = 0.002
-
-
-class Conn:
-    def __init__(self, sock: socket.socket):
-        self.sock = sock
-        self.inbuf = b""
-        self.outbuf = b""
-        self.closed = False
-        self.stream = None          # Container or Exec once the connection carries frames
-        self.close_when_flushed = False
-        self.dropped = 0            # output bytes dropped because the client read too slowly
-        self.events = selectors.EVENT_READ  # what the selector watches it for
-
-
-class OomTag:
-    """Selector data of a container's OOM watch."""
-
-    def __init__(self, container: "Container"):
-        self.container = container
-
-
 class Container:
     def __init__(self, cid: str, bundle: str, spec: dict, sdir: str):
         self.id = cid
@@ -143,11 +60,10 @@ class Container:
         self.pid = 0
         self.start_time: int | None = None
         self.status = "creating"
-        self.proc: launch.Process | None = None
-        self.oci: ociruntime.OciRuntime | None = None  # set: an external OCI runtime runs it, not launch
+        self.runner: Runner | None = None      # what makes its processes: BuiltinRunner or ocirunner.OciRunner
         self.cgroup: cgroups.Cgroup | None = None
         self.oom_base = 0
-        self.oom_seen = 0                     # the highest OOM kill count read while it ran (see _oom_event)
+        self.oom_seen = 0                     # the highest OOM kill count read while it ran (see oom.event)
         self.oom_since = 0.0                  # time.monotonic() when its cgroup began to be watched
         self.oom_watch: cgroups.OomWatch | None = None
         self.log: LogFile | None = None
@@ -155,10 +71,8 @@ class Container:
         self.outputs: dict[int, str] = {}     # read fd -> stream name
         self.stdin_w: int | None = None
         self.master: int | None = None        # pty master (terminal)
-        self.spare_hint: bool | None = None   # fast init: the spare op_start keeps (in a new pid ns or not)
-        self.init_lines: _InitLines | None = None  # during a create: its init's lines that follow
-        self.ready_pending = False  # created with "ready": "later": op_start waits for the end of the set-up
-        self.setup_error: str | None = None  # ... which failed before op_start came (read at the exit)
+        self.init_lines: InitLines | None = None  # during a create: its init's lines that follow
+        self.setup_error: str | None = None  # a set-up that failed before op_start came (read at the exit)
         self.waiters: list[Conn] = []
         self.attached: list[Conn] = []
         self.stdin_pending = b""
@@ -172,113 +86,41 @@ class Container:
                 "bundle": self.bundle, "created_at": self.created_at, "started_at": self.started_at,
                 "cgroup": self.cgroup.path if self.cgroup else None, "log_path": self.log_path}
 
+    def detach(self, conn: Conn) -> None:
+        if conn in self.attached:
+            self.attached.remove(conn)
 
-class _InitLines:
-    """The lines that follow a create with a prepared init, on its connection, each read when it is needed:
-    with "init": "follows", first {"init": fastinit.prepare's dict with "tail": null, or null}, planned by the
-    client while the monitor makes the container's pipes and state (head); then, after an init whose "tail" is
-    null, {"tail": ...} or {"error": ...} (fastinit.prepare_tail), made while the spare starts on the first
-    part (tail). drain() reads what was not read, whatever became of the create, so the connection stays in
-    step. The client sends them at once, so the waits are short; INIT_LINES_WAIT_S bounds each."""
+    def write_state(self, status: str | None = None) -> None:
+        """state.json: its record (with this status)."""
+        record = self.record()
+        if status is not None:
+            record["status"] = status
+        state.write_json(os.path.join(self.dir, "state.json"), record)
 
-    def __init__(self, conn: Conn, head_follows: bool):
-        self.conn = conn
-        self.head_pending = head_follows
-        self.tail_pending = not head_follows
+    def open_log(self, path: str, max_line: int) -> None:
+        self.log_path = path
+        self.log = LogFile(path, max_line)
 
-    def head(self) -> dict | None:
-        self.head_pending = False
-        line = self._line("the init")
-        try:
-            init = json.loads(line)["init"]
-        except (KeyError, TypeError, json.JSONDecodeError) as exc:
-            raise ValueError(f"malformed init line: {exc}") from None
-        if init is not None and not isinstance(init, dict):
-            raise ValueError("malformed init line: not an object")
-        self.tail_pending = init is not None and init.get("tail", "") is None
-        return init
-
-    def tail(self) -> bytes:
-        self.tail_pending = False
-        line = self._line("the second part of the init")
-        try:
-            msg = json.loads(line)
-            if "error" in msg:
-                raise ValueError(str(msg["error"]))
-            return binascii.a2b_base64(msg["tail"], strict_mode=True)
-        except (KeyError, TypeError, binascii.Error, json.JSONDecodeError) as exc:
-            raise ValueError(f"malformed second part of the init: {exc}") from None
-
-    def drain(self) -> None:
-        try:
-            if self.head_pending:
-                self.head()
-            if self.tail_pending:
-                self.tail_pending = False
-                self._line("the second part of the init")
-        except ValueError:
-            pass
-
-    def _line(self, what: str) -> bytes:
-        conn = self.conn
-        deadline = time.monotonic() + INIT_LINES_WAIT_S
-        while b"\n" not in conn.inbuf:
-            left = deadline - time.monotonic()
-            if conn.closed or left <= 0 or not select.select([conn.sock], [], [], left)[0]:
-                raise ValueError(f"{what} did not come")
-            data = _recv(conn.sock)
-            if data is None:
-                continue
-            if not data:
-                raise ValueError(f"the connection closed before {what}")
-            conn.inbuf += data
-        line, _, conn.inbuf = conn.inbuf.partition(b"\n")
-        return line
-
-
-INIT_LINES_WAIT_S = 10.0
 
 # What this monitor understands beyond the first requests, for a client of newer or older code (monitors
-# outlive a daemon upgrade): 2 = a create with "init": "follows" (_InitLines); 3 = a create with "ready": "later"
+# outlive a daemon upgrade): 2 = a create with "init": "follows" (conns.InitLines); 3 = a create with "ready": "later"
 # (answered once the child is launched: op_start waits for the end of its set-up); 4 = prepared inits (of a
 # create or an exec) may hold OP_FORK (its pycri-init knows it). Written to monitor.json; a monitor.json without
 # it is older code, which plans every create itself (runtime/client.py: monitor_protocol).
 PROTOCOL = 4
 
 
-class Exec:
-    def __init__(self, conn: Conn, container: Container, cap: int, deadline: float | None):
-        self.conn = conn
-        self.container = container
-        self.cap = cap
-        self.deadline = deadline
-        self.pid = 0
-        self.out = {"stdout": bytearray(), "stderr": bytearray()}
-        self.truncated = False
-        self.fds: dict[int, str] = {}
-        self.status: int | None = None
-        self.timed_out = False
-        self.stream: Conn | None = None     # interactive exec: output goes here as frames
-        self.stdin_w: int | None = None
-        self.master: int | None = None
-        self.stdin_pending = b""
-        self.stdin_eof = False
+class Monitor(Server, ExecOps):
+    """One pod's monitor: the loop, the container ops (op_<name>), and the processes' exits."""
 
-
-class Monitor:
     def __init__(self, state_dir: str, pod_id: str = ""):
+        super().__init__(log.bind(pod_id=pod_id))
         self.state_dir = os.path.abspath(state_dir)
         self.pod_id = pod_id
-        self.sel = selectors.DefaultSelector()
         self.containers: dict[str, Container] = {}
         self.execs: dict[int, Exec] = {}
         self.running = True
-        self.log = log.bind(pod_id=pod_id)
-        self._after: list = []  # (fn, args, kwargs) run once the current answer is sent (logging)
-        self.spare: initproc.Spare | None = None  # see _keep_spare
-        self.spare_factory: initproc.SpareFactory | None = None  # makes the spares, while there are any
-        self.spare_until = 0.0
-        self.spare_due: tuple[float, bool, str] | None = None  # (when, new pid ns, container): see op_start
+        self.spares = InitSpares(lambda error: self.log.warning("monitor.spare_failed", error=error))
 
     # ---------------------------------------------------------------- set-up and loop
     def prepare(self) -> None:
@@ -298,18 +140,7 @@ class Monitor:
         self.prepare()
         os.makedirs(self.state_dir, mode=0o700, exist_ok=True)
         path = os.path.join(self.state_dir, state.SOCKET_NAME)
-        if len(path.encode()) > 107:
-            raise ValueError(f"socket path too long for AF_UNIX: {path}")
-        try:
-            os.unlink(path)
-        except FileNotFoundError:
-            pass
-        self.lsock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
-        self.lsock.bind(path)
-        os.chmod(path, 0o600)
-        self.lsock.listen(64)
-        self.lsock.setblocking(False)
-        self.sel.register(self.lsock, selectors.EVENT_READ, "listen")
+        self._listen(path)
         state.write_json(os.path.join(self.state_dir, "monitor.json"),
                          {"pid": os.getpid(), "start_time": linux.proc_start_time(os.getpid()),
                           "pod_id": self.pod_id, "protocol": PROTOCOL})
@@ -325,13 +156,11 @@ class Monitor:
                 timeout = min(86400.0, max(0.0, min(deadlines) - time.monotonic()))
             if self._pending_stdin():
                 timeout = 0.01 if timeout is None else min(timeout, 0.01)
-            if self.spare is not None or self.spare_factory is not None:
-                left = max(0.0, self.spare_until - time.monotonic())
+            when = self.spares.deadline()
+            if when is not None:
+                left = max(0.0, when - time.monotonic())
                 timeout = left if timeout is None else min(timeout, left)
-            if self.spare_due is not None:
-                left = max(0.0, self.spare_due[0] - time.monotonic())
-                timeout = left if timeout is None else min(timeout, left)
-            # an OOM kill's event before the exit it caused, when both come in one batch (see _oom_event)
+            # an OOM kill's event before the exit it caused, when both come in one batch (see oom.event)
             for key, mask in sorted(self.sel.select(timeout), key=lambda km: km[0].data == "signal"):
                 try:
                     self._dispatch(key, mask)
@@ -340,23 +169,13 @@ class Monitor:
                 if self._after:  # e.g. an exit's log line, after its waiters were answered
                     self._run_after()
             self._check_deadlines()
-            if self.spare_due is not None and time.monotonic() >= self.spare_due[0]:
-                self._make_due_spare()
-            if (self.spare is not None or self.spare_factory is not None) and time.monotonic() >= self.spare_until:
-                self._drop_spare()
-                self._drop_spare_factory()
+            self.spares.tick()
         self._cleanup()
 
     def _dispatch(self, key, mask) -> None:
         tag = key.data
         if tag == "listen":
-            try:
-                sock, _ = self.lsock.accept()
-            except BlockingIOError:
-                return
-            sock.setblocking(False)
-            conn = Conn(sock)
-            self.sel.register(sock, selectors.EVENT_READ, conn)
+            self._accept()
         elif tag == "signal":
             try:
                 while os.read(self.wake_r, 4096):
@@ -371,164 +190,12 @@ class Monitor:
                 self._conn_read(tag)
             if mask & selectors.EVENT_WRITE and not tag.closed:
                 self._conn_flush(tag)
-        elif isinstance(tag, OomTag):
-            self._oom_event(tag.container)
+        elif isinstance(tag, oom.OomTag):
+            oom.event(tag.container)
         elif isinstance(tag, tuple):
             fd, owner, stream = tag
-            fds = owner.outputs if isinstance(owner, Container) else owner.fds
-            if fd in fds:  # an earlier event of this batch may have closed it
+            if fd in owner.outputs:  # an earlier event of this batch may have closed it
                 self._output(fd, owner, stream)
-
-    # ---------------------------------------------------------------- clients
-    def _conn_read(self, conn: Conn) -> None:
-        data = _recv(conn.sock)
-        if data is None:
-            return
-        if not data:
-            self._conn_close(conn)
-            return
-        conn.inbuf += data
-        if conn.stream is not None:
-            self._stream_read(conn)
-            return
-        if len(conn.inbuf) > 16 * 1024 * 1024:
-            self._reply(conn, {"ok": False, "error": "request too large"})
-            self._conn_close(conn)
-            return
-        while b"\n" in conn.inbuf and not conn.closed and conn.stream is None:
-            line, _, conn.inbuf = conn.inbuf.partition(b"\n")
-            self._handle(conn, line)
-        if conn.stream is not None and conn.inbuf:
-            self._stream_read(conn)
-
-    def _handle(self, conn: Conn, line: bytes) -> None:
-        try:
-            req = json.loads(line)
-            if not isinstance(req, dict):
-                raise RequestError("request must be a JSON object")
-            op = req.get("op")
-            handler = getattr(self, f"op_{op}", None) if isinstance(op, str) and op.isidentifier() else None
-            if handler is None:
-                raise RequestError(f"unknown op {op!r}")
-            result = handler(conn, req)
-        except (RequestError, launch.LaunchError, cgroups.CgroupError, ValueError, TypeError, KeyError) as exc:
-            self._reply(conn, {"ok": False, "error": str(exc)})
-            self._run_after()
-            return
-        except Exception as exc:  # noqa: BLE001 - one bad request must not kill the pod's monitor
-            self._reply(conn, {"ok": False, "error": f"internal error: {type(exc).__name__}: {exc}"})
-            self.log.exception("monitor.request_failed", line=line[:200].decode(errors="replace"))
-            self._run_after()
-            return
-        if result is not None:
-            self._reply(conn, {"ok": True, **result})
-        self._run_after()
-
-    def _later(self, fn, *args, **kwargs) -> None:
-        """Run fn after the answer to the current request has been sent (for what the client need not wait)."""
-        self._after.append((fn, args, kwargs))
-
-    def _run_after(self) -> None:
-        while self._after:
-            fn, args, kwargs = self._after.pop(0)
-            try:
-                fn(*args, **kwargs)
-            except Exception:  # noqa: BLE001
-                self.log.exception("monitor.deferred_failed")
-
-    def _reply(self, conn: Conn, obj: dict) -> None:
-        if conn.closed:
-            return
-        conn.outbuf += json.dumps(obj).encode() + b"\n"
-        self._conn_flush(conn)
-
-    def _conn_flush(self, conn: Conn) -> None:
-        try:
-            while conn.outbuf:
-                n = conn.sock.send(conn.outbuf)
-                conn.outbuf = conn.outbuf[n:]
-        except BlockingIOError:
-            pass
-        except OSError:
-            self._conn_close(conn)
-            return
-        if not conn.outbuf and conn.close_when_flushed:
-            self._conn_close(conn)
-            return
-        events = selectors.EVENT_READ | (selectors.EVENT_WRITE if conn.outbuf else 0)
-        if events != conn.events:  # (most answers go out whole: no epoll_ctl for them)
-            conn.events = events
-            self.sel.modify(conn.sock, events, conn)
-
-    def _conn_close(self, conn: Conn) -> None:
-        if not conn.closed:
-            conn.closed = True
-            self.sel.unregister(conn.sock)
-            conn.sock.close()
-            if isinstance(conn.stream, Container) and conn in conn.stream.attached:
-                conn.stream.attached.remove(conn)
-            elif isinstance(conn.stream, Exec) and conn.stream.stream is conn:
-                conn.stream.stream = None  # the exec keeps running; its output is dropped
-
-    # ---------------------------------------------------------------- streams
-    def _stream_send(self, conn: Conn, channel: int, payload: bytes) -> None:
-        if conn.closed:
-            return
-        if channel in (CH_STDOUT, CH_STDERR) and len(conn.outbuf) > STREAM_OUTBUF_MAX:
-            conn.dropped += len(payload)
-            return
-        conn.outbuf += frame(channel, payload)
-        self._conn_flush(conn)
-
-    def _stream_end(self, conn: Conn, exit_info: dict) -> None:
-        if conn.closed:
-            return
-        self._stream_send(conn, CH_EXIT, json.dumps({**exit_info, "dropped": conn.dropped}).encode())
-        conn.close_when_flushed = True
-        self._conn_flush(conn)
-
-    def _stream_read(self, conn: Conn) -> None:
-        target = conn.stream
-        try:
-            got, conn.inbuf = frames.split(conn.inbuf)
-        except ValueError:
-            self._conn_close(conn)
-            return
-        for channel, payload in got:
-            if channel == CH_STDIN:
-                target.stdin_pending += payload
-                self._flush_stdin(target)
-            elif channel == CH_CLOSE_STDIN:
-                if target.master is not None and target.stdin_w is None:
-                    target.stdin_pending += b"\x04"  # EOF on a terminal is ^D
-                    self._flush_stdin(target)
-                elif target.stdin_w is not None:
-                    target.stdin_eof = True  # closed once what is pending has been written
-                    self._flush_stdin(target)
-            elif channel == CH_RESIZE and target.master is not None:
-                try:
-                    size_req = json.loads(payload)
-                    fcntl.ioctl(target.master, termios.TIOCSWINSZ,
-                                struct.pack("HHHH", int(size_req["height"]), int(size_req["width"]), 0, 0))
-                except (ValueError, KeyError, TypeError, OSError):
-                    pass
-
-    def _flush_stdin(self, target) -> None:
-        fd = target.master if target.master is not None else target.stdin_w
-        if fd is None:
-            target.stdin_pending = b""
-            return
-        try:
-            while target.stdin_pending:
-                n = os.write(fd, target.stdin_pending[:65536])
-                target.stdin_pending = target.stdin_pending[n:]
-        except BlockingIOError:
-            return
-        except OSError:
-            target.stdin_pending = b""  # the reader is gone
-        if target.stdin_eof and target.stdin_w is not None and not target.stdin_pending:
-            os.close(target.stdin_w)
-            target.stdin_w = None
 
     def _pending_stdin(self) -> bool:
         pending = False
@@ -552,9 +219,9 @@ class Monitor:
     def op_create(self, conn, req):
         init = req.get("init")
         if init == "follows":
-            lines = _InitLines(conn, head_follows=True)
+            lines = InitLines(conn, head_follows=True)
         elif isinstance(init, dict) and "tail" in init and init["tail"] is None:
-            lines = _InitLines(conn, head_follows=False)
+            lines = InitLines(conn, head_follows=False)
         else:
             lines = None
         try:
@@ -563,7 +230,7 @@ class Monitor:
             if lines is not None:
                 lines.drain()  # read even when the create failed: never left for the next request
 
-    def _op_create(self, req, lines: "_InitLines | None"):
+    def _op_create(self, req, lines: "InitLines | None"):
         cid = state.check_id(req.get("id"))
         if cid in self.containers:
             raise RequestError(f"container {cid} already exists")
@@ -578,14 +245,15 @@ class Monitor:
         sdir = os.path.join(self.state_dir, cid)
         if os.path.exists(sdir):
             raise RequestError(f"container {cid} has state left in {sdir}; delete it first")
-        if self.spare_due is not None:  # a create sooner than SPARE_AFTER_START_S: the spare first
-            self._make_due_spare()
+        if self.spares.due is not None:  # a create sooner than SPARE_AFTER_START_S: the spare first
+            self.spares.make_due()
         c = Container(cid, bundle, spec, sdir)
         c.init_lines = lines
         if req.get("runtime") is not None:
-            from runtime.monitor import oci as ociruntime  # only pods of an OCI handler pay for it
-            rt = ociruntime.check_request(req["runtime"])
-            c.oci = ociruntime.OciRuntime(rt["path"], cid, sdir, bundle, spec, rt["cgroup_manager"] == "pycri")
+            from runtime.monitor import ocirunner  # only pods of an OCI handler pay for it
+            c.runner = ocirunner.OciRunner(self, c, req["runtime"])
+        else:
+            c.runner = BuiltinRunner(self, c)
         try:
             self._create(c, req)
         except BaseException:
@@ -593,21 +261,18 @@ class Monitor:
             raise
         finally:
             c.init_lines = None
-        return {"pid": c.pid, "warnings": c.proc.warnings if c.proc else c.oci.warnings if c.oci else []}
+        return {"pid": c.pid, "warnings": c.runner.warnings}
 
     def _create(self, c: Container, req: dict) -> None:
         spec = c.spec
         proc = spec.get("process") or {}
         log_path = req.get("log_path") or (spec.get("annotations") or {}).get(LOG_PATH_ANNOTATION)
         max_line = int(req.get("log_max_line") or DEFAULT_MAX_LINE)
-        oci_tty = c.oci is not None and bool(proc.get("terminal"))  # the runtime makes the pty
-        stdio, console = (None, None) if oci_tty else self._make_stdio(c, bool(proc.get("terminal")),
-                                                                       bool(req.get("stdin")))
+        runner_tty = c.runner.own_pty and bool(proc.get("terminal"))
+        stdio, console = (None, None) if runner_tty else self._make_stdio(c, bool(proc.get("terminal")),
+                                                                          bool(req.get("stdin")))
         try:
-            if c.oci is not None:
-                t0, t1, t2 = self._launch_oci(c, req, log_path, max_line, stdio)
-            else:
-                t0, t1, t2 = self._launch(c, req, log_path, max_line, stdio, console)
+            t0, t1, t2 = c.runner.create(req, log_path, max_line, stdio, console)
         finally:  # the child's ends: it has its own copies by now (or it failed)
             for fd in stdio or ():
                 os.close(fd)
@@ -616,134 +281,11 @@ class Monitor:
         c.status = "created"
         self.containers[c.id] = c
         t3 = time.perf_counter()
-        for w in (c.proc.warnings if c.proc else c.oci.warnings):
+        for w in c.runner.warnings:
             self._later(self.log.warning, "container.warning", container_id=c.id, warning=w)
         self._later(self.log.info, "container.created", container_id=c.id, pid=c.pid,
                     plan_ms=round((t1 - t0) * 1e3, 2), clone_ms=round((t2 - t1) * 1e3, 2),
                     setup_ms=round((t3 - t2) * 1e3, 2))
-
-    def _launch(self, c: Container, req: dict, log_path, max_line, stdio, console):
-        """Plan and clone first; the cgroup is made while the child sets up its namespaces and mounts (the
-        other CPU), and the child joins it itself just before pivot_root (go_stage "late"; see
-        cgroups.Cgroup.self_attach_paths). Then, still in parallel, the parent's share: state dir, log file,
-        start time and state.json (written before the answer, as always)."""
-        spec = c.spec
-        lin = spec.get("linux") or {}
-        cg_path = lin.get("cgroupsPath")
-        cg = cgroups.open_cgroup(cg_path) if cg_path else None
-        t0 = time.perf_counter()
-        parts = None
-        init = req.get("init")
-        if init == "follows":  # the client planned it while we made the pipes and state: its line is here
-            init = c.init_lines.head()
-        if init is not None and console is None and fastinit.prepared_usable(init):
-            # planned and encoded by the client, which found fast init enabled (see runtime/launch/fastinit.py)
-            plan, parts = fastinit.prepared_plan(init, spec, stdio)
-            plan.hook_state = {"id": c.id, "bundle": c.bundle}
-            if parts[1] is None:
-                parts = (parts[0], c.init_lines.tail)
-        else:
-            plan = launch.plan_container(spec, c.bundle, c.id, overlay=req.get("overlay"), stdio=stdio,
-                                         console_fd=console, cgroup=cg is not None,
-                                         cgroup_tasks=cg.self_attach_paths() if cg is not None else None)
-        t1 = time.perf_counter()
-        spare, self.spare = self.spare, None
-        try:
-            c.proc = launch.Process(plan, spare, parts)
-        finally:
-            if spare is not None and not (c.proc and c.proc.used_spare):
-                spare.close()
-        t2 = time.perf_counter()
-        c.pid = c.proc.pid
-        if cg is not None:
-            self._take_cgroup(c, cg, cg_path)
-            if not plan.cgroup_tasks:
-                cg.attach(c.pid)
-            # after the attach: under the systemd driver it is what makes the scope, and so the cgroup to watch
-            self._count_ooms(c)
-        c.proc.go()
-        # in parallel with the child's set-up
-        os.mkdir(c.dir, 0o700)
-        if log_path:
-            c.log_path = log_path
-            c.log = LogFile(log_path, max_line)
-        # else the pid is the grandchild's (a pid namespace joined, or made after a user namespace), known once ready
-        pid_known = plan.join_pid is None and not plan.pid_fork
-        if pid_known:
-            c.start_time = linux.proc_start_time(c.pid)
-            state.write_json(os.path.join(c.dir, "state.json"), {**c.record(), "status": "created"})
-        if c.proc.fast:  # op_start makes a spare like it, once its answer is out
-            c.spare_hint = bool(plan.clone_flags & linux.CLONE_NEWPID) and plan.join_pid is None
-        if plan.runtime_hooks:  # the child stops after its mounts, before pivot_root, for these (as runc)
-            c.proc.wait_hooks_point()
-            c.pid = c.proc.pid
-            self._hooks(c, ("prestart", "createRuntime"), "creating", fatal=True)
-            c.proc.resume()
-        if req.get("ready") == "later" and pid_known and not plan.runtime_hooks:
-            c.ready_pending = True  # answered now; the set-up goes on, and op_start waits for its end
-        else:
-            c.proc.wait_ready()
-        if not pid_known:
-            c.pid = c.proc.pid
-            c.start_time = linux.proc_start_time(c.pid)
-            state.write_json(os.path.join(c.dir, "state.json"), {**c.record(), "status": "created"})
-        return t0, t1, t2
-
-    def _take_cgroup(self, c: Container, cg: cgroups.Cgroup, cg_path: str) -> None:
-        """Make cg the container's (refused if processes are in it already), with the spec's resources applied:
-        what cannot be applied is a warning."""
-        if cg.exists() and cg.pids():
-            raise RequestError(f"cgroup {cg_path} is in use by other processes")
-        c.cgroup = cg
-        cg.create()
-        for w in cg.apply((c.spec.get("linux") or {}).get("resources")):
-            self._later(self.log.warning, "cgroup.warning", container_id=c.id, warning=w)
-
-    def _count_ooms(self, c: Container) -> None:
-        """OOM kills in the container's cgroup count from now, and are watched for."""
-        c.oom_base = c.cgroup.oom_kills()
-        self._watch_oom(c)
-
-    def _launch_oci(self, c: Container, req: dict, log_path, max_line, stdio):
-        """_launch through an external OCI runtime (runtime/monitor/oci.py): rootfs, `create`, then our view of
-        the container (pty master, cgroup for stats and OOM, log file, state.json) as _launch leaves it."""
-        t0 = time.perf_counter()
-        os.mkdir(c.dir, 0o700)
-        c.oci.fit_spec()
-        c.oci.write_config()
-        c.oci.mount_rootfs(req.get("overlay"))
-        if log_path:
-            c.log_path = log_path
-            c.log = LogFile(log_path, max_line)
-        cg_path = (c.spec.get("linux") or {}).get("cgroupsPath")
-        if cg_path and c.oci.own_cgroups:  # as _launch does; the runtime joins it before it execs
-            cg = cgroups.open_cgroup(cg_path)
-            self._take_cgroup(c, cg, cg_path)
-            joined = cg.make_joinable()
-            c.oci.cgroup_tasks = cg.self_attach_paths()
-            if not c.oci.cgroup_tasks:
-                joined()
-                raise RequestError("cgroup_manager \"pycri\" needs a cgroup the runtime can join by itself")
-        else:
-            joined = None
-        t1 = time.perf_counter()
-        try:
-            c.pid, master = c.oci.create(stdio, bool((c.spec.get("process") or {}).get("terminal")))
-        finally:
-            if joined is not None:
-                joined()
-        t2 = time.perf_counter()
-        if master is not None:
-            _nonblock(master)
-            c.master = master
-            self._watch(master, c, "stdout")
-        if cg_path and c.cgroup is None:
-            c.cgroup = cgroups.open_cgroup(cg_path)  # the runtime's: for stats and OOM kills
-        if c.cgroup is not None:
-            self._count_ooms(c)
-        c.start_time = linux.proc_start_time(c.pid)
-        state.write_json(os.path.join(c.dir, "state.json"), {**c.record(), "status": "created"})
-        return t0, t1, t2
 
     def _make_stdio(self, c: Container, terminal: bool, stdin: bool):
         """Pipes (or a pty) for the container; returns the child's ends (closed after setup)."""
@@ -754,27 +296,11 @@ class Monitor:
             if size:
                 fcntl.ioctl(master, termios.TIOCSWINSZ,
                             struct.pack("HHHH", int(size.get("height", 24)), int(size.get("width", 80)), 0, 0))
-            _nonblock(master)
+            nonblock(master)
             c.master = master
             self._watch(master, c, "stdout")
             return None, slave
-        out_r, out_w = os.pipe2(os.O_CLOEXEC)
-        err_r, err_w = os.pipe2(os.O_CLOEXEC)
-        if stdin:
-            in_r, in_w = os.pipe2(os.O_CLOEXEC)
-            _nonblock(in_w)
-            c.stdin_w = in_w
-        else:
-            in_r = os.open("/dev/null", os.O_RDONLY | os.O_CLOEXEC)
-        for fd, stream in ((out_r, "stdout"), (err_r, "stderr")):
-            _nonblock(fd)
-            self._watch(fd, c, stream)
-        return (in_r, out_w, err_w), None
-
-    def _watch(self, fd: int, owner, stream: str) -> None:
-        owner_fds = owner.outputs if isinstance(owner, Container) else owner.fds
-        owner_fds[fd] = stream
-        self.sel.register(fd, selectors.EVENT_READ, (fd, owner, stream))
+        return self._pipes(c, stdin), None
 
     def op_start(self, conn, req):
         c = self._get(req)
@@ -783,42 +309,22 @@ class Monitor:
         if c.status != "created":
             raise RequestError(f"container {c.id} is {c.status}, not created")
         started_at = time.time_ns()
-        if c.oci is not None:
-            c.oci.start()  # a failure leaves it created (OciError -> the request's error)
-        else:
-            if c.ready_pending:
-                self._await_ready(c)
-            c.proc.begin_start()
+        c.runner.start()
         # while the child drops privileges and execs: record "running" (before the answer, as always;
         # a failed exec below turns it into an exit file)
         c.status = "running"
         c.started_at = started_at
-        state.write_json(os.path.join(c.dir, "state.json"), c.record())
+        c.write_state()
         try:
-            if c.proc is not None:
-                c.proc.wait_started()
+            c.runner.started()
         except launch.LaunchError:
             self._failed_start(c, 127)
             raise
         self._later(self.log.info, "container.started", container_id=c.id, pid=c.pid)
-        if c.spare_hint is not None:  # once its start-up is over (SPARE_AFTER_START_S)
-            self.spare_due = (time.monotonic() + SPARE_AFTER_START_S, c.spare_hint, c.id)
-        self._later(self._hooks, c, ("poststart",), "running", fatal=False)
+        if c.runner.spare_hint is not None:  # once its start-up is over (SPARE_AFTER_START_S)
+            self.spares.after_start(c.runner.spare_hint, c.id)
+        self._later(c.runner.hooks, ("poststart",), "running", fatal=False)
         return {"pid": c.pid, "started_at": c.started_at}
-
-    def _await_ready(self, c: Container) -> None:
-        """The end of the set-up of a container created with "ready": "later". A failed set-up fails the start
-        with its error, and the container ends as a failed exec does (exit code 128, as containerd's
-        StartError)."""
-        c.ready_pending = False
-        known = len(c.proc.warnings)
-        try:
-            c.proc.wait_ready()
-        except launch.LaunchError:
-            self._failed_start(c, 128)
-            raise
-        for w in c.proc.warnings[known:]:
-            self._later(self.log.warning, "container.warning", container_id=c.id, warning=w)
 
     def _failed_start(self, c: Container, exit_code: int) -> None:
         """A start whose exec (127) or set-up (128) failed ends the container."""
@@ -831,30 +337,7 @@ class Monitor:
         sig = _signum(req.get("signal", signal.SIGTERM))
         if c.status not in ("created", "running"):
             raise RequestError(f"container {c.id} is not running")
-        if c.oci is not None:
-            if req.get("all") and c.oci.own_cgroups and c.cgroup:  # our cgroup: we signal its processes
-                for pid in c.cgroup.pids():
-                    try:
-                        os.kill(pid, sig)
-                    except ProcessLookupError:
-                        pass
-            from runtime.monitor import oci as ociruntime
-            try:
-                c.oci.kill(sig, bool(req.get("all")) and not c.oci.own_cgroups)
-            except ociruntime.OciError:
-                if linux.is_alive(c.pid, c.start_time):
-                    raise
-            return {}
-        if req.get("all") and c.cgroup:
-            for pid in c.cgroup.pids():
-                try:
-                    os.kill(pid, sig)
-                except ProcessLookupError:
-                    pass
-        try:
-            os.kill(c.pid, sig)
-        except ProcessLookupError:
-            pass
+        c.runner.kill(sig, bool(req.get("all")))
         return {}
 
     def op_wait(self, conn, req):
@@ -887,10 +370,7 @@ class Monitor:
         res = req.get("resources")
         if not isinstance(res, dict):
             raise RequestError("resources must be an object")
-        if c.oci is not None and not c.oci.own_cgroups:
-            c.oci.update(res)
-            return {"warnings": []}
-        return {"warnings": c.cgroup.update(res)}
+        return {"warnings": c.runner.update(res)}
 
     def op_reopen_log(self, conn, req):
         c = self._get(req)
@@ -898,35 +378,6 @@ class Monitor:
             raise RequestError(f"container {c.id} has no log file")
         c.log.reopen()
         return {}
-
-    def op_attach(self, conn, req):
-        """Turn this connection into a frame stream bound to the container's stdio."""
-        c = self._get(req)
-        if c.status not in ("created", "running"):
-            raise RequestError(f"container {c.id} is {c.status}")
-        self._reply(conn, {"ok": True, "tty": c.master is not None, "stdin": c.stdin_w is not None
-                           or c.master is not None})
-        conn.stream = c
-        c.attached.append(conn)
-        return None
-
-    def op_close_stdin(self, conn, req):
-        c = self._get(req)
-        if c.stdin_w is not None:
-            c.stdin_eof = True  # after what is still pending
-            self._flush_stdin(c)
-        return {}
-
-    def op_write_stdin(self, conn, req):
-        c = self._get(req)
-        if (c.master is None and c.stdin_w is None) or c.stdin_eof:
-            raise RequestError(f"container {c.id} has no open stdin")
-        data = base64.b64decode(req.get("data", ""), validate=True)
-        if len(c.stdin_pending) + len(data) > STREAM_OUTBUF_MAX:
-            raise RequestError("stdin buffer full: the container is not reading")
-        c.stdin_pending += data
-        self._flush_stdin(c)
-        return {"written": len(data)}
 
     def op_delete(self, conn, req):
         c = self._get(req)
@@ -937,22 +388,8 @@ class Monitor:
         self._teardown(c)
         self.containers.pop(c.id, None)
         self._later(self.log.info, "container.deleted", container_id=c.id)
-        self._later(self._hooks, c, ("poststop",), "stopped", fatal=False)
+        self._later(c.runner.hooks, ("poststop",), "stopped", fatal=False)
         return {}
-
-    def _hooks(self, c: Container, kinds: tuple[str, ...], status: str, *, fatal: bool) -> None:
-        """Run the spec's OCI hooks of these kinds (runtime/launch/hooks.py); a fatal failure fails the request."""
-        if c.oci is not None:
-            return  # an external runtime runs the spec's hooks itself
-        for kind in kinds:
-            if not hooks.of(c.spec, kind):
-                continue
-            try:
-                hooks.run(kind, c.spec, hooks.state(c.spec, c.id, c.bundle, status, c.pid))
-            except hooks.HookError as exc:
-                self.log.warning("container.hook_failed", container_id=c.id, hook=kind, error=str(exc))
-                if fatal:
-                    raise launch.LaunchError(str(exc)) from None
 
     def op_shutdown(self, conn, req):
         live = [c.id for c in self.containers.values() if c.status in ("created", "running")]
@@ -963,105 +400,11 @@ class Monitor:
                 self._kill_and_reap(c)
             self._teardown(c)
         self.containers.clear()
-        self._end_spare()  # nothing of ours outlives the answer
+        self.spares.end()  # nothing of ours outlives the answer
         self.running = False
         self._reply(conn, {"ok": True})
         self._conn_flush(conn)
         return None
-
-    def op_exec(self, conn, req):
-        c = self._get(req)
-        if c.status != "running":
-            raise RequestError(f"container {c.id} is {c.status}, not running")
-        base = dict(c.spec.get("process") or {})
-        override = req.get("process")
-        if not isinstance(override, dict) or not override.get("args"):
-            raise RequestError("exec needs process.args")
-        process = {**base, **override, "terminal": bool(override.get("terminal", False))}
-        timeout = req.get("timeout")
-        deadline = time.monotonic() + float(timeout) if timeout else None
-        ex = Exec(conn, c, int(req.get("output_cap") or DEFAULT_OUTPUT_CAP), deadline)
-        streaming = bool(req.get("stream"))
-        console = None
-        if process["terminal"] and c.oci is not None:
-            stdio = None  # the runtime makes the pty in the container and hands back the master
-        elif process["terminal"]:
-            master, console = _container_pty(c.pid)
-            _nonblock(master)
-            self._watch(master, ex, "stdout")
-            if streaming:
-                ex.master = master
-            stdio = None
-        else:
-            out_r, out_w = os.pipe2(os.O_CLOEXEC)
-            err_r, err_w = os.pipe2(os.O_CLOEXEC)
-            if streaming and req.get("stdin"):
-                in_r, ex.stdin_w = os.pipe2(os.O_CLOEXEC)
-                _nonblock(ex.stdin_w)
-            else:
-                in_r = os.open("/dev/null", os.O_RDONLY | os.O_CLOEXEC)
-            stdio = (in_r, out_w, err_w)
-            for fd, stream in ((out_r, "stdout"), (err_r, "stderr")):
-                _nonblock(fd)
-                self._watch(fd, ex, stream)
-        try:
-            if c.oci is not None:
-                pid, master = c.oci.exec(process, stdio, process["terminal"])
-                if master is not None:
-                    _nonblock(master)
-                    self._watch(master, ex, "stdout")
-                    if streaming:
-                        ex.master = master
-            else:
-                pid = self._exec_builtin(c, process, stdio, console, req.get("init"))
-        except BaseException:
-            for fd in list(ex.fds):
-                self._unwatch(fd, ex)
-            if ex.stdin_w is not None:
-                os.close(ex.stdin_w)
-            raise
-        finally:
-            for fd in stdio or ():
-                os.close(fd)
-            if console is not None:
-                os.close(console)
-        ex.pid = pid
-        self.execs[pid] = ex
-        self._later(self.log.info, "exec.started", container_id=c.id, pid=pid, stream=streaming)
-        if streaming:
-            self._reply(conn, {"ok": True, "pid": pid, "tty": process["terminal"]})
-            conn.stream = ex
-            ex.stream = conn
-        return None
-
-    def _exec_builtin(self, c: Container, process: dict, stdio, console, init: dict | None = None) -> int:
-        """Clone, join the container's namespaces and cgroup, exec process; returns its pid. init: the exec
-        planned by the client (launch/prepare.py), used when it was made for this container's process."""
-        plan = parts = None
-        if init is not None and console is None and fastinit.prepared_usable(init):
-            plan, parts = fastinit.prepared_plan(init, dict(c.spec, process=process), stdio)
-            ns = f"/proc/{c.pid}/ns/"
-            if not plan.auto_start or plan.rootfs is not None or not all(
-                    p.startswith(ns) for p in [path for _, path in plan.join] + [plan.join_pid or ns]):
-                plan = parts = None  # made for another process (or not an exec): planned here instead
-        if plan is None:
-            plan = launch.plan_for_exec(c.pid, process, c.spec, stdio=stdio, console_fd=console)
-            if c.cgroup:
-                plan.cgroup_tasks = c.cgroup.self_attach_paths()  # joined by the child before any setns
-            if plan.cgroup_tasks or not c.cgroup:
-                plan.go_stage = None  # nothing for the parent to do first: the child need not wait
-            plan.auto_start = True  # set up and exec in one go: no ready/start round trip
-        proc = launch.Process(plan, None, parts)
-        try:
-            if c.cgroup and not plan.cgroup_tasks:
-                c.cgroup.attach(proc.pid)
-            proc.run()
-        except launch.LaunchError:
-            raise
-        except BaseException:
-            proc.abort()
-            raise
-        return proc.pid
 
     # ---------------------------------------------------------------- process events
     def _output(self, fd: int, owner, stream: str) -> bool:
@@ -1085,10 +428,10 @@ class Monitor:
             if owner.log:
                 owner.log.write(stream, data)
             for conn in owner.attached:
-                self._stream_send(conn, _STREAM_CH[stream], data)
+                self._stream_send(conn, STREAM_CH[stream], data)
         elif owner.conn.stream is owner:  # interactive exec (output dropped once the client left)
             if owner.stream is not None:
-                self._stream_send(owner.stream, _STREAM_CH[stream], data)
+                self._stream_send(owner.stream, STREAM_CH[stream], data)
         else:
             buf = owner.out[stream]
             room = owner.cap - len(owner.out["stdout"]) - len(owner.out["stderr"])  # (the cap is for both)
@@ -1096,21 +439,6 @@ class Monitor:
                 owner.truncated = True
             buf += data[:max(0, room)]
         return True
-
-    def _unwatch(self, fd: int, owner) -> None:
-        fds = owner.outputs if isinstance(owner, Container) else owner.fds
-        if fds.pop(fd, None) is not None:
-            self.sel.unregister(fd)
-            if fd == owner.master:
-                owner.master = None
-            os.close(fd)
-
-    def _drain(self, owner) -> None:
-        """Read what the process left in its pipes before recording its exit."""
-        fds = owner.outputs if isinstance(owner, Container) else owner.fds
-        for fd, stream in list(fds.items()):
-            while fd in fds and self._output(fd, owner, stream):
-                pass
 
     def _reap(self) -> None:
         while True:
@@ -1134,14 +462,10 @@ class Monitor:
             return
         for c in self.containers.values():
             if c.pid == pid and c.status in ("created", "running"):
-                if c.ready_pending:  # gone during a set-up nobody waited for yet: keep its error for op_start
-                    c.ready_pending = False
-                    c.setup_error = c.proc.setup_outcome()
-                    if c.setup_error is not None and not sig:
-                        exit_code = 128  # as op_start records a failed set-up (_await_ready)
-                oom = bool(c.cgroup and self._oom_kills(c, sig) > c.oom_base)
+                exit_code = c.runner.exited(exit_code, sig)
+                killed = bool(c.cgroup and oom.kills(c, sig) > c.oom_base)
                 c.exit = {"exit_code": exit_code, "signal": sig, "finished_at": time.time_ns(),
-                          "oom_killed": oom}
+                          "oom_killed": killed}
                 c.status = "stopped"
                 self._drain(c)
                 self._finish(c)
@@ -1164,63 +488,20 @@ class Monitor:
         for w in c.waiters:
             self._reply(w, {"ok": True, **c.exit})
         c.waiters.clear()
-        if self.spare_due is not None and self.spare_due[2] == c.id:
-            self._later(self._make_due_spare)
+        if self.spares.due_for(c.id):
+            self._later(self.spares.make_due)
         for conn in list(c.attached):
             self._stream_end(conn, c.exit)
         c.attached.clear()
 
-    def _maybe_finish_exec(self, ex: Exec, force: bool = False) -> None:
-        # answer once the process is reaped; late output from leftover children is dropped
-        if ex.status is None or ex.pid not in self.execs:
-            return
-        if ex.fds and not force:
-            return
-        for fd in list(ex.fds):
-            self._unwatch(fd, ex)
-        del self.execs[ex.pid]
-        if ex.stdin_w is not None:
-            os.close(ex.stdin_w)
-            ex.stdin_w = None
-        if ex.conn.stream is ex:
-            if ex.stream is not None:
-                self._stream_end(ex.stream, {"exit_code": ex.status, "timed_out": ex.timed_out})
-            self.log.info("exec.exited", container_id=ex.container.id, pid=ex.pid, exit_code=ex.status)
-            return
-        self._reply(ex.conn, {"ok": True, "exit_code": ex.status, "timed_out": ex.timed_out,
-                              "truncated": ex.truncated,
-                              "stdout": base64.b64encode(bytes(ex.out["stdout"])).decode(),
-                              "stderr": base64.b64encode(bytes(ex.out["stderr"])).decode()})
-        self._later(self.log.info, "exec.exited", container_id=ex.container.id, pid=ex.pid, exit_code=ex.status,
-                      timed_out=ex.timed_out)
-
-    def _check_deadlines(self) -> None:
-        now = time.monotonic()
-        for ex in self.execs.values():
-            if ex.deadline and not ex.timed_out and now >= ex.deadline:
-                ex.timed_out = True
-                try:
-                    os.kill(ex.pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
-
     def _kill_and_reap(self, c: Container) -> None:
-        if c.proc and c.status == "created":
-            c.proc.abort()
+        if c.status == "created" and c.runner.abort():
             c.exit = {"exit_code": 137, "signal": 9, "finished_at": time.time_ns(), "oom_killed": False}
             c.status = "stopped"
             self._finish(c)
             return
-        try:
-            os.kill(c.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        if c.cgroup:
-            for pid in c.cgroup.pids():
-                try:
-                    os.kill(pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
+        kill_quietly((c.pid,), signal.SIGKILL)
+        c.runner.kill_cgroup(signal.SIGKILL)
         # reap anything, not just the init: a pid namespace's init only finishes exiting once the other
         # processes of the namespace (our exec children among them) have been reaped
         deadline = time.monotonic() + 10
@@ -1238,10 +519,8 @@ class Monitor:
 
     def _teardown(self, c: Container) -> None:
         """Release everything a container holds: fds, log, cgroup, state dir."""
-        if c.proc and c.status == "creating":
-            c.proc.abort()  # a failed create: the child may still wait for its go
-        elif c.proc:
-            c.proc.close()
+        if c.runner is not None:
+            c.runner.release()
         for fd in list(c.outputs):
             self._unwatch(fd, c)
         for fd in (c.stdin_w, c.master):
@@ -1253,108 +532,14 @@ class Monitor:
         c.stdin_w = c.master = None
         if c.log:
             c.log.close()
-        if c.oci is not None:  # the runtime's state and cgroup, then the rootfs mount
-            for problem in c.oci.delete():
-                self.log.warning("container.runtime_delete_failed", container_id=c.id, error=problem)
-        self._unwatch_oom(c)
+        oom.unwatch(self.sel, c)
         if c.cgroup:
             c.cgroup.remove()
         trees.remove_tree(c.dir)
 
-    def _watch_oom(self, c: Container) -> None:
-        c.oom_seen = c.oom_base
-        c.oom_since = time.monotonic()
-        c.oom_watch = c.cgroup.oom_watch()
-        if c.oom_watch is not None:
-            self.sel.register(c.oom_watch.fd, selectors.EVENT_READ, OomTag(c))
-
-    def _oom_event(self, c: Container) -> None:
-        """The OOM killer acted in c's cgroup (or a memory.events counter moved): read the count now, while the
-        cgroup exists. Under the systemd driver the scope of an exited container can be removed before its
-        process is reaped, and the count with it."""
-        if c.oom_watch is None:
-            return
-        c.oom_watch.drain()
-        if c.cgroup is not None:
-            kills = c.cgroup.oom_kills()
-            if kills <= c.oom_base and c.oom_watch.onset():  # v1: the kill is not counted yet (cgroups.OomWatch)
-                kills = c.oom_base + 1
-            c.oom_seen = max(c.oom_seen, kills)
-
-    def _oom_kills(self, c: Container, sig: int = 0) -> int:
-        """At the exit: the count now, or what was read when the kill was notified if the cgroup is gone; for
-        a SIGKILL with the cgroup gone and no kill read, the kernel's log (cgroups.oom_kill_logged)."""
-        if c.oom_watch is not None and select.select([c.oom_watch.fd], [], [], 0)[0]:
-            self._oom_event(c)  # notified, not yet handled (the exit came first in this batch)
-        kills = max(c.cgroup.oom_kills(), c.oom_seen)
-        if kills <= c.oom_base and sig == signal.SIGKILL and c.oom_since and not c.cgroup.exists() \
-                and cgroups.oom_kill_logged(c.cgroup.path, c.pid, c.oom_since):
-            kills = c.oom_base + 1
-        return kills
-
-    def _unwatch_oom(self, c: Container) -> None:
-        if c.oom_watch is not None:
-            self.sel.unregister(c.oom_watch.fd)
-            c.oom_watch.close()
-            c.oom_watch = None
-
-    def _make_due_spare(self) -> None:
-        if self.spare_due is not None:
-            new_pidns = self.spare_due[1]
-            self.spare_due = None
-            self._keep_spare(new_pidns)
-
-    def _keep_spare(self, new_pidns: bool) -> None:
-        """After a fast-init start (answered): have a pycri-init ready for the pod's next container, in a
-        new pid namespace if this one had one, for SPARE_KEEP_S."""
-        self.spare_until = time.monotonic() + SPARE_KEEP_S
-        if self.spare is not None and self.spare.new_pidns == new_pidns:
-            return
-        self._drop_spare()
-        try:
-            if self.spare_factory is None:
-                self.spare_factory = initproc.SpareFactory()
-            self.spare = initproc.Spare(new_pidns, self.spare_factory)
-        except OSError as exc:  # (a factory gone: the next start makes another)
-            self._drop_spare_factory()
-            self.log.warning("monitor.spare_failed", error=str(exc))
-
-    def _drop_spare(self) -> None:
-        """Release the spare: it exits on EOF and is reaped as any child (waited for here at shutdown)."""
-        if self.spare is not None:
-            self.spare.close()
-            self.spare = None
-
-    def _drop_spare_factory(self) -> None:
-        """Release the spare factory: it exits on EOF and is reaped as any child (waited for at shutdown)."""
-        if self.spare_factory is not None:
-            self.spare_factory.close()
-            self.spare_factory = None
-
-    def _end_spare(self) -> None:
-        """Release the spare and its factory and wait for their exits (shutdown)."""
-        self.spare_due = None
-        pids = []
-        if self.spare is not None:
-            try:
-                pids.append(self.spare.pid)
-            except OSError:  # never made
-                pass
-            self._drop_spare()
-        if self.spare_factory is not None:
-            pids.append(self.spare_factory.pid)
-            self._drop_spare_factory()
-        for pid in pids:
-            try:
-                os.waitpid(pid, 0)
-            except ChildProcessError:  # reaped already
-                pass
-
     def _cleanup(self) -> None:
-        self._end_spare()
-        for conn in [k.data for k in list(self.sel.get_map().values()) if isinstance(k.data, Conn)]:
-            self._conn_flush(conn)
-            self._conn_close(conn)
+        self.spares.end()
+        self._close_all()
         path = os.path.join(self.state_dir, state.SOCKET_NAME)
         try:
             os.unlink(path)

@@ -319,11 +319,11 @@ def _nspid(pid: int) -> list[int]:
 def test_spare_runs_the_pods_next_container_then_goes_away(monkeypatch, tmp_root, tmp_path, rootfs):
     """After a fast-init start the monitor keeps a spare pycri-init (in a new pid namespace when the container had
     one); the next create that fits runs in it, one that does not fit releases it; it goes after
-    monitor.SPARE_KEEP_S without a create, and at shutdown."""
+    monitor_spares.SPARE_KEEP_S without a create, and at shutdown."""
     import tempfile
     import time
 
-    from runtime.monitor import server as monitor
+    from runtime.monitor import spares as monitor_spares
     monkeypatch.setenv("PYCRI_FASTINIT", "1")
     h = MonitorHandle(tempfile.mkdtemp(prefix="m", dir=tmp_root))
     try:
@@ -358,7 +358,7 @@ def test_spare_runs_the_pods_next_container_then_goes_away(monkeypatch, tmp_root
         assert len(_nspid(spare)) == 1
         h.client.kill("hp", "KILL")
         h.client.wait("hp", timeout=10)
-        time.sleep(monitor.SPARE_KEEP_S + 0.5)  # not used for a while: released (and reaped)
+        time.sleep(monitor_spares.SPARE_KEEP_S + 0.5)  # not used for a while: released (and reaped)
         assert _spares(h.pid) == [] and not linux_alive(spare)
         h.client.create("last", first)
         h.client.start("last")
