@@ -14,8 +14,8 @@ sys.modules[_SPEC.name] = layering
 _SPEC.loader.exec_module(layering)
 
 
-def test_this_tree_keeps_its_layers():
-    assert layering.layers(layering.load(Path(__file__).resolve().parents[1])) == []
+def test_this_tree_keeps_its_layers_and_sizes():
+    assert layering.check(Path(__file__).resolve().parents[1]) == []
 
 
 def tree(root: Path, files: dict[str, str]) -> Path:
