@@ -535,6 +535,18 @@ class Chaos:
         for ref in (self.busybox, self.churn_image):
             img.PullImage(cri.PullImageRequest(image=cri.ImageSpec(image=ref)), timeout=120)
 
+    def _await_answers(self, n: int) -> None:
+        """Until the daemon has answered n more requests: each kill then meets a daemon at work, not one still
+        coming back (on a slow machine the random gaps alone can all fall inside restarts)."""
+        with self.stats.lock:
+            want = self.stats.counts.get("requests_ok", 0) + n
+        deadline = time.monotonic() + RETRY_SECONDS
+        while self.stats.counts.get("requests_ok", 0) < want:
+            if time.monotonic() > deadline:
+                self.fail(f"the daemon answered fewer than {n} requests in {RETRY_SECONDS:.0f}s after a restart")
+                return
+            time.sleep(0.02)
+
     def run(self) -> dict:
         started = time.monotonic()
         self.prepare()
@@ -543,6 +555,7 @@ class Chaos:
             w.start()
         try:
             for k in range(self.kills):
+                self._await_answers(self.n_workers)
                 time.sleep(self.rng.uniform(self.min_gap, self.max_gap))
                 self.daemon.sigkill()
                 self.kills_done += 1
@@ -945,7 +958,7 @@ def run_chaos(workdir: Path, registry, *, kills: int, workers: int = 4, seed: in
     chaos = None
     result: dict = {}
     try:
-        d.start(timeout=60)
+        d.start(timeout=scaled(60))
         chaos = Chaos(d, registry, kills=kills, workers=workers, seed=seed, log=log, **kw)
         log(f"seed {chaos.seed}; {kills} kills, {workers} workers; work dir {workdir}")
         result = chaos.run()
