@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import tempfile
@@ -18,7 +19,10 @@ from runtime.client import MonitorClient
 from runtime.host import linux
 
 TOKEN = uuid.uuid4().hex[:12]
-CG_PREFIX = f"/pycri-rt-test-{TOKEN}"
+# the session's cgroups and files carry its pid: a later session removes those of one that was killed
+CG_PREFIX = f"/pycri-rt-test-{os.getpid()}-{TOKEN}"
+TMP_PREFIX = f"prt-{os.getpid()}-"
+_OWNED = re.compile(r"(?:pycri-rt-test|prt)-(\d+)-")
 
 if os.geteuid() != 0:
     pytest.skip("runtime tests need root", allow_module_level=True)
@@ -65,15 +69,31 @@ def _test_cgroups() -> list[str]:
     return out
 
 
+def _owner_gone(name: str) -> bool:
+    """A session's cgroup or temp dir whose pytest no longer runs (it was killed before its teardown)."""
+    m = _OWNED.match(name)
+    return m is not None and int(m.group(1)) != os.getpid() and not os.path.exists(f"/proc/{m.group(1)}")
+
+
+def _remove_what_killed_sessions_left() -> None:
+    roots = set(cgroups.v1_mounts().values()) if cgroups.detect_version() == 1 else {cgroups.ROOT}
+    for name in {n for root in roots if os.path.isdir(root) for n in os.listdir(root) if _owner_gone(n)}:
+        cgroups.open_cgroup("/" + name).remove()
+    for name in os.listdir("/tmp"):
+        if _owner_gone(name):
+            shutil.rmtree(os.path.join("/tmp", name), ignore_errors=True)
+
+
 @pytest.fixture(scope="session")
 def tmp_root():
-    d = tempfile.mkdtemp(prefix="prt-", dir="/tmp")
+    d = tempfile.mkdtemp(prefix=TMP_PREFIX, dir="/tmp")
     yield d
     shutil.rmtree(d, ignore_errors=True)
 
 
 @pytest.fixture(scope="session", autouse=True)
 def _cgroup_prefix():
+    _remove_what_killed_sessions_left()
     yield
     cg = cgroups.open_cgroup(CG_PREFIX)
     if cg.exists():
