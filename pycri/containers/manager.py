@@ -381,14 +381,15 @@ class Containers:
 
     def status(self, container_id: str, verbose: bool) -> cri.ContainerStatusResponse:
         rec = self.get(container_id)
-        response = cri.ContainerStatusResponse(status=container_status(rec))
+        response = cri.ContainerStatusResponse(status=container_status(rec, self.ctx.images.repo_tags(rec.image_id)))
         if verbose:
             response.info["info"] = json.dumps({"sandboxID": rec.sandbox_id, "pid": rec.pid, "bundle": rec.bundle,
                                                 "stopSignal": rec.stop_signal, "state": rec.state})
         return response
 
     def list(self, flt: cri.ContainerFilter | None) -> list[cri.Container]:
-        return [container_item(rec) for rec in self.ctx.records.containers.values()
+        tags = self.ctx.images.repo_tags
+        return [container_item(rec, tags(rec.image_id)) for rec in self.ctx.records.containers.values()
                 if rec.state != C_CREATING and matches(flt, rec.id, rec.config.labels, sandbox_id=rec.sandbox_id,
                                                        state=state_of(rec))]
 

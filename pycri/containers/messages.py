@@ -1,9 +1,13 @@
 """A container record as the CRI messages that show it: ContainerStatus (ContainerStatus, and what a pod's status
-and events carry) and Container (ListContainers). Built from the record alone."""
+and events carry) and Container (ListContainers). Built from the record, and for ContainerStatus the image's tags."""
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Sequence
+
 from pycri.api import api_pb2 as cri
+from pycri.images import reference
 from pycri.state.records import CONTAINER_STATE, ContainerRecord
 
 
@@ -11,7 +15,29 @@ def state_of(rec: ContainerRecord) -> int:
     return CONTAINER_STATE.get(rec.state, cri.CONTAINER_UNKNOWN)
 
 
-def container_status(rec: ContainerRecord) -> cri.ContainerStatus:
+def shown_image(spec: cri.ImageSpec, tags: Sequence[str]) -> str:
+    """The image ContainerStatus names (what `kubectl get pod` shows): the kubelet creates by image id, and
+    containerd answers a tag of that image. Of its tags, the one the pod spec (`user_specified_image`) or the
+    config names, else the first; an image without tags (or removed since) shows what the config gave."""
+    if not tags:
+        return spec.image
+    for ref in (spec.user_specified_image, spec.image):
+        if ref and (name := _normalised(ref)) in tags:
+            return name
+    return tags[0]
+
+
+@functools.lru_cache(maxsize=4096)
+def _normalised(ref: str) -> str:
+    """A reference as the image store names it ("" when it is none); cached: List and Status ask per container."""
+    try:
+        return str(reference.parse(ref))
+    except ValueError:
+        return ""
+
+
+def container_status(rec: ContainerRecord, image_tags: Sequence[str] = ()) -> cri.ContainerStatus:
+    """image_tags: the sorted tags of the container's image (ImageManager.repo_tags), for `image.image`."""
     config = rec.config
     gid = rec.user.get("gid", 0)
     user = cri.ContainerUser(linux=cri.LinuxContainerUser(
@@ -20,7 +46,8 @@ def container_status(rec: ContainerRecord) -> cri.ContainerStatus:
     return cri.ContainerStatus(
         id=rec.id, metadata=config.metadata, state=state_of(rec),
         created_at=rec.created_at, started_at=rec.started_at, finished_at=rec.finished_at,
-        exit_code=rec.exit_code, image=cri.ImageSpec(image=config.image.image, annotations=config.image.annotations,
+        exit_code=rec.exit_code, image=cri.ImageSpec(image=shown_image(config.image, image_tags),
+                                                     annotations=config.image.annotations,
                                                      user_specified_image=config.image.user_specified_image),
         image_ref=rec.image_ref, image_id=rec.image_id, reason=rec.reason, message=rec.message,
         labels=config.labels, annotations=config.annotations, mounts=config.mounts, log_path=rec.log_path,
@@ -28,9 +55,10 @@ def container_status(rec: ContainerRecord) -> cri.ContainerStatus:
         stop_signal=config.stop_signal)
 
 
-def container_item(rec: ContainerRecord) -> cri.Container:
+def container_item(rec: ContainerRecord, image_tags: Sequence[str] = ()) -> cri.Container:
     config = rec.config
     return cri.Container(id=rec.id, pod_sandbox_id=rec.sandbox_id, metadata=config.metadata,
-                         image=cri.ImageSpec(image=config.image.image), image_ref=rec.image_ref,
+                         image=cri.ImageSpec(image=shown_image(config.image, image_tags)), image_ref=rec.image_ref,
                          image_id=rec.image_id, state=state_of(rec), created_at=rec.created_at,
                          labels=config.labels, annotations=config.annotations)
+

@@ -115,6 +115,7 @@ class ImageManager:
         self.pulls = PullTracker(self.content)  # pulls in flight, for `pycri images pulls` and metrics
         self._leases: collections.Counter[str] = collections.Counter()
         self._configs: dict[str, dict] = {}
+        self._tags: dict[str, tuple[str, ...]] = {}  # image id -> its tags (repo_tags), cleared when names change
         self._ensuring: dict[str, asyncio.Future] = {}
         self._usage: tuple[float, tuple[int, int]] | None = None
         self.snapshots.cleanup()
@@ -295,6 +296,7 @@ class ImageManager:
     def _commit(self, image_id: str, names: list[str], data: dict) -> None:
         data = dict(data, id=image_id)
         self._usage = None
+        self._tags.clear()
         with self.store.transaction():
             self.store.execute("INSERT INTO images (id, data) VALUES (?, ?) ON CONFLICT(id) DO UPDATE SET "
                                "data = excluded.data", (image_id, dumps(data)))
@@ -307,6 +309,7 @@ class ImageManager:
         name = str(reference.parse(ref))
         if self._row(image_id) is None:
             raise ImageNotFound(f"image {image_id} not found")
+        self._tags.clear()
         with self.store.transaction():
             self.store.execute("INSERT INTO image_names (name, image_id) VALUES (?, ?) ON CONFLICT(name) "
                                "DO UPDATE SET image_id = excluded.image_id", (name, image_id))
@@ -335,6 +338,15 @@ class ImageManager:
             if len(rows) == 1:
                 return rows[0]["id"]
         return None
+
+    def repo_tags(self, image_id: str) -> tuple[str, ...]:
+        """The image's tags, sorted; () for an image without tags or gone. Cached until a name changes: every
+        ContainerStatus and pod status shows one (pycri/containers/messages.py shown_image)."""
+        tags = self._tags.get(image_id)
+        if tags is None:
+            tags = self._tags[image_id] = tuple(r["name"] for r in self.store.query(
+                "SELECT name FROM image_names WHERE image_id = ? ORDER BY name", (image_id,)) if "@" not in r["name"])
+        return tags
 
     def _row(self, image_id: str) -> dict | None:
         row = self.store.query_one("SELECT data FROM images WHERE id = ?", (image_id,))
@@ -403,6 +415,7 @@ class ImageManager:
         with self.store.transaction():
             self.store.execute("DELETE FROM images WHERE id = ?", (image_id,))  # names go with it (cascade)
         self._configs.pop(image_id, None)
+        self._tags.clear()
         log.info("image removed", image=ref_or_id, image_id=image_id)
         await self.gc()
 
