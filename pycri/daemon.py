@@ -70,7 +70,7 @@ class Daemon:
         self.images.usage_provider = self._chain_ids_in_use
         self.monitors = Monitors(spawner, config.exec_sync_per_pod)
         self.cni = CNI(config.cni.bin_dirs, config.root_path / "cni" / "results")
-        self.events = Events()
+        self.events = Events(self.records, self.images)
         self.containers = Containers(self)
         self.sandboxes = Sandboxes(self, self.containers)
         self.stats = Stats(self)

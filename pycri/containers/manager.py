@@ -55,6 +55,11 @@ class Containers:
     def _lock(self, cid: str) -> asyncio.Lock:
         return self._locks.setdefault(cid, asyncio.Lock())
 
+    def _emit(self, rec: ContainerRecord, event_type: int) -> None:
+        """The event of a change just saved (pycri/server/events.py); none for a container whose pod is gone."""
+        if (sandbox := self.ctx.records.sandboxes.get(rec.sandbox_id)) is not None:
+            self.ctx.events.emit(sandbox, rec.id, event_type)
+
     # ---- CreateContainer ----
 
     async def create(self, sandbox_id: str, config: cri.ContainerConfig, sandbox_config: cri.PodSandboxConfig) -> str:
@@ -100,7 +105,7 @@ class Containers:
             raise
         rec.state = C_CREATED
         ctx.records.save_container(rec)
-        ctx.events.emit(cid, cri.ContainerEventType.CONTAINER_CREATED_EVENT)
+        self._emit(rec, cri.ContainerEventType.CONTAINER_CREATED_EVENT)
         _log.info("container created", container_id=cid, pod_sandbox_id=sandbox.id, name=config.metadata.name)
         return cid
 
@@ -237,13 +242,14 @@ class Containers:
                 rec.state, rec.finished_at, rec.exit_code = C_EXITED, time.time_ns(), 128
                 rec.reason, rec.message = "StartError", str(exc)
                 self.ctx.records.save_container(rec)
+                self._emit(rec, cri.ContainerEventType.CONTAINER_STOPPED_EVENT)
                 raise FailedPrecondition(f"failed to start container {rec.id}: {exc}") from None
             rec.state = C_RUNNING
             # the monitor's time, from before the exec: a process that exits at once must not end before it began
             rec.started_at = int(started.get("started_at") or time.time_ns())
             rec.pid = started.get("pid", rec.pid)
             self.ctx.records.save_container(rec)
-        self.ctx.events.emit(rec.id, cri.ContainerEventType.CONTAINER_STARTED_EVENT)
+            self._emit(rec, cri.ContainerEventType.CONTAINER_STARTED_EVENT)
         _log.info("container started", container_id=rec.id, pid=rec.pid)
         self._watch(rec)  # after the started event: a container that has ended already is recorded here
 
@@ -280,7 +286,7 @@ class Containers:
             rec.exit_code = int(code)
             rec.reason = "OOMKilled" if info.get("oom_killed") else ("Completed" if code == 0 else "Error")
         self.ctx.records.save_container(rec)
-        self.ctx.events.emit(cid, cri.ContainerEventType.CONTAINER_STOPPED_EVENT)
+        self._emit(rec, cri.ContainerEventType.CONTAINER_STOPPED_EVENT)
         _log.info("container exited", container_id=cid, exit_code=rec.exit_code, reason=rec.reason)
 
     async def stop(self, container_id: str, timeout: int) -> None:
@@ -328,7 +334,7 @@ class Containers:
         self._locks.pop(rec.id, None)
         if self.ctx.images.resolve_id(rec.image_id) is None:  # its image was removed while it ran
             self.ctx.background(self._collect_images())
-        self.ctx.events.emit(rec.id, cri.ContainerEventType.CONTAINER_DELETED_EVENT)
+        self._emit(rec, cri.ContainerEventType.CONTAINER_DELETED_EVENT)
         _log.info("container removed", container_id=rec.id)
 
     async def _collect_images(self) -> None:

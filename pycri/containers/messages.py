@@ -8,7 +8,7 @@ from collections.abc import Sequence
 
 from pycri.api import api_pb2 as cri
 from pycri.images import reference
-from pycri.state.records import CONTAINER_STATE, ContainerRecord
+from pycri.state.records import C_CREATING, CONTAINER_STATE, ContainerRecord
 
 
 def state_of(rec: ContainerRecord) -> int:
@@ -62,3 +62,10 @@ def container_item(rec: ContainerRecord, image_tags: Sequence[str] = ()) -> cri.
                          image_id=rec.image_id, state=state_of(rec), created_at=rec.created_at,
                          labels=config.labels, annotations=config.annotations)
 
+
+def statuses_of(records, images, sandbox_ids: set[str]) -> list[cri.ContainerStatus]:
+    """The ContainerStatus of every container (CREATING ones are not shown yet) of these sandboxes, oldest first:
+    what a pod's status and its events carry. records: pycri/state/records.py Records; images: the ImageManager."""
+    recs = sorted((c for c in records.containers.values() if c.sandbox_id in sandbox_ids and c.state != C_CREATING),
+                  key=lambda c: c.created_at)
+    return [container_status(c, images.repo_tags(c.image_id)) for c in recs]

@@ -27,7 +27,9 @@ from pycri.network.cniconf import load_network_config
 from pycri.node import MonitorError, cgroups, podns, remove_tree, userns_supported
 from pycri.oci.spec import DEFAULT_CGROUP_PARENT, PodPaths, default_pids_limit, sandbox_spec, userns_mappings
 from pycri.pods.podfiles import write_pod_files
-from pycri.state.records import SB_CREATING, SB_NOTREADY, SB_READY, SANDBOX_STATE, SandboxRecord, matches, pb, unpb
+from pycri.containers.messages import statuses_of
+from pycri.pods.messages import sandbox_item, sandbox_status, state_of
+from pycri.state.records import SB_CREATING, SB_NOTREADY, SB_READY, SandboxRecord, matches, pb, unpb
 from pycri.state.reservations import Reservations
 
 _log = log.get("sandbox")
@@ -69,10 +71,7 @@ class Sandboxes:
         self._check_handler(handler)
         name = sandbox_name(md)
         existing = (lambda n: (r.id if (r := self.ctx.records.sandbox_by_name(n)) else None))
-        sid = await self.reservations.create_once(name, existing, lambda: self._create(config, handler, name))
-        self.ctx.events.emit(sid, cri.ContainerEventType.CONTAINER_CREATED_EVENT)
-        self.ctx.events.emit(sid, cri.ContainerEventType.CONTAINER_STARTED_EVENT)
-        return sid
+        return await self.reservations.create_once(name, existing, lambda: self._create(config, handler, name))
 
     def _check_handler(self, handler: str) -> None:
         runtimes = self.ctx.config.runtimes
@@ -101,6 +100,8 @@ class Sandboxes:
             raise
         rec.state = SB_READY
         ctx.records.save_sandbox(rec)
+        ctx.events.emit(rec, rec.id, cri.ContainerEventType.CONTAINER_CREATED_EVENT)
+        ctx.events.emit(rec, rec.id, cri.ContainerEventType.CONTAINER_STARTED_EVENT)
         self._watch_infra(rec)
         log_.info("sandbox ready", ips=rec.ips, infra_pid=rec.infra_pid)
         return sid
@@ -214,16 +215,17 @@ class Sandboxes:
         self.ctx.monitors.exits.forget_container(rec.monitor_dir, rec.id)
         if rec.state == SB_READY and not self._lock(rec.id).locked():  # (a stop makes it NOTREADY itself)
             _log.warning("infra container exited; sandbox not ready", pod_sandbox_id=rec.id)
-            rec.state = SB_NOTREADY
-            self.ctx.records.save_sandbox(rec)
+            self._not_ready(rec)
+
+    def _not_ready(self, rec: SandboxRecord) -> None:
+        was_ready, rec.state = rec.state == SB_READY, SB_NOTREADY
+        self.ctx.records.save_sandbox(rec)
+        if was_ready:
+            self.ctx.events.emit(rec, rec.id, cri.ContainerEventType.CONTAINER_STOPPED_EVENT)
 
     # ---- Stop / Remove ----
 
     async def stop(self, sandbox_id: str) -> None:
-        await self._stop(sandbox_id)
-        self.ctx.events.emit(sandbox_id, cri.ContainerEventType.CONTAINER_STOPPED_EVENT)
-
-    async def _stop(self, sandbox_id: str) -> None:
         rec = self.ctx.records.find_sandbox(sandbox_id)
         if rec is None:
             return  # idempotent: an unknown sandbox is already stopped
@@ -234,19 +236,14 @@ class Sandboxes:
                 await self._teardown(rec, remove=False)
             finally:  # the infra is gone (or going) even when some other step failed
                 if rec.state != SB_NOTREADY:
-                    rec.state = SB_NOTREADY
-                    self.ctx.records.save_sandbox(rec)
+                    self._not_ready(rec)
         _log.info("sandbox stopped", pod_sandbox_id=rec.id)
 
     async def remove(self, sandbox_id: str) -> None:
-        await self._remove(sandbox_id)
-        self.ctx.events.emit(sandbox_id, cri.ContainerEventType.CONTAINER_DELETED_EVENT)
-
-    async def _remove(self, sandbox_id: str) -> None:
         rec = self.ctx.records.find_sandbox(sandbox_id)
         if rec is None:
             return
-        await self._stop(rec.id)
+        await self.stop(rec.id)
         async with self._lock(rec.id):
             for c in self.ctx.records.containers_of(rec.id):
                 await self.containers.remove(c.id)
@@ -303,6 +300,8 @@ class Sandboxes:
             except OSError as exc:  # the record stays: a retried Remove (or the next start) tries again
                 _log.error("pod dir not removed", pod_sandbox_id=rec.id, error=str(exc))
                 raise TeardownError(f"pod sandbox {rec.id}: its directory could not be removed: {exc}") from None
+        if rec.state != SB_CREATING:  # (a pod whose creation is undone was never shown)
+            ctx.events.emit(rec, rec.id, cri.ContainerEventType.CONTAINER_DELETED_EVENT)
         ctx.records.delete_sandbox(rec.id)
         # the parent pycri made for pods without one goes with the last such pod (also a failed or undone one)
         if not rec.cgroup_parent and ctx.config.cgroup.driver == "cgroupfs" and \
@@ -348,21 +347,12 @@ class Sandboxes:
         return rec
 
     def status(self, sandbox_id: str, verbose: bool) -> cri.PodSandboxStatusResponse:
+        """`timestamp` and `containers_statuses` always together: a kubelet with evented PLEG takes a timestamp
+        as "the containers are listed here" (docs/design.md, "What the kubelet relies on")."""
         rec = self.get(sandbox_id)
-        config = rec.config
-        network = cri.PodSandboxNetworkStatus()
-        if rec.ips:
-            network.ip = rec.ips[0]
-            network.additional_ips.extend(cri.PodIP(ip=ip) for ip in rec.ips[1:])
-        opts = config.linux.security_context.namespace_options
-        status = cri.PodSandboxStatus(
-            id=rec.id, metadata=config.metadata, state=SANDBOX_STATE.get(rec.state, cri.SANDBOX_NOTREADY),
-            created_at=rec.created_at, network=network,
-            linux=cri.LinuxPodSandboxStatus(namespaces=cri.Namespace(options=cri.NamespaceOption(
-                network=opts.network, pid=opts.pid, ipc=opts.ipc, target_id=opts.target_id,
-                userns_options=opts.userns_options if opts.HasField("userns_options") else None))),
-            labels=config.labels, annotations=config.annotations, runtime_handler=rec.runtime_handler)
-        response = cri.PodSandboxStatusResponse(status=status, timestamp=time.time_ns())
+        response = cri.PodSandboxStatusResponse(
+            status=sandbox_status(rec), timestamp=self.ctx.events.now(),
+            containers_statuses=statuses_of(self.ctx.records, self.ctx.images, {rec.id}))
         if verbose:
             response.info["info"] = json.dumps({
                 "pid": rec.infra_pid, "netNamespacePath": rec.netns, "podDir": rec.pod_dir,
@@ -373,18 +363,8 @@ class Sandboxes:
         return response
 
     def list(self, flt: cri.PodSandboxFilter | None) -> list[cri.PodSandbox]:
-        out = []
-        for rec in self.ctx.records.sandboxes.values():
-            if rec.state == SB_CREATING:
-                continue
-            state = SANDBOX_STATE.get(rec.state, cri.SANDBOX_NOTREADY)
-            config = rec.config
-            if not matches(flt, rec.id, config.labels, state=state):
-                continue
-            out.append(cri.PodSandbox(id=rec.id, metadata=config.metadata, state=state, created_at=rec.created_at,
-                                      labels=config.labels, annotations=config.annotations,
-                                      runtime_handler=rec.runtime_handler))
-        return out
+        return [sandbox_item(rec) for rec in self.ctx.records.sandboxes.values()
+                if rec.state != SB_CREATING and matches(flt, rec.id, rec.config.labels, state=state_of(rec))]
 
     def update_resources(self, sandbox_id: str, overhead, resources) -> None:
         """Record the pod-level resources the kubelet has applied to the pod cgroup (it owns that cgroup; the
