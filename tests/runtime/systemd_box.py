@@ -71,6 +71,11 @@ class SystemdBox:
         assert self.proc is not None
         return int(open(f"/proc/{self.proc.pid}/task/{self.proc.pid}/children").read().split()[0])
 
+    def _child(self) -> int:
+        """The pid of the process unshare forked (the box's shell, then systemd); 0 before the fork."""
+        words = open(f"/proc/{self.proc.pid}/task/{self.proc.pid}/children").read().split()
+        return int(words[0]) if words else 0
+
     def start(self, timeout: float = scaled(20)) -> "SystemdBox":
         if V2:  # the box's root gets every controller (as a runtime gives a container's cgroup): the host's
             root = os.path.dirname(self.dirs[0])  # systemd enables cpu at its root only once a unit asks
@@ -103,6 +108,16 @@ class SystemdBox:
                 time.sleep(0.005)
             with open(os.path.join(self.leaf, "cgroup.procs"), "w") as f:
                 f.write(str(self.proc.pid))
+            # unshare forks the box's shell after making the namespaces: when the fork came after the move, the
+            # shell (systemd to be) is in the leaf too, and systemd, seeing itself in /commands, puts its units
+            # below it (found in the guest). The shell waits for "go": put it back in the box's root.
+            while not (child := self._child()):
+                if self.proc.poll() is not None or time.monotonic() > deadline:
+                    self.stop()
+                    raise RuntimeError("unshare started no shell for the box in time")
+                time.sleep(0.005)
+            with open(os.path.join(self.dirs[0], "cgroup.procs"), "w") as f:
+                f.write(str(child))
         self.proc.stdin.write(b"go\n")
         self.proc.stdin.close()
         while True:
