@@ -254,6 +254,7 @@ def steady_resources(runs: list[Results]) -> dict[str, float | None]:
             lambda m: (m["daemon_steady"]["tree_private"] + sum(m["per_pod"]["private_bytes"])) / MIB),
         "pod teardown through CRI (s)": med(lambda m: m["teardown_s"]),
         "client CPU over the window (s)": med(lambda m: m["client_cpu_s"]),
+        "client CPU per call (ms)": med(lambda m: m["client_cpu_ms_per_call"]),
         "machine CPU busy over the window, all processes (s)": med(lambda m: m["cpu"]["machine_busy_s"]),
         "client dispatch lag p99 (ms)": med(lambda m: m["dispatch_lag_ms"]["p99"]),
         "task runs skipped (previous call still out)": med(lambda m: sum(m["task_skipped"].values())),

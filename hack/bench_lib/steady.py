@@ -3,6 +3,8 @@ window of the calls a kubelet makes all the time, then every pod removed through
 
   ramp      N pods, each RunPodSandbox + CreateContainer (busybox `sleep 3600`) + StartContainer, `concurrency` pods
             at a time (the kubelet's pod workers run side by side); the time until every container is running.
+  floor     after the pods settled, 200 Version calls one after another: the cost of a call that does nothing
+            (client, gRPC, server), to tell per-call overhead from the Lists' per-record work
   load      for `seconds`, each task on its own schedule, the calls overlapping as a kubelet's do:
               relist    every 1 s: ListPodSandbox, then ListContainers (no filter: the generic PLEG's relist)
               stats     every 10 s: ListPodSandboxStats, ListContainerStats, ImageFsInfo
@@ -39,10 +41,12 @@ POD_PERIOD = 10.0
 EXEC_TIMEOUT = 5
 EXEC_RPC_TIMEOUT = EXEC_TIMEOUT + 10.0
 LOAD_WORKERS = 64
+FLOOR_CALLS = 200
 SETTLE_SECONDS = 5.0     # after the ramp, before the window: start-up work of the new pods (spare forks) ends
 RAMP_OPS = ("ramp RunPodSandbox", "ramp CreateContainer", "ramp StartContainer")
+FLOOR_OP = "Version (sequential, before the load)"
 LOAD_OPS = ("relist", "ListPodSandbox", "ListContainers", "PodSandboxStatus", "ContainerStatus", "ExecSync",
-            "stats", "ListPodSandboxStats", "ListContainerStats", "ImageFsInfo")
+            "stats", "ListPodSandboxStats", "ListContainerStats", "ImageFsInfo", FLOOR_OP)
 
 
 @dataclass(eq=False)
@@ -151,6 +155,16 @@ class Steady:
         c.call("PodSandboxStatus", c.rt.PodSandboxStatus, cri.PodSandboxStatusRequest(pod_sandbox_id=ref.sandbox_id))
         c.call("ContainerStatus", c.rt.ContainerStatus, cri.ContainerStatusRequest(container_id=ref.container_ids[0]))
 
+    def floor(self, k: int = FLOOR_CALLS) -> None:
+        """k Version calls one after another before the window: the per-call cost of client + server + gRPC with
+        no work in the handler, to tell it apart from the per-record work of the Lists."""
+        c = self.client
+        for _ in range(k):
+            try:
+                c.call(FLOOR_OP, c.rt.Version, cri.VersionRequest())
+            except Skip:
+                return
+
     def _run(self, task: Task, due: float, load: Load) -> None:
         lag = time.monotonic() - due
         try:
@@ -181,6 +195,7 @@ class Steady:
         tasks = self.tasks()
         load = Load()
         time.sleep(SETTLE_SECONDS)
+        self.floor()
         log(f"{self.daemon.name}: load for {seconds:.0f}s over {len(self.pods)} pods ({len(tasks)} tasks)")
         before = cpu.snapshot(self.daemon, self.env.cgroup_root)
         ru0 = resource.getrusage(resource.RUSAGE_SELF)
@@ -211,6 +226,9 @@ class Steady:
         m["cpu"] = window
         client_s = (ru1.ru_utime + ru1.ru_stime) - (ru0.ru_utime + ru0.ru_stime)
         m["client_cpu_s"] = round(client_s, 3)
+        m["load_calls"] = sum(len(self.results.samples.get(op, [])) for op in LOAD_OPS
+                              if op not in ("relist", "stats", FLOOR_OP))
+        m["client_cpu_ms_per_call"] = round(1000 * client_s / max(1, m["load_calls"]), 3)
         m["dispatch_lag_ms"] = {k: round(v * 1000, 3) for k, v in (summarize(load.lags) or {}).items() if k != "n"}
         m["task_runs"] = {name: sum(t.runs for t in tasks if t.name == name) for name in ("relist", "stats", "probe",
                                                                                           "status")}
