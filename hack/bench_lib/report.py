@@ -261,6 +261,27 @@ def steady_resources(runs: list[Results]) -> dict[str, float | None]:
     }
 
 
+LAG_LIMIT_MS = 100.0
+
+
+def fell_behind(m: dict, seconds: float) -> str:
+    """Why a run's figures are not quite those of the offered load ("" when they are): the client could not start
+    calls on time or the window stretched (the machine was saturated), or task runs were skipped because their
+    previous call was still out (that call took longer than its period)."""
+    lag = (m.get("dispatch_lag_ms") or {}).get("p99", 0)
+    skipped = {k: v for k, v in (m.get("task_skipped") or {}).items() if v}
+    window = (m.get("cpu") or {}).get("seconds", seconds)
+    out = []
+    if lag > LAG_LIMIT_MS or window > seconds * 1.2:
+        out.append(f"the client could not keep the schedule (dispatch lag p99 {lag:.0f} ms, window {window:.0f} s "
+                   f"for {seconds:.0f} s): the machine was saturated, so these are the figures of an overloaded "
+                   "node, not of the offered load")
+    if skipped:
+        out.append("task runs skipped because their previous call was still out: "
+                   + ", ".join(f"{k} {v}" for k, v in skipped.items()))
+    return "; ".join(out)
+
+
 def _num(x: float | None) -> str:
     if x is None:
         return "n/a"
@@ -326,6 +347,8 @@ def render_steady(entries: list[dict], meta: dict) -> str:
         for n in names:
             for i, r in enumerate(group[n]):
                 notes += [f"- {n} @{pods}, run {i + 1}: {x}" for x in r.notes if not x.startswith("Version")]
+                if behind := fell_behind(r.memory, meta["seconds"]):
+                    notes.append(f"- {n} @{pods}, run {i + 1}: {behind}")
                 for op, errs in r.errors.items():
                     if errs:
                         notes.append(f"- {n} @{pods}, run {i + 1}: {op}: {len(errs)} failed, last: {errs[-1][:120]}")
