@@ -193,6 +193,16 @@ def ppid(pid: int) -> int:
     return int(stat.rsplit(")", 1)[1].split()[1])
 
 
+def stat_fields(pid: int) -> tuple[int, int] | None:
+    """(ppid, start time in clock ticks after boot) of pid, or None if it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            rest = f.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return int(rest[1]), int(rest[19])
+
+
 def cmdline(pid: int) -> str:
     try:
         with open(f"/proc/{pid}/cmdline", "rb") as f:
@@ -379,3 +389,20 @@ def wait_for_socket(path: Path, proc: subprocess.Popen, name: str, log_path: Pat
             return
         time.sleep(0.02)
     raise RuntimeError(f"{name} did not create {path} in {timeout:.0f}s; log {log_path}")
+
+
+def link_names() -> set[str]:
+    return set(os.listdir("/sys/class/net"))
+
+
+def leftovers(env: BenchEnv, daemon_dir: Path, links_before: set[str]) -> list[str]:
+    """What a stopped runtime left on the machine, for the report (empty when clean): mounts under its dir (rootfs,
+    shm, pinned netns), processes pointing into it, cgroup dirs under the bench's cgroup parent, the bridge, and
+    links that were not there before the runtime started (veths)."""
+    out = [f"mount {m}" for m in mounts_under(daemon_dir)]
+    out += [f"process {p} {cmdline(p)[:80]}" for p in processes_under(daemon_dir)]
+    for mnt in cgroup_mounts():
+        if (Path(mnt) / env.cgroup_root).exists():
+            out.append(f"cgroup {mnt}/{env.cgroup_root}")
+    out += [f"link {name}" for name in sorted(link_names() - links_before)]
+    return out

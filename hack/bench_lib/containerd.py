@@ -146,12 +146,17 @@ class Containerd:
         common.wait_for_socket(self.socket, self.proc, "containerd", self.log_path)
         log(f"containerd pid {self.pid} on {self.socket}")
 
+    def own_processes(self) -> list[int]:
+        """containerd's processes outside its own tree: the shims (reparented to pid 1, their command line names
+        the socket in self.dir) and what runs under them. Used by stop() and by the CPU accounting (cpu.py)."""
+        return common.processes_under(self.dir)
+
     def stop(self) -> None:
         """Stop containerd and remove everything it left: shims, containers, mounts, cgroups, bridge, IPAM, dirs."""
         if self.proc is not None:
             common.stop_process(self.proc, "containerd")
             self.proc = None
-        leftovers = common.processes_under(self.dir)
+        leftovers = self.own_processes()
         if leftovers:
             shim_ids = [_shim_id(p) for p in leftovers]
             log(f"killing {len(leftovers)} leftover containerd processes (shims): {leftovers[:10]}")

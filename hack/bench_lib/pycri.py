@@ -87,12 +87,39 @@ class Pycri:
         common.wait_for_socket(self.socket, self.proc, "pycri", self.log_path)
         log(f"pycri pid {self.pid} on {self.socket}")
 
+    def own_processes(self) -> list[int]:
+        """pycri's processes outside its own tree: the per-pod monitors (detached, reparented), found by a command
+        line or cwd into self.dir or an open file under the state dir, and the spare monitor the spawner forks
+        ahead (no pod's files yet: found as a fork of the spawner). Used by stop() and by cpu.py."""
+        found = set(common.processes_under(self.dir)) | set(common.processes_under(self.state, fds=True))
+        return sorted(found | self.spawner_forks())
+
+    def spawner_forks(self) -> set[int]:
+        """Processes with the command line of the daemon's child that runs this checkout's Python code (the
+        spawner), started after it: the monitors it forked, the spare among them. The command line names this
+        checkout's path, so another checkout's pycri does not match."""
+        if self.pid is None:
+            return set()
+        everyone = {pid: common.stat_fields(pid) for pid in common.pids()}
+        spawners = {}
+        for pid, st in everyone.items():
+            if st and st[0] == self.pid and str(common.REPO_ROOT) in (cmd := common.cmdline(pid)):
+                spawners[cmd] = st[1]
+        out = set()
+        for pid, st in everyone.items():
+            if not st or st[0] == self.pid or pid == self.pid:
+                continue
+            cmd = common.cmdline(pid)
+            if cmd in spawners and st[1] >= spawners[cmd]:
+                out.add(pid)
+        return out
+
     def stop(self) -> None:
         """Stop the daemon and remove what it left: monitors, containers, mounts, cgroups, bridge, IPAM, dirs."""
         if self.proc is not None:
             common.stop_process(self.proc, "pycri")
             self.proc = None
-        leftovers = sorted(set(common.processes_under(self.dir)) | set(common.processes_under(self.state, fds=True)))
+        leftovers = self.own_processes()
         if leftovers:
             log(f"killing {len(leftovers)} leftover pycri processes (monitors): {leftovers[:10]}")
             common.kill_and_wait(leftovers)

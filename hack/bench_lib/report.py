@@ -8,6 +8,7 @@ import statistics
 from pathlib import Path
 
 from .memory import MIB
+from .steady import LOAD_OPS, RAMP_OPS
 from .workload import DENSITY_OPS, LIFECYCLE_OPS, PULL_IMAGES, Results, percentile
 
 # Targets from the issue: pycri/containerd ratio of the median, at most this.
@@ -191,3 +192,180 @@ def machine() -> str:
         pass
     cg = "cgroup v2" if os.path.exists("/sys/fs/cgroup/cgroup.controllers") else "cgroup v1"
     return f"{platform.node()}, Linux {platform.release()}, {os.cpu_count()} CPUs, {mem}, {cg}"
+
+
+# ---------------------------------------------------------------- hack/bench_steady.py
+
+# Issue #24's targets: ratio pycri/containerd at most this (of the median over runs of the p50, or of the p99).
+STEADY_P50_TARGETS = {"ListContainers": 1.0, "ListPodSandbox": 1.0, "ContainerStatus": 1.0, "PodSandboxStatus": 1.0}
+STEADY_P99_TARGETS = {"relist": 1.0}
+STEADY_CPU_TARGET = 0.25
+STEADY_RAMP_TARGET = 0.5
+
+
+def _median(xs: list) -> float | None:
+    xs = [x for x in xs if x is not None]
+    return statistics.median(xs) if xs else None
+
+
+def _ratio(p: float | None, c: float | None) -> float | None:
+    return p / c if p is not None and c else None
+
+
+def _fmt_ratio(r: float | None) -> str:
+    return "n/a" if r is None else f"{r:.2f}"
+
+
+def steady_call_stats(runs: list[Results], op: str) -> dict | None:
+    """The median over runs of each run's p50, p95 and p99 of `op`, and the calls counted in all runs."""
+    per = [s for r in runs if (s := r.stats(op))]
+    if not per:
+        return None
+    return {"n": sum(s["n"] for s in per), "p50": _median([s["median"] for s in per]),
+            "p95": _median([s["p95"] for s in per]), "p99": _median([s["p99"] for s in per])}
+
+
+def steady_resources(runs: list[Results]) -> dict[str, float | None]:
+    """metric -> median over runs."""
+    def med(fn):
+        vals = []
+        for r in runs:
+            try:
+                vals.append(fn(r.memory))
+            except (KeyError, TypeError, IndexError):
+                pass
+        return _median(vals)
+
+    return {
+        "time to all pods running (s)": med(lambda m: m["ramp_s"]),
+        "pods running after the ramp": med(lambda m: m["pods_running"]),
+        "runtime CPU over the window (s)": med(lambda m: m["cpu"]["total_s"]),
+        "  daemon itself (s)": med(lambda m: m["cpu"]["daemon_own_s"]),
+        "  daemon's reaped children (s)": med(lambda m: m["cpu"]["daemon_children_s"]),
+        "  daemon's helpers (s)": med(lambda m: m["cpu"]["helper_s"]),
+        "  per-pod processes, reaped children included (s)": med(lambda m: m["cpu"]["pod_s"]),
+        "runtime CPU, % of one core": med(lambda m: 100 * m["cpu"]["total_s"] / m["cpu"]["seconds"]),
+        "runtime processes at the end of the window": med(lambda m: m["cpu"]["processes_end"]),
+        "runtime processes that ended in the window": med(lambda m: m["cpu"]["processes_ended"]),
+        "daemon RSS (MiB)": med(lambda m: m["daemon_steady"]["rss"] / MIB),
+        "daemon + helpers private (MiB)": med(lambda m: m["daemon_steady"]["tree_private"] / MIB),
+        "private memory per pod, median (MiB)": med(lambda m: statistics.median(m["per_pod"]["private_bytes"]) / MIB),
+        "private memory, daemon + helpers + all pods (MiB)": med(
+            lambda m: (m["daemon_steady"]["tree_private"] + sum(m["per_pod"]["private_bytes"])) / MIB),
+        "pod teardown through CRI (s)": med(lambda m: m["teardown_s"]),
+        "client CPU over the window (s)": med(lambda m: m["client_cpu_s"]),
+        "client CPU per call (ms)": med(lambda m: m["client_cpu_ms_per_call"]),
+        "machine CPU busy over the window, all processes (s)": med(lambda m: m["cpu"]["machine_busy_s"]),
+        "client dispatch lag p99 (ms)": med(lambda m: m["dispatch_lag_ms"]["p99"]),
+        "task runs skipped (previous call still out)": med(lambda m: sum(m["task_skipped"].values())),
+    }
+
+
+LAG_LIMIT_MS = 100.0
+
+
+def fell_behind(m: dict, seconds: float) -> str:
+    """Why a run's figures are not quite those of the offered load ("" when they are): the client could not start
+    calls on time or the window stretched (the machine was saturated), or task runs were skipped because their
+    previous call was still out (that call took longer than its period)."""
+    lag = (m.get("dispatch_lag_ms") or {}).get("p99", 0)
+    skipped = {k: v for k, v in (m.get("task_skipped") or {}).items() if v}
+    window = (m.get("cpu") or {}).get("seconds", seconds)
+    out = []
+    if lag > LAG_LIMIT_MS or window > seconds * 1.2:
+        out.append(f"the client could not keep the schedule (dispatch lag p99 {lag:.0f} ms, window {window:.0f} s "
+                   f"for {seconds:.0f} s): the machine was saturated, so these are the figures of an overloaded "
+                   "node, not of the offered load")
+    if skipped:
+        out.append("task runs skipped because their previous call was still out: "
+                   + ", ".join(f"{k} {v}" for k, v in skipped.items()))
+    return "; ".join(out)
+
+
+def _num(x: float | None) -> str:
+    if x is None:
+        return "n/a"
+    if float(x).is_integer():
+        return f"{x:.0f}"
+    return f"{x:.0f}" if abs(x) >= 100 else (f"{x:.1f}" if abs(x) >= 10 else f"{x:.2f}")
+
+
+def render_steady(entries: list[dict], meta: dict) -> str:
+    """entries: {"runtime", "pods", "run", "results": Results} per runtime, pod count and run."""
+    names = [n for n in ("containerd", "pycri") if any(e["runtime"] == n for e in entries)]
+    both = len(names) == 2
+    lines = [f"# Steady state (a kubelet's load): pycri vs containerd, {meta['date']}", "",
+             f"- machine: {meta['machine']}", f"- command: `{meta['command']}`",
+             f"- {meta['seconds']:.0f} s of load per run; {meta['runs']} run(s) per runtime and pod count, the "
+             f"runtimes alternating; figures are medians over the runs (of each run's p50/p95/p99)",
+             f"- ramp: {meta['concurrency']} pods at a time; load: relist every 1 s, stats every 10 s, per pod every "
+             "10 s an ExecSync `true` and a PodSandboxStatus + ContainerStatus, spread evenly"]
+    versions = {e["runtime"]: e["results"].version for e in entries}
+    lines += [f"- {n}: {versions[n]}" for n in names]
+    targets, notes = [], []
+    for pods in meta["pods"]:
+        group = {n: [e["results"] for e in entries if e["runtime"] == n and e["pods"] == pods] for n in names}
+        lines += ["", f"## {pods} pods", "", "Latency per call under the load, ms (client-side wall time):", ""]
+        cols = ["call"]
+        for n in names:
+            cols += [f"{n} n", f"{n} p50", f"{n} p95", f"{n} p99"]
+        if both:
+            cols += ["ratio p50", "ratio p95", "ratio p99"]
+        lines += ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+        for op in LOAD_OPS + RAMP_OPS:
+            st = {n: steady_call_stats(group[n], op) for n in names}
+            if not any(st.values()):
+                continue
+            row = [op]
+            for n in names:
+                s = st[n]
+                row += [str(s["n"]), _ms(s["p50"]), _ms(s["p95"]), _ms(s["p99"])] if s else ["0", "n/a", "n/a", "n/a"]
+            if both:
+                c, p = st["containerd"], st["pycri"]
+                rs = {q: _ratio(p and p[q], c and c[q]) for q in ("p50", "p95", "p99")}
+                row += [_fmt_ratio(rs[q]) for q in ("p50", "p95", "p99")]
+                for tgt, q in ((STEADY_P50_TARGETS, "p50"), (STEADY_P99_TARGETS, "p99")):
+                    if op in tgt and rs[q] is not None:
+                        targets.append(f"| {pods} | {op} {q} | <= {tgt[op]} | {rs[q]:.2f} | {_met(rs[q] <= tgt[op])} |")
+            lines.append("| " + " | ".join(row) + " |")
+        lines += ["", "Resources (runtime CPU: every process of the runtime, reaped children included, over the load "
+                  "window; the method is in hack/bench_lib/cpu.py; memory after the window, hack/bench_lib/memory.py):",
+                  ""]
+        cols = ["metric"] + names + (["ratio pycri/containerd"] if both else [])
+        lines += ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+        res = {n: steady_resources(group[n]) for n in names}
+        for metric in res[names[0]]:
+            row = [metric] + [_num(res[n][metric]) for n in names]
+            if both:
+                r = _ratio(res["pycri"][metric], res["containerd"][metric])
+                row.append(_fmt_ratio(r))
+                for label, tgt in (("runtime CPU over the window (s)", STEADY_CPU_TARGET),
+                                   ("time to all pods running (s)", STEADY_RAMP_TARGET)):
+                    if metric == label and r is not None:
+                        targets.append(f"| {pods} | {metric} | <= {tgt} | {r:.2f} | {_met(r <= tgt)} |")
+            lines.append("| " + " | ".join(row) + " |")
+        for n in names:
+            for i, r in enumerate(group[n]):
+                notes += [f"- {n} @{pods}, run {i + 1}: {x}" for x in r.notes if not x.startswith("Version")]
+                if behind := fell_behind(r.memory, meta["seconds"]):
+                    notes.append(f"- {n} @{pods}, run {i + 1}: {behind}")
+                for op, errs in r.errors.items():
+                    if errs:
+                        notes.append(f"- {n} @{pods}, run {i + 1}: {op}: {len(errs)} failed, last: {errs[-1][:120]}")
+    if targets:
+        lines += ["", "## Issue #24's targets (ratio pycri/containerd)", "",
+                  "| pods | figure | target | ratio | met |", "|---|---|---|---|---|"] + targets
+    if notes:
+        lines += ["", "## Notes and errors", ""] + notes
+    return "\n".join(lines) + "\n"
+
+
+def write_steady(entries: list[dict], meta: dict, out_md: Path) -> tuple[str, Path]:
+    out_md.parent.mkdir(parents=True, exist_ok=True)
+    text = render_steady(entries, meta)
+    out_md.write_text(text)
+    out_json = out_md.with_suffix(".json")
+    out_json.write_text(json.dumps({"meta": meta, "runs": [
+        {"runtime": e["runtime"], "pods": e["pods"], "run": e["run"], **e["results"].to_json()} for e in entries]},
+        indent=1) + "\n")
+    return text, out_json

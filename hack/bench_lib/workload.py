@@ -403,8 +403,8 @@ class Workload:
         log(f"{self.daemon.name}: daemon RSS ({key}): {m['rss'] / MIB:.1f} MiB"
             f" (process tree {m['tree_rss'] / MIB:.1f} MiB, {len(m['pids'])} processes)")
 
-    def measure_pods(self, pods: list[PodRef]) -> None:
-        self.measure_daemon("daemon_110_pods")
+    def measure_pods(self, pods: list[PodRef], key: str = "daemon_110_pods") -> None:
+        self.measure_daemon(key)
         per = self.daemon.probe.pod_memory(pods)
         priv = [p.private for p in per]
         self.results.memory["per_pod"] = {
