@@ -38,7 +38,7 @@ from pycri.server.runtime_service import RuntimeService
 from pycri.state.records import Records
 from pycri.state.store import Store
 from pycri.state.topdir import ensure_top_dir
-from pycri.stats.collect import Stats
+from pycri.stats.collect import Stats, container_fs
 from pycri.streaming.container_backend import streaming_server
 
 _log = log.get("daemon")
@@ -61,6 +61,11 @@ class Daemon:
         dirs.secure_roots(config.root_path, config.state_path)  # (pycri/state/dirs.py)
         ensure_top_dir(config.root_path / "containers", 0o700)  # containers' writable layers (pycri/state/topdir.py)
         dirs.private_dir(config.root_path / "cni")
+        if container_fs(config.root_path) != str(config.root_path):
+            _log.warning("writable layers on another file system than the images",
+                         containers=str(config.root_path / "containers"), images=config.root,
+                         note="kubelets 1.29-1.31 take this for a split image file system they do not support "
+                              "and, with KubeletSeparateDiskGC off, evict nothing (docs/operations.md, Disks)")
         self.store = Store(config.db_path, sync_full=config.store_sync_full)
         self.cgroup_version = _cgroup_version()
         self._ensure_network_config()
