@@ -28,17 +28,17 @@ from pycri.images import ImageManager
 from pycri.memtrim import trim_when_quiet
 from pycri.pods.monitors import Monitors
 from pycri.network.cni import CNI
-from pycri.network.cniconf import load_network_config
-from pycri.network.defaultnet import write_default_conflist
+from pycri.network import defaultnet
+from pycri.network.defaultnet import subnets_of, sync_default_conflist
 from pycri.node import cgroup_version
 from pycri.pods.manager import Sandboxes
 from pycri.server.image_service import ImageService
 from pycri.server.rpc import service_handler
-from pycri.server.runtime_service import RuntimeService
+from pycri.server.runtime_service import POD_CIDR_KEY, RuntimeService
 from pycri.state.records import Records
 from pycri.state.store import Store
 from pycri.state.topdir import ensure_top_dir
-from pycri.stats.collect import Stats
+from pycri.stats.collect import Stats, container_fs
 from pycri.streaming.container_backend import streaming_server
 
 _log = log.get("daemon")
@@ -46,6 +46,7 @@ _log = log.get("daemon")
 # The kubelet's own limit for CRI messages; the gRPC default (4 MiB) is too small for ListContainers on a full node.
 MAX_MESSAGE_BYTES = 16 * 1024 * 1024
 SHUTDOWN_GRACE_SECONDS = 5
+CONFLIST_SUBNETS_KEY = "default_conflist_subnets"  # settings: the subnets pycri last wrote its default conflist on
 
 
 class DaemonError(Exception):
@@ -61,9 +62,14 @@ class Daemon:
         dirs.secure_roots(config.root_path, config.state_path)  # (pycri/state/dirs.py)
         ensure_top_dir(config.root_path / "containers", 0o700)  # containers' writable layers (pycri/state/topdir.py)
         dirs.private_dir(config.root_path / "cni")
+        if container_fs(config.root_path) != str(config.root_path):
+            _log.warning("writable layers on another file system than the images",
+                         containers=str(config.root_path / "containers"), images=config.root,
+                         note="kubelets 1.29-1.31 take this for a split image file system they do not support "
+                              "and, with KubeletSeparateDiskGC off, evict nothing (docs/operations.md, Disks)")
         self.store = Store(config.db_path, sync_full=config.store_sync_full)
         self.cgroup_version = _cgroup_version()
-        self._ensure_network_config()
+        self.sync_network_config()
         self.spawner = spawner
         self.records = Records(self.store)
         self.images = ImageManager(config, self.store)
@@ -127,12 +133,27 @@ class Daemon:
         self.monitors.exits.close()
         self.store.close()
 
-    def _ensure_network_config(self) -> None:
+    def sync_network_config(self) -> tuple[str, Path | None]:
+        """With `[cni] write_default_conflist`: write pycri's default network when conf_dir has none, on the pod CIDR
+        the kubelet gave (UpdateRuntimeConfig) or else `default_subnet`, and rewrite it for a new pod CIDR while pycri
+        owns it (pycri/network/defaultnet.py sync_default_conflist). At start and after each UpdateRuntimeConfig;
+        returns the outcome and the path of the config in use (OFF and None without the option)."""
         cni = self.config.cni
-        if cni.write_default_conflist and load_network_config(cni.conf_dir) is None:
-            path = write_default_conflist(cni.conf_dir, cni.default_subnet,
-                                          str(self.config.root_path / "cni" / "networks"))
-            _log.info("wrote default network config", path=str(path), subnet=cni.default_subnet)
+        if not cni.write_default_conflist:
+            return defaultnet.OFF, None
+        subnets = subnets_of(self.setting(POD_CIDR_KEY) or cni.default_subnet)
+        recorded = self.setting(CONFLIST_SUBNETS_KEY)
+        # (a file an older pycri wrote has no record: it was written on default_subnet)
+        outcome, path = sync_default_conflist(cni.conf_dir, subnets, str(self.config.root_path / "cni" / "networks"),
+                                              subnets_of(recorded or cni.default_subnet), legacy=not recorded)
+        if outcome != defaultnet.NOT_OURS and recorded != ",".join(subnets):
+            self.set_setting(CONFLIST_SUBNETS_KEY, ",".join(subnets))
+        if outcome == defaultnet.WRITTEN:
+            _log.info("wrote default network config", path=str(path), subnets=",".join(subnets))
+        elif outcome == defaultnet.REWRITTEN:
+            _log.info("rewrote default network config", path=str(path), subnets=",".join(subnets),
+                      before=",".join(subnets_of(recorded or cni.default_subnet)))
+        return outcome, path
 
     def config_dict(self) -> dict:
         return dataclasses.asdict(self.config)

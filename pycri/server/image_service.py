@@ -13,7 +13,8 @@ from pycri.images import ImageAuthError, ImageError, ImageNotFound, ImageTooLarg
 class ImageService:
     def __init__(self, manager, container_fs_usage=None) -> None:
         self.manager = manager
-        # async () -> (mountpoint, used bytes, inodes) of the containers' writable layers, or None
+        # async () -> (file system name, used bytes, inodes) of the containers' writable layers, or None;
+        # the name is the image root's when they share its device (pycri/stats/collect.py container_fs)
         self.container_fs_usage = container_fs_usage
 
     async def PullImage(self, request, context):
@@ -78,17 +79,27 @@ class ImageService:
         return cri.RemoveImageResponse()
 
     async def ImageFsInfo(self, request, context):
+        """The image file system (`root`) and, when the daemon counts them, the writable layers' file system.
+
+        One file system (container_fs_usage names it as the image root) is one FilesystemUsage in both lists,
+        images and writable layers counted together, as CRI-O answers: the 1.29-1.31 kubelet takes two names for
+        a split disk. A `<root>/containers` on a device of its own is a file system of its own."""
         used, inodes = await self.manager.fs_info()
         now = time.time_ns()
-        usage = cri.FilesystemUsage(timestamp=now, fs_id=cri.FilesystemIdentifier(mountpoint=str(self.manager.root)),
-                                    used_bytes=cri.UInt64Value(value=used), inodes_used=cri.UInt64Value(value=inodes))
-        response = cri.ImageFsInfoResponse(image_filesystems=[usage])
-        if self.container_fs_usage is not None:
-            mountpoint, used, inodes = await self.container_fs_usage()
-            response.container_filesystems.append(cri.FilesystemUsage(
-                timestamp=now, fs_id=cri.FilesystemIdentifier(mountpoint=mountpoint),
-                used_bytes=cri.UInt64Value(value=used), inodes_used=cri.UInt64Value(value=inodes)))
-        return response
+        root = str(self.manager.root)
+        if self.container_fs_usage is None:
+            return cri.ImageFsInfoResponse(image_filesystems=[_fs_usage(now, root, used, inodes)])
+        mountpoint, layers_used, layers_inodes = await self.container_fs_usage()
+        if mountpoint == root:
+            usage = _fs_usage(now, root, used + layers_used, inodes + layers_inodes)
+            return cri.ImageFsInfoResponse(image_filesystems=[usage], container_filesystems=[usage])
+        return cri.ImageFsInfoResponse(image_filesystems=[_fs_usage(now, root, used, inodes)],
+                                       container_filesystems=[_fs_usage(now, mountpoint, layers_used, layers_inodes)])
+
+
+def _fs_usage(now: int, mountpoint: str, used: int, inodes: int) -> cri.FilesystemUsage:
+    return cri.FilesystemUsage(timestamp=now, fs_id=cri.FilesystemIdentifier(mountpoint=mountpoint),
+                               used_bytes=cri.UInt64Value(value=used), inodes_used=cri.UInt64Value(value=inodes))
 
 
 def _image(record) -> cri.Image:

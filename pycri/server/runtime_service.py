@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import functools
-import ipaddress
 import json
 import os
 import subprocess
@@ -12,6 +11,7 @@ from pycri import CRI_API_VERSION, RUNTIME_NAME, __version__, log
 from pycri.api import api_pb2 as cri
 from pycri.errors import InvalidArgument, Unavailable
 from pycri.network.cniconf import load_network_config, network_status
+from pycri.network.defaultnet import NOT_OURS, OFF, subnets_of
 from pycri.node import mount_setattr_supported, userns_supported
 from pycri.streaming.container_backend import ready_sandbox, running_container
 
@@ -221,16 +221,26 @@ class RuntimeService:
         return cri.RuntimeConfigResponse(linux=cri.LinuxRuntimeConfiguration(cgroup_driver=driver))
 
     async def UpdateRuntimeConfig(self, request, context):
+        """Record the kubelet's pod CIDR (comma-joined when dual-stack) and rewrite pycri's default network config
+        on it while pycri owns that config (Daemon.sync_network_config); any other config is left alone."""
         cidr = request.runtime_config.network_config.pod_cidr.strip()
         if not cidr:  # the kubelet sends an empty config before the node has a CIDR; nothing to record
             return cri.UpdateRuntimeConfigResponse()
-        for part in cidr.split(","):
-            try:
-                ipaddress.ip_network(part.strip(), strict=False)
-            except ValueError as exc:
-                raise InvalidArgument(f"pod_cidr {cidr!r}: {exc}") from None
-        self.daemon.set_setting(POD_CIDR_KEY, cidr)
-        _log.info("pod cidr updated", pod_cidr=cidr)
+        try:
+            subnets_of(cidr)
+        except ValueError as exc:
+            raise InvalidArgument(f"pod_cidr {cidr!r}: {exc}") from None
+        if cidr != self.daemon.setting(POD_CIDR_KEY):
+            self.daemon.set_setting(POD_CIDR_KEY, cidr)
+            _log.info("pod cidr updated", pod_cidr=cidr)
+        try:
+            outcome, path = self.daemon.sync_network_config()
+        except OSError as exc:  # the kubelet tries again (it keeps the CIDR as sent only on success)
+            raise Unavailable(f"pod_cidr {cidr!r} recorded, but the default network config could not be written: "
+                              f"{exc}") from None
+        if outcome in (NOT_OURS, OFF):
+            _log.info("pod CIDR recorded; network config not managed by pycri", pod_cidr=cidr,
+                      path=str(path) if path else None)
         return cri.UpdateRuntimeConfigResponse()
 
 

@@ -9,6 +9,7 @@ are read from the host's /proc, the writable layers' usage by walking them.
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from pathlib import Path
 
@@ -27,7 +28,7 @@ class Stats:
     def __init__(self, ctx) -> None:
         self.ctx = ctx  # the Daemon: config, records, monitors
         self._cpu_samples: dict[str, tuple[int, int]] = {}  # id -> (time ns, usage ns): for usage_nano_cores
-        self._fs_usage: tuple[float, tuple[str, int, int]] | None = None
+        self._fs_usage: tuple[float, tuple[int, int]] | None = None
 
     # ---- containers ----
 
@@ -74,7 +75,7 @@ class Stats:
             _log.warning("writable layer kept changing while counted; its usage is a lower bound",
                          container_id=rec.id)
         out.writable_layer.CopyFrom(cri.FilesystemUsage(
-            timestamp=now, fs_id=cri.FilesystemIdentifier(mountpoint=str(self.ctx.config.root_path)),
+            timestamp=now, fs_id=cri.FilesystemIdentifier(mountpoint=container_fs(self.ctx.config.root_path)),
             used_bytes=cri.UInt64Value(value=usage.bytes), inodes_used=cri.UInt64Value(value=usage.inodes)))
         return out
 
@@ -92,14 +93,14 @@ class Stats:
         return list(await asyncio.gather(*(self.container(rec) for rec in wanted)))
 
     async def fs_usage(self) -> tuple[str, int, int]:
-        """(dir, bytes, inodes) of all writable layers, for ImageFsInfo; the walk is cached for a few seconds
-        because the kubelet asks often."""
+        """(container fs, bytes, inodes) of all writable layers, for ImageFsInfo: the container fs is the name
+        container_fs() gives (looked at on each call), the walk is cached for a few seconds because the kubelet
+        asks often."""
         now = time.monotonic()
         if self._fs_usage is None or now - self._fs_usage[0] > FS_USAGE_TTL:
-            layers = self.ctx.config.root_path / "containers"
-            usage = await asyncio.to_thread(tree_usage, layers)
-            self._fs_usage = (now, (str(layers), usage.bytes, usage.inodes))
-        return self._fs_usage[1]
+            usage = await asyncio.to_thread(tree_usage, self.ctx.config.root_path / "containers")
+            self._fs_usage = (now, (usage.bytes, usage.inodes))
+        return (container_fs(self.ctx.config.root_path), *self._fs_usage[1])
 
     # ---- pods ----
 
@@ -161,6 +162,21 @@ class Stats:
             interfaces = await asyncio.to_thread(cadvisor.read_net_dev, rec.infra_pid)
             out.metrics.extend(cadvisor.network_metrics(rec.id, interfaces))
         return out
+
+
+def container_fs(root: Path) -> str:
+    """The file system of the containers' writable layers as ImageFsInfo and ContainerStats name it: `<root>`, the
+    image file system's name, when `<root>/containers` is on the same device as `<root>`, else `<root>/containers`.
+
+    The 1.29-1.31 kubelet compares the two names (not devices) to decide that images and writable layers are on
+    separate disks; two names for one disk made it take a split it does not support, and with
+    KubeletSeparateDiskGC off stop evicting altogether (docs/operations.md, "Disks")."""
+    layers = root / "containers"
+    try:
+        same = os.stat(root).st_dev == os.stat(layers).st_dev
+    except OSError:  # (not made yet: it will be, under root)
+        same = True
+    return str(root) if same else str(layers)
 
 
 def _net_dev(pid: int) -> list:
