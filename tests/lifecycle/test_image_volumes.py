@@ -90,12 +90,15 @@ def test_image_volume_mounted_ro_noexec(kubelet):
 
 
 def test_image_volume_by_name_and_recursive_read_only(kubelet):
-    """The kubelet sends the id, but a name works too (as CRI-O and containerd resolve it); rro is honoured."""
+    """The kubelet sends the id, but a name works too (as CRI-O and containerd resolve it); rro is honoured. A
+    terminal container: the launcher's Python child binds it (the others go through pycri-init)."""
     sid, pod = kubelet.run_pod("iv")
     ref = kubelet.pull("multilayer")
     iid = image_id(kubelet, "multilayer")
-    cid = kubelet.start(sid, pod, "c", command=SLEEP, mounts=[volume(ref, recursive_read_only=True)])
+    cid = kubelet.start(sid, pod, "c", command=SLEEP, mounts=[volume(ref, recursive_read_only=True)], tty=True)
     assert kubelet.exec(cid, "cat", "/vol/data/zstd").stdout == b"zstd\n"
+    assert {"ro", "nosuid", "nodev", "noexec"} <= mount_options(kubelet, cid, "/vol")
+    assert b"rc=126" in kubelet.exec(cid, "sh", "-c", "/vol/bin/busybox true; echo rc=$?").stdout
     assert kubelet.status(cid).mounts[0].image.image == iid  # the id it resolved to, not the name sent
 
 
