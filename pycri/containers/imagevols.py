@@ -8,8 +8,9 @@ pod's containers; each container binds it, or a directory inside it (image_sub_p
 with rbind,rprivate,ro,nosuid,nodev,noexec (and rro when asked).
 
 The count of a mount's users is the container records: each record names the mounts it uses
-(`ContainerRecord.image_volumes`), and it is saved before the mount is made; a mount goes when no record names it
-any more (the last container using it is removed), and at the pod's removal whatever is left. So a daemon restart
+(`ContainerRecord.image_volumes`), and it is saved before the mount is made; a container's removal drops them from
+its record, and the mount goes when no record names it any more (the last container using it is removed), and at
+the pod's removal whatever is left. So a daemon restart
 keeps the count with the records, and a crash between the record and the mount is undone as any half-made
 container is (docs/design.md, "Image volumes").
 """
@@ -97,15 +98,18 @@ class ImageVolumes:
     # ---- removal ----
 
     async def release(self, rec: ContainerRecord) -> None:
-        """A container goes (its record is deleted next): unmount the mounts no other container record names.
-        OSError when one could not be unmounted (the record stays, for a retry)."""
+        """A container goes: unmount the mounts no other container record names, and drop them from its record
+        (saved), so that it no longer counts as their user: containers removed at the same time each see the others
+        go, and the last one unmounts. OSError when one could not be unmounted (it stays named, for a retry)."""
         for target in dict.fromkeys(vol["mount"] for vol in rec.image_volumes):
             async with self._lock:
-                if any(vol["mount"] == target for other in self.ctx.records.containers.values()
-                       if other.id != rec.id for vol in other.image_volumes):
-                    continue
-                if await asyncio.to_thread(imagevols.unmount, target):
-                    _log.info("image volume unmounted", container_id=rec.id, path=target)
+                if not any(vol["mount"] == target for other in self.ctx.records.containers.values()
+                           if other.id != rec.id for vol in other.image_volumes):
+                    if await asyncio.to_thread(imagevols.unmount, target):
+                        _log.info("image volume unmounted", container_id=rec.id, path=target)
+                rec.image_volumes = [vol for vol in rec.image_volumes if vol["mount"] != target]
+                if rec.id in self.ctx.records.containers:
+                    self.ctx.records.save_container(rec)
 
     async def teardown(self, pod_dir: str) -> None:
         """The pod goes: unmount whatever image volumes are left under its dir (OSError if one stays)."""

@@ -3,6 +3,7 @@ image itself and sends its id, with readonly set and no host_path."""
 
 from __future__ import annotations
 
+import concurrent.futures
 import json
 import os
 import sqlite3
@@ -318,3 +319,22 @@ def test_image_volume_in_a_user_namespaced_pod_is_refused(kubelet, pod_daemon):
         assert host_volume_mounts(pod_dir(kubelet, sid)) == []
     finally:
         os.chmod(pod_daemon.workdir, mode)
+
+
+def test_image_volume_concurrent_creates_and_removals_share_one_mount(kubelet):
+    """Containers of one pod created, and removed, at the same time: one host mount, made once, gone with the last."""
+    sid, pod = kubelet.run_pod("iv")
+    iid = image_id(kubelet, "multilayer")
+    kubelet.pull("busybox")
+    where = pod_dir(kubelet, sid)
+    with concurrent.futures.ThreadPoolExecutor(6) as pool:
+        cids = list(pool.map(lambda n: kubelet.create(sid, pod, f"c{n}", command=SLEEP,
+                                                      mounts=[volume(iid, sub="data" if n % 2 else "")]),
+                             range(6)))
+        assert len(host_volume_mounts(where)) == 1
+        list(pool.map(lambda cid: kubelet.rt.StartContainer(cri.StartContainerRequest(container_id=cid)), cids))
+        assert kubelet.exec(cids[1], "cat", "/vol/keep").stdout == b"keep\n"
+        list(pool.map(lambda cid: kubelet.rt.RemoveContainer(cri.RemoveContainerRequest(container_id=cid)), cids))
+    assert host_volume_mounts(where) == []
+    assert len(kubelet.d.log_events()) and sum(e.get("event") == "image volume mounted"
+                                               for e in kubelet.d.log_events()) == 1
