@@ -281,6 +281,17 @@ def multilayer_layers() -> list[Layer]:
     return [l2, l3, l4]
 
 
+def volattack_layer() -> Layer:
+    """An image whose content attacks whoever resolves paths in it on the host (image volume sub paths): symlinks
+    to the host's /etc, and above the image's root, by absolute and relative targets; a loop; a file."""
+    return layer([
+        D("etc"), F("etc/in-image", "image\n"),
+        L("to-etc", "/etc"), L("up", "../../../../../../../../../.."),
+        D("data"), L("data/escape", "../../../../../../../../../../etc"), F("data/file", "file\n"),
+        L("loop", "loop"),
+    ], "gzip", "symlinks out of the image, for image volume sub paths")
+
+
 def users_layer() -> Layer:
     return layer([
         D("etc"), F("etc/passwd", PASSWD_USERS), F("etc/group", GROUP_USERS),
@@ -318,6 +329,7 @@ def define_images(pause: bytes, busybox: bytes, applets: list[str]) -> dict[str,
     single("busybox", Image([base], busybox_config("busybox")))
     single("busybox-docker", Image([base], busybox_config("busybox-docker"), docker=True))
     single("multilayer", Image([base] + multilayer_layers(), busybox_config("multilayer")))
+    single("volattack", Image([volattack_layer()], {"Labels": {LABEL: "volattack"}}))
     users = users_layer()
     single("users", Image([base, users], busybox_config("users", User="1002")))
     single("users-www", Image([base, users], busybox_config("users-www", User="www-data")))

@@ -5,11 +5,11 @@
 
 A private daemon (tests/fixtures/daemon.py: temp root and state, a CNI bridge network of its own) and the local
 registry (hack/registry.py) with the test images. Each worker thread drives its own pods the way the kubelet does:
-RunPodSandbox, CreateContainer, StartContainer, ExecSync, StopContainer, RemoveContainer, StopPodSandbox,
-RemovePodSandbox, and one also removes and pulls an image now and then; a request that fails because the daemon
-is down is retried (same name, same id) until it is answered. Meanwhile the main thread kills the daemon with
-SIGKILL after a random 0.05-1.5 s of load, and restarts it. After every restart the workers are held between
-two requests and the invariants are checked:
+RunPodSandbox, CreateContainer (every other container with an image volume), StartContainer, ExecSync,
+StopContainer, RemoveContainer, StopPodSandbox, RemovePodSandbox, and one also removes and pulls an image now and
+then; a request that fails because the daemon is down is retried (same name, same id) until it is answered.
+Meanwhile the main thread kills the daemon with SIGKILL after a random 0.05-1.5 s of load, and restarts it. After
+every restart the workers are held between two requests and the invariants are checked:
 
   - every acknowledged RunPodSandbox / CreateContainer is listed (unless its removal was acknowledged), in the
     state the acknowledged requests left it: READY / CREATED / RUNNING / EXITED;
@@ -334,10 +334,13 @@ class Worker(threading.Thread):
     def create(self, pod: PodM) -> str | None:
         self.seq += 1
         name = f"c{self.seq}"
+        # every other container mounts an image volume (one host mount per pod, counted by container record)
+        mounts = [cri.Mount(container_path="/vol", readonly=True, image=cri.ImageSpec(image=self.chaos.volume_id),
+                            image_sub_path="etc" if self.seq % 4 == 1 else "")] if self.seq % 2 else []
         config = cri.ContainerConfig(metadata=cri.ContainerMetadata(name=name),
                                      image=cri.ImageSpec(image=self.chaos.busybox),
                                      command=["sh", "-c", "trap 'exit 0' TERM; while :; do sleep 1; done"],
-                                     log_path=f"{name}/0.log")
+                                     log_path=f"{name}/0.log", mounts=mounts)
         key = f"{pod.name}/{name}"
         with self.inflight(key, pod.sid):
             try:
@@ -507,6 +510,8 @@ class Chaos:
         self.log_dir = daemon.workdir / "logs"
         self.busybox = registry.ref("busybox")
         self.churn_image = registry.ref("multilayer")
+        self.volume_image = registry.ref("users")  # image volumes of containers (never churned: in use, it stays)
+        self.volume_id = ""
         self.model = Model()
         self.gate = Gate()
         self.stats = Stats()
@@ -532,8 +537,9 @@ class Chaos:
 
     def prepare(self) -> None:
         img = self.daemon.image
-        for ref in (self.busybox, self.churn_image):
+        for ref in (self.busybox, self.churn_image, self.volume_image):
             img.PullImage(cri.PullImageRequest(image=cri.ImageSpec(image=ref)), timeout=120)
+        self.volume_id = img.ImageStatus(cri.ImageStatusRequest(image=cri.ImageSpec(image=self.volume_image))).image.id
 
     def _await_answers(self, n: int) -> None:
         """Until the daemon has answered n more requests: each kill then meets a daemon at work, not one still

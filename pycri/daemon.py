@@ -78,15 +78,18 @@ class Daemon:
         self.cni = CNI(config.cni.bin_dirs, config.root_path / "cni" / "results")
         self.events = Events(self.records, self.images)
         self.containers = Containers(self)
+        self.images.volume_users = self.containers.image_volumes.users
         self.sandboxes = Sandboxes(self, self.containers)
         self.stats = Stats(self)
         self.streaming = None  # the StreamingServer, once serve() has started it
         self._tasks: set[asyncio.Task] = set()
 
     def _chain_ids_in_use(self):
-        """Layers that containers run on: image GC keeps them even after their image is removed."""
+        """Layers that containers run on, or mount as image volumes: image GC keeps them even after their image is
+        removed."""
         for rec in self.records.containers.values():
             yield from rec.chain_ids
+        yield from self.containers.image_volumes.chain_ids()
 
     def background(self, coro) -> asyncio.Task:
         """Run a daemon-lifetime task (clean-ups after an answer); kept referenced until done, cancelled at

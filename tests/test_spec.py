@@ -205,3 +205,37 @@ def test_on_cgroup_v2_a_container_gets_a_cgroup_namespace_unless_privileged(monk
         for privileged in (False, True):
             kinds = [n["type"] for n in s._namespaces(s.PodPaths(), new_pid=True, privileged=privileged)]
             assert ("cgroup" in kinds) == (v2 and not privileged), (v2, privileged, kinds)
+
+
+def test_image_volumes_become_placeholders_in_their_place(tmp_path):
+    """An image mount is checked and kept in its place among the volumes (sorted by depth as the others), for
+    pycri/containers/imagevols.py to fill in; the rest stay as they were."""
+    host = tmp_path / "host"
+    host.mkdir()
+    mounts = [cri.Mount(container_path="/data/x", host_path=str(host)),
+              cri.Mount(container_path="/data", readonly=True, image=cri.ImageSpec(image="sha256:" + "a" * 64),
+                        image_sub_path="sub/dir", recursive_read_only=True)]
+    out = s.cri_mounts(mounts)
+    assert out[0]["source"] == str(host) and s.IMAGE_VOLUME not in out[0]
+    assert out[1] == {"destination": "/data", "type": "bind", "source": "",
+                      "options": ["rbind", "rprivate", "ro", "nosuid", "nodev", "noexec", "rro"],
+                      s.IMAGE_VOLUME: {"index": 1, "image": "sha256:" + "a" * 64, "subPath": "sub/dir"}}
+    spec = s.container_spec(_container(mounts=mounts), _sandbox(), IMAGE, "cid", "sid", PATHS, "cgroupfs", "")
+    assert [m["destination"] for m in spec["mounts"]][-2:] == ["/data", "/data/x"]
+
+
+@pytest.mark.parametrize("kw,code,needle", [
+    ({"host_path": "/tmp"}, "InvalidArgument", "host_path"),
+    ({"readonly": False}, "InvalidArgument", "readonly"),
+    ({"propagation": cri.PROPAGATION_BIDIRECTIONAL}, "InvalidArgument", "propagation"),
+    ({"image_sub_path": "/abs"}, "InvalidArgument", "relative"),
+    ({"image_sub_path": "a/../../b"}, "InvalidArgument", "relative"),
+    ({"image_sub_path": "a\0b"}, "InvalidArgument", "NUL"),
+    ({"uidMappings": [cri.IDMapping(length=1)], "gidMappings": [cri.IDMapping(length=1)]}, "FailedPrecondition",
+     "idmapped"),
+])
+def test_image_volume_requests_are_checked(kw, code, needle):
+    m = cri.Mount(container_path="/vol", image=cri.ImageSpec(image="img"), **{"readonly": True, **kw})
+    with pytest.raises(Exception) as err:
+        s.cri_mounts([m])
+    assert type(err.value).__name__ == code and needle in str(err.value)

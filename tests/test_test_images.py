@@ -25,7 +25,7 @@ from tests.fixtures.registry import RegistryServer, build_test_images as bti, te
 REPO = Path(__file__).resolve().parents[1]
 ACCEPT = ", ".join([bti.OCI_INDEX, bti.OCI_MANIFEST, bti.DOCKER_LIST, bti.DOCKER_MANIFEST])
 NAMES = ["pause", "busybox", "busybox-docker", "multilayer", "users", "users-www",
-         "multiarch", "multiarch-docker"]
+         "multiarch", "multiarch-docker", "volattack"]
 
 
 # ---------------------------------------------------------------- helpers

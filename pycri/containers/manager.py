@@ -16,6 +16,7 @@ import structlog
 from pycri import log
 from pycri.api import api_pb2 as cri
 from pycri.containers.exec import exec_sync
+from pycri.containers.imagevols import ImageVolumes
 from pycri.containers.messages import container_item, container_status, state_of
 from pycri.errors import FailedPrecondition, InvalidArgument, NotFound, TeardownError
 from pycri.images import ImageError
@@ -47,6 +48,7 @@ class Containers:
         self._users = ImageUsers()
         self.shared_mounts = SharedMounts(ctx.config.state_path / "shared-mounts.json",
                                           log=structlog.get_logger("pycri.hostmounts"))
+        self.image_volumes = ImageVolumes(ctx)  # (pycri/containers/imagevols.py)
         # Monitor-side creates (the clone of the container's process) begun by CreateContainer and awaited by
         # whatever touches the process next (start, update, remove): see _begin_monitor_create.
         self._monitor_creates: dict[str, asyncio.Task] = {}
@@ -133,6 +135,7 @@ class Containers:
         spec = container_spec(config, sandbox_config, image.config, rec.id, sandbox.id, paths,
                               ctx.config.cgroup.driver, rec.log_path)
         default_pids_limit(spec, ctx.config.cgroup.pids_limit)
+        await self.image_volumes.attach(rec, sandbox, spec)  # the images mounted, their binds' sources filled in
         for m in spec["mounts"]:  # volumes with propagation need their host source on a shared mount
             if "rro" in m.get("options", ()) and not mount_setattr_supported():
                 raise InvalidArgument(f"mount {m['destination']!r}: recursive read-only mounts need "
@@ -360,11 +363,19 @@ class Containers:
         elif rec.cgroup_path:
             await asyncio.to_thread(remove_cgroup, rec.cgroup_path, self.ctx.config.cgroup.driver)
         self.shared_mounts.release(rec.id)
+        failures = []  # both run, whichever fails
+        try:
+            await self.image_volumes.release(rec)
+        except OSError as exc:
+            _log.error("container image volumes not unmounted", container_id=rec.id, error=str(exc))
+            failures.append(f"its image volumes could not be unmounted: {exc}")
         try:
             await self._remove_files(rec)
         except OSError as exc:
             _log.error("container files not removed", container_id=rec.id, error=str(exc))
-            raise TeardownError(f"container {rec.id}: its files could not be removed: {exc}") from None
+            failures.append(f"its files could not be removed: {exc}")
+        if failures:
+            raise TeardownError(f"container {rec.id}: " + "; ".join(failures))
         self.ctx.records.delete_container(rec.id)
 
     async def _remove_files(self, rec: ContainerRecord) -> None:
@@ -461,6 +472,7 @@ class Containers:
                 continue
             if rec.state == C_RUNNING:
                 self._watch(rec)
+        await self.image_volumes.recover()
 
     def _adopt_start(self, rec: ContainerRecord, sandbox: SandboxRecord) -> None:
         """A CREATED container its monitor has started: the daemon died between the monitor's answer to

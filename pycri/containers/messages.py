@@ -50,9 +50,22 @@ def container_status(rec: ContainerRecord, image_tags: Sequence[str] = ()) -> cr
                                                      annotations=config.image.annotations,
                                                      user_specified_image=config.image.user_specified_image),
         image_ref=rec.image_ref, image_id=rec.image_id, reason=rec.reason, message=rec.message,
-        labels=config.labels, annotations=config.annotations, mounts=config.mounts, log_path=rec.log_path,
+        labels=config.labels, annotations=config.annotations, mounts=_mounts(rec), log_path=rec.log_path,
         resources=cri.ContainerResources(linux=rec.resources) if rec.resources_pb else None, user=user,
         stop_signal=config.stop_signal)
+
+
+def _mounts(rec: ContainerRecord):
+    """The request's mounts; an image volume's with the image id it resolved to and the host path it binds (the
+    kubelet's image GC reads the id there, as CRI-O's tests say)."""
+    if not rec.image_volumes:
+        return rec.config.mounts
+    mounts = [cri.Mount.FromString(m.SerializeToString()) for m in rec.config.mounts]
+    for vol in rec.image_volumes:
+        if vol["index"] < len(mounts):
+            mounts[vol["index"]].image.image = vol["image_id"]
+            mounts[vol["index"]].host_path = vol["source"]
+    return mounts
 
 
 def container_item(rec: ContainerRecord, image_tags: Sequence[str] = ()) -> cri.Container:

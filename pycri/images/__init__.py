@@ -20,6 +20,7 @@ Decisions (and where they differ from containerd):
 - Partial downloads survive a daemon restart (resumed with Range) for a day, then are dropped.
 """
 
-from .manager import ImageAuthError, ImageError, ImageManager, ImageNotFound, ImageRecord, ImageTooLarge
+from .manager import ImageAuthError, ImageError, ImageInUse, ImageManager, ImageNotFound, ImageRecord, ImageTooLarge
 
-__all__ = ["ImageAuthError", "ImageError", "ImageManager", "ImageNotFound", "ImageRecord", "ImageTooLarge"]
+__all__ = ["ImageAuthError", "ImageError", "ImageInUse", "ImageManager", "ImageNotFound", "ImageRecord",
+           "ImageTooLarge"]

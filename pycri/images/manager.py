@@ -57,6 +57,10 @@ class ImageTooLarge(ImageError):
     """The image unpacks past a bound of [images], or the disk has too little room left for it."""
 
 
+class ImageInUse(ImageError):
+    """RemoveImage of an image that a container uses as a volume (CRI-O's rule)."""
+
+
 @dataclass
 class ImageRecord:
     id: str
@@ -112,6 +116,7 @@ class ImageManager:
                                                                               "image_pull_progress_timeout", 300)))
         self.allow_devices = os.geteuid() == 0
         self.usage_provider: Callable[[], Iterable[str]] | None = None  # chain ids used by containers
+        self.volume_users: Callable[[str], list[str]] | None = None  # image id -> containers using it as a volume
         self.pulls = PullTracker(self.content)  # pulls in flight, for `pycri images pulls` and metrics
         self._leases: collections.Counter[str] = collections.Counter()
         self._configs: dict[str, dict] = {}
@@ -408,10 +413,16 @@ class ImageManager:
     # -- remove and garbage ----------------------------------------------------------------------------------
     async def remove(self, ref_or_id: str) -> None:
         """Remove the image `ref_or_id` names, with every tag and digest name it has: the CRI's rule (a RemoveImage
-        by one tag removes the image's other tags too), as containerd does. Idempotent: an unknown image is fine."""
+        by one tag removes the image's other tags too), as containerd does. Idempotent: an unknown image is fine.
+        ImageInUse while a container uses it as an image volume: as CRI-O, since a kubelet's image GC sees only the
+        images containers run from (its rootfs image stays removable, as with containerd: the layers stay)."""
         image_id = self.resolve_id(ref_or_id)
         if image_id is None:
             return
+        users = self.volume_users(image_id) if self.volume_users is not None else []
+        if users:
+            more = f" (and {len(users) - 1} more)" if len(users) > 1 else ""
+            raise ImageInUse(f"image {ref_or_id} ({image_id}) is in use as a volume by container {users[0]}{more}")
         with self.store.transaction():
             self.store.execute("DELETE FROM images WHERE id = ?", (image_id,))  # names go with it (cascade)
         self._configs.pop(image_id, None)

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pycri.oci import seccomp as seccomp_profiles
 from pycri.oci import lsm
 from pycri.api import api_pb2 as cri
-from pycri.errors import InvalidArgument
+from pycri.errors import FailedPrecondition, InvalidArgument
 from pycri.node import cgroup_version, resolve_path
 
 OCI_VERSION = "1.1.0"
@@ -247,16 +247,23 @@ def _pod_file_mounts(paths: PodPaths, readonly: bool) -> list[dict]:
     return out
 
 
+IMAGE_VOLUME = "pycri.imageVolume"  # the key of an image volume's placeholder in spec["mounts"] (cri_mounts)
+
+
 def cri_mounts(mounts, *, readonly_rootfs: bool = False) -> list[dict]:
-    """CRI mounts -> OCI bind mounts; host path symlinks resolved, missing host dirs created (as containerd does)."""
+    """CRI mounts -> OCI bind mounts; host path symlinks resolved, missing host dirs created (as containerd does).
+
+    An image volume (Mount.image) becomes a placeholder bind, in its place among the mounts, whose source is
+    filled in (and the IMAGE_VOLUME key dropped) once the image is mounted (pycri/containers/imagevols.py)."""
     out = []
-    for m in mounts:
+    for index, m in enumerate(mounts):
         if not m.container_path.startswith("/"):
             raise InvalidArgument(f"mount container_path {m.container_path!r} must be absolute")
+        if m.HasField("image") and m.image.image:
+            out.append(_image_volume(index, m))
+            continue
         if not m.host_path:
             raise InvalidArgument(f"mount for {m.container_path!r} has no host_path")
-        if m.HasField("image") and m.image.image:
-            raise InvalidArgument("image volumes are not supported by pycri yet")
         if m.recursive_read_only:
             if not m.readonly:
                 raise InvalidArgument(f"mount {m.container_path!r}: recursive_read_only needs readonly")
@@ -282,6 +289,28 @@ def cri_mounts(mounts, *, readonly_rootfs: bool = False) -> list[dict]:
             mount["gidMappings"] = _oci_id_mappings(m.gidMappings)
         out.append(mount)
     return out
+
+
+def _image_volume(index: int, m: cri.Mount) -> dict:
+    """The placeholder of an image volume, its request checked as containerd checks it (no host path, read-only)
+    and its sub path a plain relative path (it is resolved inside the image later, whatever it holds)."""
+    where = f"image volume {m.container_path!r}"
+    if m.host_path:
+        raise InvalidArgument(f"{where}: an image volume takes no host_path (got {m.host_path!r})")
+    if not m.readonly:
+        raise InvalidArgument(f"{where}: an image volume must be readonly")
+    if m.propagation != cri.MountPropagation.PROPAGATION_PRIVATE:
+        raise InvalidArgument(f"{where}: an image volume takes private propagation only")
+    sub = m.image_sub_path
+    if "\0" in sub or "\0" in m.image.image:
+        raise InvalidArgument(f"{where}: the image and its sub path must not contain NUL characters")
+    if sub.startswith("/") or ".." in sub.split("/"):
+        raise InvalidArgument(f"{where}: image_sub_path {sub!r} must be relative, without '..'")
+    if m.uidMappings or m.gidMappings:
+        raise FailedPrecondition(f"{where}: idmapped image volumes (user-namespaced pods) are not supported yet")
+    options = ["rbind", "rprivate", "ro", "nosuid", "nodev", "noexec"] + (["rro"] if m.recursive_read_only else [])
+    return {"destination": m.container_path, "type": "bind", "source": "", "options": options,
+            IMAGE_VOLUME: {"index": index, "image": m.image.image, "subPath": sub}}
 
 
 def _oci_id_mappings(mappings) -> list[dict]:

@@ -278,6 +278,13 @@ class Sandboxes:
             await step("unmounting /dev/shm", podns.unmount_shm, rec.shm_dir)
         if not monitor_up and rec.cgroup_path:
             await step("removing the cgroup", remove_cgroup, rec.cgroup_path, ctx.config.cgroup.driver)
+        if remove and rec.pod_dir:  # what its containers' removals left (pycri/containers/imagevols.py)
+            try:
+                await self.containers.image_volumes.teardown(rec.pod_dir)
+            except OSError as exc:
+                errors.append(f"unmounting image volumes: {exc}")
+                _log.warning("sandbox teardown step failed", pod_sandbox_id=rec.id, step="unmounting image volumes",
+                             error=str(exc))
         if errors:
             # the record stays (and with it the pod dir), so a retried Stop/Remove finds what is left to undo
             raise TeardownError(f"pod sandbox {rec.id} teardown incomplete: " + "; ".join(errors))

@@ -7,7 +7,7 @@ import time
 from pycri.api import api_pb2 as cri
 from pycri.errors import (FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted, TeardownError,
                           Unavailable)
-from pycri.images import ImageAuthError, ImageError, ImageNotFound, ImageTooLarge
+from pycri.images import ImageAuthError, ImageError, ImageInUse, ImageNotFound, ImageTooLarge
 
 
 class ImageService:
@@ -74,6 +74,8 @@ class ImageService:
             await self.manager.remove(ref)
         except ValueError as exc:
             raise InvalidArgument(str(exc)) from None
+        except ImageInUse as exc:
+            raise FailedPrecondition(str(exc)) from None
         except ImageError as exc:  # its files stay on disk: not an OK
             raise TeardownError(str(exc)) from None
         return cri.RemoveImageResponse()

@@ -94,6 +94,9 @@ class ContainerRecord:
     stop_signal: str = "SIGTERM"
     chain_ids: list[str] = field(default_factory=list)
     cgroup_path: str = ""  # linux.cgroupsPath, to clean up when the monitor is gone
+    # image volumes (pycri/containers/imagevols.py), one per CRI mount with an image: {"index" (of the mount in
+    # config.mounts), "image_id", "chain_ids", "mount" (the pod's host mount), "source" (what the container binds)}
+    image_volumes: list[dict] = field(default_factory=list)
 
     @functools.cached_property
     def config(self) -> cri.ContainerConfig:

@@ -8,9 +8,10 @@ and must still be alive and answering afterwards. What random requests create (p
 the API at the end; the daemon fixture then checks nothing leaked (mounts, netns, veths, cgroups, processes).
 
 Paths that the daemon would write to or bind from the host (log dirs, log paths, host_path mounts, hostname files)
-are forced under the test's work dir or reduced to a name, except the log paths that must be refused (relative
-log directories, absolute log paths, `..` in either): those go as drawn, and nothing may appear in the daemon's
-working directory or in / afterwards. Sysctls are dropped (a host-network pod applies them to the host).
+are forced under the test's work dir or reduced to a name (an empty host_path stays empty: image volumes), except
+the log paths that must be refused (relative log directories, absolute log paths, `..` in either): those go as
+drawn, and nothing may appear in the daemon's working directory or in / afterwards. Sysctls are dropped (a
+host-network pod applies them to the host).
 """
 
 from __future__ import annotations
@@ -172,8 +173,8 @@ def sanitise(msg, ids: dict[str, str], workdir: str) -> None:
                 return s if s and (refused or not s.startswith("/")) else f"{workdir}/logs"
             if field.name in ("log_path",):
                 return s if refused or s.startswith("/") else "".join(c for c in s if c.isalnum())[:20] or "x.log"
-            if field.name in ("host_path",):
-                return f"{workdir}/vol/" + "".join(c for c in s if c.isalnum())[:20]
+            if field.name in ("host_path",):  # (empty stays empty: an image volume's, or a mount refused)
+                return f"{workdir}/vol/" + "".join(c for c in s if c.isalnum())[:20] if s else ""
             return s
         if _repeated(field):
             new = [fix(s) for s in value]
