@@ -13,11 +13,11 @@ from pathlib import Path
 
 import structlog
 
-from pycri import log
+from pycri import log, wire
 from pycri.api import api_pb2 as cri
 from pycri.containers.exec import exec_sync
 from pycri.containers.imagevols import ImageVolumes
-from pycri.containers.messages import container_item, container_status, state_of
+from pycri.containers.messages import item_bytes, state_of, status_bytes
 from pycri.errors import FailedPrecondition, InvalidArgument, NotFound, TeardownError
 from pycri.images import ImageError
 from pycri.node import MonitorError, SharedMounts, detach_if_mounted, mount_setattr_supported, remove_tree
@@ -29,9 +29,10 @@ from pycri.pods.manager import pod_root_group, remove_cgroup, runtime_request
 from pycri.pods.monitors import MonitorUnavailable
 from pycri.state.dirs import private_dir, write_private
 from pycri.state.records import (C_CREATED, C_CREATING, C_EXITED, C_RUNNING, SB_READY, ContainerRecord,
-                                 SandboxRecord, matches, pb)
+                                 SandboxRecord, asking, matches, pb)
 from pycri.state.reservations import Reservations
 
+_STATUS = wire.number(cri.ContainerStatusResponse, "status")
 _log = log.get("container")
 
 
@@ -396,19 +397,24 @@ class Containers:
             raise NotFound(f"container {container_id!r} not found")
         return rec
 
-    def status(self, container_id: str, verbose: bool) -> cri.ContainerStatusResponse:
+    def status(self, container_id: str, verbose: bool) -> bytes:
+        """The serialized ContainerStatusResponse (pycri/wire.py)."""
         rec = self.get(container_id)
-        response = cri.ContainerStatusResponse(status=container_status(rec, self.ctx.images.repo_tags(rec.image_id)))
+        response = wire.message_field(_STATUS, status_bytes(rec, self.ctx.images))
         if verbose:
-            response.info["info"] = json.dumps({"sandboxID": rec.sandbox_id, "pid": rec.pid, "bundle": rec.bundle,
-                                                "stopSignal": rec.stop_signal, "state": rec.state})
+            info = cri.ContainerStatusResponse()
+            info.info["info"] = json.dumps({"sandboxID": rec.sandbox_id, "pid": rec.pid, "bundle": rec.bundle,
+                                            "stopSignal": rec.stop_signal, "state": rec.state})
+            response += info.SerializeToString()
         return response
 
-    def list(self, flt: cri.ContainerFilter | None) -> list[cri.Container]:
-        tags = self.ctx.images.repo_tags
-        return [container_item(rec, tags(rec.image_id)) for rec in self.ctx.records.containers.values()
-                if rec.state != C_CREATING and matches(flt, rec.id, rec.config.labels, sandbox_id=rec.sandbox_id,
-                                                       state=state_of(rec))]
+    def list(self, flt: cri.ContainerFilter | None) -> list[bytes]:
+        """The serialized Container of each container the filter takes (ListContainersResponse.containers)."""
+        recs = (rec for rec in self.ctx.records.containers.values() if rec.state != C_CREATING)
+        if (flt := asking(flt)) is not None:
+            recs = (rec for rec in recs
+                    if matches(flt, rec.id, rec.config.labels, sandbox_id=rec.sandbox_id, state=state_of(rec)))
+        return [item_bytes(rec, self.ctx.images) for rec in recs]
 
     # ---- Exec, logs, resources ----
 

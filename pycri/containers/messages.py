@@ -1,5 +1,6 @@
 """A container record as the CRI messages that show it: ContainerStatus (ContainerStatus, and what a pod's status
-and events carry) and Container (ListContainers). Built from the record, and for ContainerStatus the image's tags."""
+and events carry) and Container (ListContainers). Built from the record and the image's tags; the serialized forms
+the read path answers with are kept on the record (`status_bytes`, `item_bytes`) until it or an image name changes."""
 
 from __future__ import annotations
 
@@ -76,9 +77,31 @@ def container_item(rec: ContainerRecord, image_tags: Sequence[str] = ()) -> cri.
                          labels=config.labels, annotations=config.annotations)
 
 
-def statuses_of(records, images, sandbox_ids: set[str]) -> list[cri.ContainerStatus]:
-    """The ContainerStatus of every container (CREATING ones are not shown yet) of these sandboxes, oldest first:
-    what a pod's status and its events carry. records: pycri/state/records.py Records; images: the ImageManager."""
-    recs = sorted((c for c in records.containers.values() if c.sandbox_id in sandbox_ids and c.state != C_CREATING),
-                  key=lambda c: c.created_at)
-    return [container_status(c, images.repo_tags(c.image_id)) for c in recs]
+def status_bytes(rec: ContainerRecord, images) -> bytes:
+    """The serialized ContainerStatus of rec. images: the ImageManager (its tags and their generation)."""
+    return _kept(rec, "status", container_status, images)
+
+
+def item_bytes(rec: ContainerRecord, images) -> bytes:
+    """The serialized Container of rec, as ListContainers answers it."""
+    return _kept(rec, "item", container_item, images)
+
+
+def _kept(rec: ContainerRecord, kind: str, build, images) -> bytes:
+    generation = images.names_generation
+    kept = rec.shown.get(kind)
+    if kept is None or kept[0] != generation:
+        kept = rec.shown[kind] = (generation, build(rec, images.repo_tags(rec.image_id)).SerializeToString())
+    return kept[1]
+
+
+def shown_of(records, sandbox_ids) -> list[ContainerRecord]:
+    """The containers of these sandboxes that a pod's status shows (CREATING ones are not shown yet), oldest first.
+    records: pycri/state/records.py Records."""
+    recs = [c for sid in sandbox_ids for c in records.containers_of(sid) if c.state != C_CREATING]
+    return sorted(recs, key=lambda c: c.created_at)
+
+
+def statuses_of(records, images, sandbox_ids) -> list[cri.ContainerStatus]:
+    """The ContainerStatus of every container of these sandboxes that a pod shows: what its events carry."""
+    return [cri.ContainerStatus.FromString(status_bytes(c, images)) for c in shown_of(records, sandbox_ids)]

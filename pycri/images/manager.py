@@ -121,6 +121,7 @@ class ImageManager:
         self._leases: collections.Counter[str] = collections.Counter()
         self._configs: dict[str, dict] = {}
         self._tags: dict[str, tuple[str, ...]] = {}  # image id -> its tags (repo_tags), cleared when names change
+        self.names_generation = 0  # counts changes of image names: what a container's kept messages depend on
         self._ensuring: dict[str, asyncio.Future] = {}
         self._usage: tuple[float, tuple[int, int]] | None = None
         self.snapshots.cleanup()
@@ -301,7 +302,7 @@ class ImageManager:
     def _commit(self, image_id: str, names: list[str], data: dict) -> None:
         data = dict(data, id=image_id)
         self._usage = None
-        self._tags.clear()
+        self._names_changed()
         with self.store.transaction():
             self.store.execute("INSERT INTO images (id, data) VALUES (?, ?) ON CONFLICT(id) DO UPDATE SET "
                                "data = excluded.data", (image_id, dumps(data)))
@@ -314,7 +315,7 @@ class ImageManager:
         name = str(reference.parse(ref))
         if self._row(image_id) is None:
             raise ImageNotFound(f"image {image_id} not found")
-        self._tags.clear()
+        self._names_changed()
         with self.store.transaction():
             self.store.execute("INSERT INTO image_names (name, image_id) VALUES (?, ?) ON CONFLICT(name) "
                                "DO UPDATE SET image_id = excluded.image_id", (name, image_id))
@@ -343,6 +344,10 @@ class ImageManager:
             if len(rows) == 1:
                 return rows[0]["id"]
         return None
+
+    def _names_changed(self) -> None:
+        self._tags.clear()
+        self.names_generation += 1
 
     def repo_tags(self, image_id: str) -> tuple[str, ...]:
         """The image's tags, sorted; () for an image without tags or gone. Cached until a name changes: every
@@ -426,7 +431,7 @@ class ImageManager:
         with self.store.transaction():
             self.store.execute("DELETE FROM images WHERE id = ?", (image_id,))  # names go with it (cascade)
         self._configs.pop(image_id, None)
-        self._tags.clear()
+        self._names_changed()
         log.info("image removed", image=ref_or_id, image_id=image_id)
         await self.gc()
 

@@ -17,7 +17,7 @@ import secrets
 import time
 from pathlib import Path
 
-from pycri import log
+from pycri import log, wire
 from pycri.oci import validation
 from pycri.api import api_pb2 as cri
 from pycri.state.dirs import private_dir, secure_pod_dir, write_private
@@ -27,11 +27,13 @@ from pycri.network.cniconf import load_network_config
 from pycri.node import MonitorError, cgroups, podns, remove_tree, userns_supported
 from pycri.oci.spec import DEFAULT_CGROUP_PARENT, PodPaths, default_pids_limit, sandbox_spec, userns_mappings
 from pycri.pods.podfiles import write_pod_files
-from pycri.containers.messages import statuses_of
-from pycri.pods.messages import sandbox_item, sandbox_status, state_of
-from pycri.state.records import SB_CREATING, SB_NOTREADY, SB_READY, SandboxRecord, matches, pb, unpb
+from pycri.containers.messages import shown_of, status_bytes as container_status_bytes
+from pycri.pods.messages import item_bytes, state_of, status_bytes
+from pycri.state.records import SB_CREATING, SB_NOTREADY, SB_READY, SandboxRecord, asking, matches, pb, unpb
 from pycri.state.reservations import Reservations
 
+_STATUS = wire.number(cri.PodSandboxStatusResponse, "status")
+_CONTAINERS_STATUSES = wire.number(cri.PodSandboxStatusResponse, "containers_statuses")
 _log = log.get("sandbox")
 _PROTOCOLS = {cri.Protocol.TCP: "tcp", cri.Protocol.UDP: "udp", cri.Protocol.SCTP: "sctp"}
 
@@ -353,13 +355,13 @@ class Sandboxes:
             raise NotFound(f"pod sandbox {sandbox_id!r} not found")
         return rec
 
-    def status(self, sandbox_id: str, verbose: bool) -> cri.PodSandboxStatusResponse:
-        """`timestamp` and `containers_statuses` always together: a kubelet with evented PLEG takes a timestamp
-        as "the containers are listed here" (docs/design.md, "What the kubelet relies on")."""
+    def status(self, sandbox_id: str, verbose: bool) -> bytes:
+        """The serialized PodSandboxStatusResponse (pycri/wire.py). `timestamp` and `containers_statuses` always
+        together: a kubelet with evented PLEG takes a timestamp as "the containers are listed here"
+        (docs/design.md, "What the kubelet relies on")."""
         rec = self.get(sandbox_id)
-        response = cri.PodSandboxStatusResponse(
-            status=sandbox_status(rec), timestamp=self.ctx.events.now(),
-            containers_statuses=statuses_of(self.ctx.records, self.ctx.images, {rec.id}))
+        images = self.ctx.images
+        response = cri.PodSandboxStatusResponse(timestamp=self.ctx.events.now())
         if verbose:
             response.info["info"] = json.dumps({
                 "pid": rec.infra_pid, "netNamespacePath": rec.netns, "podDir": rec.pod_dir,
@@ -367,11 +369,16 @@ class Sandboxes:
                 "image": self.ctx.config.sandbox_image, "state": rec.state,
                 "resources": _resources_json(rec.resources_pb), "overhead": _resources_json(rec.overhead_pb),
             })
-        return response
+        return (wire.message_field(_STATUS, status_bytes(rec)) + response.SerializeToString()
+                + wire.repeated_field(_CONTAINERS_STATUSES, (container_status_bytes(c, images)
+                                                             for c in shown_of(self.ctx.records, (rec.id,)))))
 
-    def list(self, flt: cri.PodSandboxFilter | None) -> list[cri.PodSandbox]:
-        return [sandbox_item(rec) for rec in self.ctx.records.sandboxes.values()
-                if rec.state != SB_CREATING and matches(flt, rec.id, rec.config.labels, state=state_of(rec))]
+    def list(self, flt: cri.PodSandboxFilter | None) -> list[bytes]:
+        """The serialized PodSandbox of each sandbox the filter takes (ListPodSandboxResponse.items)."""
+        recs = (rec for rec in self.ctx.records.sandboxes.values() if rec.state != SB_CREATING)
+        if (flt := asking(flt)) is not None:
+            recs = (rec for rec in recs if matches(flt, rec.id, rec.config.labels, state=state_of(rec)))
+        return [item_bytes(rec) for rec in recs]
 
     def update_resources(self, sandbox_id: str, overhead, resources) -> None:
         """Record the pod-level resources the kubelet has applied to the pod cgroup (it owns that cgroup; the

@@ -1,5 +1,6 @@
 """A sandbox record as the CRI messages that show it: PodSandboxStatus (PodSandboxStatus, and what every event
-carries) and PodSandbox (ListPodSandbox). Built from the record alone."""
+carries) and PodSandbox (ListPodSandbox). Built from the record alone; the serialized forms the read path answers
+with are kept on the record (`status_bytes`, `item_bytes`) until it changes."""
 
 from __future__ import annotations
 
@@ -30,3 +31,17 @@ def sandbox_item(rec: SandboxRecord) -> cri.PodSandbox:
     config = rec.config
     return cri.PodSandbox(id=rec.id, metadata=config.metadata, state=state_of(rec), created_at=rec.created_at,
                           labels=config.labels, annotations=config.annotations, runtime_handler=rec.runtime_handler)
+
+
+def status_bytes(rec: SandboxRecord) -> bytes:
+    """The serialized PodSandboxStatus of rec."""
+    if (kept := rec.shown.get("status")) is None:
+        kept = rec.shown["status"] = sandbox_status(rec).SerializeToString()
+    return kept
+
+
+def item_bytes(rec: SandboxRecord) -> bytes:
+    """The serialized PodSandbox of rec, as ListPodSandbox answers it."""
+    if (kept := rec.shown.get("item")) is None:
+        kept = rec.shown["item"] = sandbox_item(rec).SerializeToString()
+    return kept

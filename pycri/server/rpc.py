@@ -41,8 +41,7 @@ def service_handler(service_name: str, servicer: Any, before: Callable[[], None]
         request_cls = getattr(api_pb2, method.input_type.name)
         response_cls = getattr(api_pb2, method.output_type.name)
         impl = getattr(servicer, method.name, None)
-        kwargs = dict(request_deserializer=request_cls.FromString,
-                      response_serializer=response_cls.SerializeToString)
+        kwargs = dict(request_deserializer=request_cls.FromString, response_serializer=_serializer(response_cls))
         if method.client_streaming:
             raise AssertionError(f"{method.full_name}: client streaming is not part of CRI")
         if method.server_streaming:
@@ -51,6 +50,16 @@ def service_handler(service_name: str, servicer: Any, before: Callable[[], None]
         else:
             handlers[method.name] = grpc.unary_unary_rpc_method_handler(_unary(method.name, impl, before), **kwargs)
     return grpc.method_handlers_generic_handler(service.full_name, handlers)
+
+
+def _serializer(response_cls) -> Callable[[Any], bytes]:
+    """The response serializer; bytes a handler returns are already the response (pycri/wire.py)."""
+    serialize = response_cls.SerializeToString
+
+    def serializer(response) -> bytes:
+        return response if type(response) is bytes else serialize(response)
+
+    return serializer
 
 
 def _unary(name: str, impl: Callable | None, before: Callable[[], None] | None) -> Callable:

@@ -7,7 +7,7 @@ import json
 import os
 import subprocess
 
-from pycri import CRI_API_VERSION, RUNTIME_NAME, __version__, log
+from pycri import CRI_API_VERSION, RUNTIME_NAME, __version__, log, wire
 from pycri.api import api_pb2 as cri
 from pycri.errors import InvalidArgument, Unavailable
 from pycri.network.cniconf import load_network_config, network_status
@@ -20,6 +20,10 @@ _log = log.get("runtime")
 # The version string containerd and CRI-O answer in VersionResponse.version (the kubelet's "kube runtime API").
 KUBE_RUNTIME_API_VERSION = "0.1.0"
 POD_CIDR_KEY = "pod_cidr"
+_SANDBOX_ITEMS = wire.number(cri.ListPodSandboxResponse, "items")
+_SANDBOX_CHUNK = wire.number(cri.StreamPodSandboxesResponse, "pod_sandboxes")
+_CONTAINER_ITEMS = wire.number(cri.ListContainersResponse, "containers")
+_CONTAINER_CHUNK = wire.number(cri.StreamContainersResponse, "containers")
 
 
 class RuntimeService:
@@ -54,13 +58,11 @@ class RuntimeService:
         return cri.UpdatePodSandboxResourcesResponse()
 
     async def ListPodSandbox(self, request, context):
-        return cri.ListPodSandboxResponse(
-            items=self.sandboxes.list(request.filter if request.HasField("filter") else None))
+        return wire.repeated_field(_SANDBOX_ITEMS, self.sandboxes.list(_filter(request)))
 
     async def StreamPodSandboxes(self, request, context):
-        items = self.sandboxes.list(request.filter if request.HasField("filter") else None)
-        for chunk in _chunks(items):
-            yield cri.StreamPodSandboxesResponse(pod_sandboxes=chunk)
+        for chunk in _chunks(self.sandboxes.list(_filter(request))):
+            yield wire.repeated_field(_SANDBOX_CHUNK, chunk)
 
     # ---- containers ----
 
@@ -84,13 +86,11 @@ class RuntimeService:
         return self.containers.status(request.container_id, request.verbose)
 
     async def ListContainers(self, request, context):
-        return cri.ListContainersResponse(
-            containers=self.containers.list(request.filter if request.HasField("filter") else None))
+        return wire.repeated_field(_CONTAINER_ITEMS, self.containers.list(_filter(request)))
 
     async def StreamContainers(self, request, context):
-        items = self.containers.list(request.filter if request.HasField("filter") else None)
-        for chunk in _chunks(items):
-            yield cri.StreamContainersResponse(containers=chunk)
+        for chunk in _chunks(self.containers.list(_filter(request))):
+            yield wire.repeated_field(_CONTAINER_CHUNK, chunk)
 
     async def UpdateContainerResources(self, request, context):
         await self.containers.update_resources(request.container_id, request.linux)

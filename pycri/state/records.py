@@ -36,8 +36,23 @@ def unpb(cls, text: str):
     return cls.FromString(base64.b64decode(text)) if text else cls()
 
 
+class Shown:
+    """What a record keeps of the CRI messages that show it (pycri/pods/messages.py, pycri/containers/messages.py
+    fill it): `shown` is emptied whenever a field is set, and on every save (which also covers a list or dict
+    changed in place), so the next call after a state change sees it."""
+
+    def __setattr__(self, name: str, value) -> None:
+        object.__setattr__(self, name, value)
+        if (shown := self.__dict__.get("_shown")) is not None:
+            shown.clear()
+
+    @property
+    def shown(self) -> dict:
+        return self.__dict__.setdefault("_shown", {})
+
+
 @dataclass
-class SandboxRecord:
+class SandboxRecord(Shown):
     id: str
     name: str  # the kubelet's unique name: <name>_<namespace>_<uid>_<attempt>
     config_pb: str  # PodSandboxConfig, serialized
@@ -71,7 +86,7 @@ class SandboxRecord:
 
 
 @dataclass
-class ContainerRecord:
+class ContainerRecord(Shown):
     id: str
     sandbox_id: str
     name: str  # <container>_<pod name>_<namespace>_<uid>_<attempt>
@@ -118,17 +133,20 @@ class Records:
         self.store = store
         self.sandboxes: dict[str, SandboxRecord] = {}
         self.containers: dict[str, ContainerRecord] = {}
+        self._by_sandbox: dict[str, dict[str, ContainerRecord]] = {}  # sandbox id -> its containers, by id
         for row in store.query("SELECT data FROM sandboxes"):
             rec = _load(SandboxRecord, row["data"])
             self.sandboxes[rec.id] = rec
         for row in store.query("SELECT data FROM containers"):
             rec = _load(ContainerRecord, row["data"])
             self.containers[rec.id] = rec
+            self._by_sandbox.setdefault(rec.sandbox_id, {})[rec.id] = rec
 
     def save_sandbox(self, rec: SandboxRecord) -> None:
         self.store.execute("INSERT INTO sandboxes(id, name, data) VALUES (?, ?, ?) "
                            "ON CONFLICT(id) DO UPDATE SET data = excluded.data",
                            (rec.id, rec.name, dumps(dataclasses.asdict(rec))))
+        rec.shown.clear()
         self.sandboxes[rec.id] = rec
 
     def delete_sandbox(self, sid: str) -> None:
@@ -139,11 +157,17 @@ class Records:
         self.store.execute("INSERT INTO containers(id, sandbox_id, name, data) VALUES (?, ?, ?, ?) "
                            "ON CONFLICT(id) DO UPDATE SET data = excluded.data",
                            (rec.id, rec.sandbox_id, rec.name, dumps(dataclasses.asdict(rec))))
+        rec.shown.clear()
         self.containers[rec.id] = rec
+        self._by_sandbox.setdefault(rec.sandbox_id, {})[rec.id] = rec
 
     def delete_container(self, cid: str) -> None:
         self.store.execute("DELETE FROM containers WHERE id = ?", (cid,))
-        self.containers.pop(cid, None)
+        rec = self.containers.pop(cid, None)
+        if rec is not None and (siblings := self._by_sandbox.get(rec.sandbox_id)) is not None:
+            siblings.pop(cid, None)
+            if not siblings:
+                del self._by_sandbox[rec.sandbox_id]
 
     def sandbox_by_name(self, name: str) -> SandboxRecord | None:
         return next((s for s in self.sandboxes.values() if s.name == name), None)
@@ -152,13 +176,21 @@ class Records:
         return next((c for c in self.containers.values() if c.name == name), None)
 
     def containers_of(self, sid: str) -> list[ContainerRecord]:
-        return [c for c in self.containers.values() if c.sandbox_id == sid]
+        return list(self._by_sandbox.get(sid, {}).values())
 
     def find_sandbox(self, id_or_prefix: str) -> SandboxRecord | None:
         return _find(self.sandboxes, id_or_prefix)
 
     def find_container(self, id_or_prefix: str) -> ContainerRecord | None:
         return _find(self.containers, id_or_prefix)
+
+
+def asking(flt):
+    """The filter, or None when it asks nothing (the kubelet's relist sends an empty one): a list then skips
+    `matches` for every record."""
+    if flt is None or flt.id or getattr(flt, "pod_sandbox_id", "") or flt.label_selector:
+        return flt
+    return flt if "state" in flt.DESCRIPTOR.fields_by_name and flt.HasField("state") else None
 
 
 def matches(flt, rec_id: str, labels, *, sandbox_id: str | None = None, state: int | None = None) -> bool:
