@@ -26,6 +26,11 @@ def set_level(level: str) -> None:
     _threshold[0] = _LEVELS[level]
 
 
+def enabled(level: str) -> bool:
+    """Whether lines of this level are written now (to skip building a line that would be dropped)."""
+    return _LEVELS[level] >= _threshold[0]
+
+
 def setup(level: str = "info") -> None:
     set_level(level)
     structlog.configure(

@@ -12,6 +12,9 @@ import time
 import traceback
 
 _stream = sys.stderr
+# debug lines (an exec of every probe, ...) are written only when the monitor's environment asks for them: the
+# daemon's, when it was started with PYCRI_MONITOR_DEBUG=1 (docs/operations.md, "Logs")
+_debug = os.environ.get("PYCRI_MONITOR_DEBUG") == "1"
 
 
 def configure(path: str | None) -> None:
@@ -22,6 +25,9 @@ def configure(path: str | None) -> None:
         _stream = os.fdopen(fd, "a", buffering=1)  # noqa: SIM115 - lives with the process
     else:
         _stream = sys.stderr
+# debug lines (an exec of every probe, ...) are written only when the monitor's environment asks for them: the
+# daemon's, when it was started with PYCRI_MONITOR_DEBUG=1 (docs/operations.md, "Logs")
+_debug = os.environ.get("PYCRI_MONITOR_DEBUG") == "1"
 
 
 class Logger:
@@ -40,7 +46,8 @@ class Logger:
             pass  # logging must never take the monitor down
 
     def debug(self, event: str, **kw) -> None:
-        self._log("debug", event, kw)
+        if _debug:
+            self._log("debug", event, kw)
 
     def info(self, event: str, **kw) -> None:
         self._log("info", event, kw)

@@ -23,11 +23,12 @@ from pycri.errors import CRIError
 
 _log = log.get("rpc")
 
-# Methods the kubelet calls every few seconds: logged at debug level so an idle node's log stays quiet.
+# Methods the kubelet calls every few seconds, and its probes (ExecSync): logged at debug level when they succeed,
+# so a node's log holds its state changes and errors (docs/operations.md, "Logs").
 _POLLS = {
     "Version", "Status", "ListPodSandbox", "PodSandboxStatus", "ListContainers", "ContainerStatus",
     "ContainerStats", "ListContainerStats", "PodSandboxStats", "ListPodSandboxStats", "ImageStatus",
-    "ListImages", "ImageFsInfo", "ListMetricDescriptors", "ListPodSandboxMetrics", "RuntimeConfig",
+    "ListImages", "ImageFsInfo", "ListMetricDescriptors", "ListPodSandboxMetrics", "RuntimeConfig", "ExecSync",
 }
 
 
@@ -156,8 +157,10 @@ def _disk_trouble(exc: BaseException) -> tuple[grpc.StatusCode, str] | None:
 
 
 def _log_ok(name: str, request, started: float) -> None:
-    emit = _log.debug if name in _POLLS else _log.info
-    emit("rpc", method=name, code="OK", duration_ms=_ms(started), **_ids(request))
+    if name not in _POLLS:
+        _log.info("rpc", method=name, code="OK", duration_ms=_ms(started), **_ids(request))
+    elif log.enabled("debug"):
+        _log.debug("rpc", method=name, code="OK", duration_ms=_ms(started), **_ids(request))
     metrics.rpc(name, "OK", time.perf_counter() - started)
 
 

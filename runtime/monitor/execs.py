@@ -84,7 +84,9 @@ class ExecOps:
                 os.close(console)
         ex.pid = pid
         self.execs[pid] = ex
-        self._later(self.log.info, "exec.started", container_id=c.id, pid=pid, stream=streaming)
+        # a probe's exec (no stream) every few seconds per pod: at debug (runtime/jsonlog.py says how to see them)
+        self._later(self.log.info if streaming else self.log.debug, "exec.started", container_id=c.id, pid=pid,
+                    stream=streaming)
         if streaming:
             self._reply(conn, {"ok": True, "pid": pid, "tty": process["terminal"]})
             conn.stream = ex
@@ -112,8 +114,8 @@ class ExecOps:
                               "truncated": ex.truncated,
                               "stdout": base64.b64encode(bytes(ex.out["stdout"])).decode(),
                               "stderr": base64.b64encode(bytes(ex.out["stderr"])).decode()})
-        self._later(self.log.info, "exec.exited", container_id=ex.container.id, pid=ex.pid, exit_code=ex.status,
-                      timed_out=ex.timed_out)
+        self._later(self.log.debug, "exec.exited", container_id=ex.container.id, pid=ex.pid, exit_code=ex.status,
+                    timed_out=ex.timed_out)
 
     def _check_deadlines(self) -> None:
         now = time.monotonic()

@@ -7,6 +7,7 @@ import json
 import os
 import signal
 import time
+from pathlib import Path
 
 import grpc
 import pytest
@@ -61,9 +62,19 @@ def test_sighup_reloads_registries_and_log_level(daemon_factory, registry, tmp_p
     with pytest.raises(grpc.RpcError):
         _pull(k, mirrored_ref)  # no mirror yet: the host itself does not resolve
 
-    # log level info: polling RPCs log at debug, so none of them shows
+    # log level info: polling RPCs and probes log at debug, so none of them shows; a failing one does
     k.rt.ListPodSandbox(cri.ListPodSandboxRequest())
-    assert not any(e.get("method") == "ListPodSandbox" for e in d.log_events())
+    assert k.rt.ExecSync(cri.ExecSyncRequest(container_id=cid, cmd=["true"], timeout=5)).exit_code == 0
+    with pytest.raises(grpc.RpcError):
+        k.rt.ExecSync(cri.ExecSyncRequest(container_id="no-such-container", cmd=["true"], timeout=5))
+    assert not any(e.get("method") in ("ListPodSandbox", "ExecSync") and e.get("code") == "OK"
+                   for e in d.log_events())
+    assert any(e.get("method") == "ExecSync" and e.get("code") == "NOT_FOUND" and e.get("level") == "warning"
+               for e in d.log_events())
+    pod_dir = json.loads(k.rt.PodSandboxStatus(cri.PodSandboxStatusRequest(pod_sandbox_id=sid, verbose=True))
+                         .info["info"])["podDir"]
+    monitor_log = (Path(pod_dir) / "monitor.log").read_text()
+    assert "container.started" in monitor_log and "exec." not in monitor_log  # a probe's exec: debug, not written
 
     n = len(d.log_events())
     write_config(d.config_path, _settings(
@@ -75,7 +86,9 @@ def test_sighup_reloads_registries_and_log_level(daemon_factory, registry, tmp_p
     image_id = _pull(k, mirrored_ref).image_ref
     assert image_id
     k.rt.ListPodSandbox(cri.ListPodSandboxRequest())
-    assert any(e.get("method") == "ListPodSandbox" and e.get("level") == "debug" for e in d.log_events()[n:])
+    k.rt.ExecSync(cri.ExecSyncRequest(container_id=cid, cmd=["true"], timeout=5))
+    debug = [(e.get("method"), e.get("container_id")) for e in d.log_events()[n:] if e.get("level") == "debug"]
+    assert ("ListPodSandbox", None) in debug and ("ExecSync", cid) in debug
 
     # the pod and its container were not touched
     st = k.rt.ContainerStatus(cri.ContainerStatusRequest(container_id=cid, verbose=True))
