@@ -19,12 +19,12 @@ from runtime.host.linux import mount_setattr_supported, resolve as resolve_path
 from runtime.host.mounts import SharedMounts, detach_if_mounted
 from runtime.host.netns_socket import NetnsError, socket_in_netns
 from runtime.host.procs import process_count
-from runtime.host.trees import remove_tree, tree_usage
+from runtime.host.trees import Usage, remove_tree, tree_usage
 from runtime.launch.userns import supported as userns_supported
 
 __all__ = ["AsyncMonitorClient", "CH_CLOSE_STDIN", "CH_EXIT", "CH_RESIZE", "CH_STDERR", "CH_STDIN", "CH_STDOUT",
            "ExitWatch", "HEADER", "MAX_PAYLOAD", "MonitorClient", "MonitorError", "NetnsError", "SharedMounts",
-           "Stream",
+           "Stream", "Usage",
            "cgroup_version", "cgroups", "detach_if_mounted", "frame", "imagevols", "monitor_state",
            "mount_setattr_supported",
            "podns", "process_count", "remove_tree", "resolve_path", "socket_in_netns", "spawner", "tree_usage",

@@ -11,11 +11,12 @@ from __future__ import annotations
 import asyncio
 import os
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from pycri import log
 from pycri.api import api_pb2 as cri
-from pycri.node import MonitorError, process_count, tree_usage
+from pycri.node import MonitorError, Usage, process_count, tree_usage
 from pycri.pods.monitors import MonitorUnavailable
 from pycri.state.records import C_RUNNING, SB_READY, ContainerRecord, SandboxRecord, matches
 from pycri.stats import cadvisor
@@ -41,6 +42,11 @@ class Stats:
             return None
 
     async def container(self, rec: ContainerRecord) -> cri.ContainerStats:
+        found = await self._host_figures([rec], [])
+        return await self._container(rec, found)
+
+    async def _container(self, rec: ContainerRecord, found: HostFigures) -> cri.ContainerStats:
+        """found: what _host_figures read for the call (this container's writable layer among them)."""
         now = time.time_ns()
         attrs = cri.ContainerAttributes(id=rec.id, metadata=rec.config.metadata, labels=rec.config.labels,
                                         annotations=rec.config.annotations)
@@ -66,18 +72,22 @@ class Stats:
                     rss_bytes=cri.UInt64Value(value=int(st.get("memory_rss", 0))),
                     page_faults=cri.UInt64Value(value=int(st.get("page_faults", 0))),
                     major_page_faults=cri.UInt64Value(value=int(st.get("major_page_faults", 0)))))
-        try:
-            usage = await asyncio.to_thread(tree_usage, Path(rec.layer_dir) / "upper")
-        except OSError as exc:  # this container's figures are left out, not every container's
-            _log.warning("writable layer not counted", container_id=rec.id, error=str(exc))
+        usage = found.layers[rec.id]
+        if isinstance(usage, OSError):  # this container's figures are left out, not every container's
+            _log.warning("writable layer not counted", container_id=rec.id, error=str(usage))
             return out
         if not usage.complete:
             _log.warning("writable layer kept changing while counted; its usage is a lower bound",
                          container_id=rec.id)
         out.writable_layer.CopyFrom(cri.FilesystemUsage(
-            timestamp=now, fs_id=cri.FilesystemIdentifier(mountpoint=container_fs(self.ctx.config.root_path)),
+            timestamp=now, fs_id=cri.FilesystemIdentifier(mountpoint=found.container_fs),
             used_bytes=cri.UInt64Value(value=usage.bytes), inodes_used=cri.UInt64Value(value=usage.inodes)))
         return out
+
+    async def _host_figures(self, containers: list[ContainerRecord], pods: list[SandboxRecord]) -> HostFigures:
+        """What a stats call reads from the host itself, in one thread job for the whole call rather than one
+        per container and pod (each is an event loop wake-up that other calls wait behind)."""
+        return await asyncio.to_thread(_read_host, self.ctx.config.root_path, containers, pods)
 
     def _sample(self, cid: str, now: int, usage: int) -> None:
         """Keep the last cpu sample of a container; the samples of removed containers are dropped on the way."""
@@ -90,7 +100,8 @@ class Stats:
     async def containers(self, flt) -> list[cri.ContainerStats]:
         wanted = [rec for rec in self.ctx.records.containers.values()
                   if rec.state == C_RUNNING and matches(flt, rec.id, rec.config.labels, sandbox_id=rec.sandbox_id)]
-        return list(await asyncio.gather(*(self.container(rec) for rec in wanted)))
+        found = await self._host_figures(wanted, [])
+        return list(await asyncio.gather(*(self._container(rec, found) for rec in wanted)))
 
     async def fs_usage(self) -> tuple[str, int, int]:
         """(container fs, bytes, inodes) of all writable layers, for ImageFsInfo: the container fs is the name
@@ -109,11 +120,21 @@ class Stats:
                 if rec.state == SB_READY and matches(flt, rec.id, rec.config.labels)]
 
     async def pod(self, rec: SandboxRecord) -> cri.PodSandboxStats:
+        return (await self.pods(None, [rec]))[0]
+
+    async def pods(self, flt, recs: list[SandboxRecord] | None = None) -> list[cri.PodSandboxStats]:
         """Pod stats: the sum of its containers' cpu and memory, its netns's interfaces, its process count."""
+        recs = self._ready_pods(flt) if recs is None else recs
+        running = {rec.id: [c for c in self.ctx.records.containers_of(rec.id) if c.state == C_RUNNING]
+                   for rec in recs}
+        found = await self._host_figures([c for cs in running.values() for c in cs], recs)
+        return list(await asyncio.gather(*(self._pod(rec, running[rec.id], found) for rec in recs)))
+
+    async def _pod(self, rec: SandboxRecord, containers: list[ContainerRecord], found: HostFigures
+                   ) -> cri.PodSandboxStats:
         config = rec.config
         now = time.time_ns()
-        containers = [c for c in self.ctx.records.containers_of(rec.id) if c.state == C_RUNNING]
-        cstats = list(await asyncio.gather(*(self.container(c) for c in containers)))
+        cstats = list(await asyncio.gather(*(self._container(c, found) for c in containers)))
         linux = cri.LinuxPodSandboxStats(containers=cstats)
         cpu = sum(s.cpu.usage_core_nano_seconds.value for s in cstats)
         nano = sum(s.cpu.usage_nano_cores.value for s in cstats)
@@ -124,21 +145,17 @@ class Stats:
             working_set_bytes=cri.UInt64Value(value=sum(s.memory.working_set_bytes.value for s in cstats)),
             usage_bytes=cri.UInt64Value(value=sum(s.memory.usage_bytes.value for s in cstats)),
             rss_bytes=cri.UInt64Value(value=sum(s.memory.rss_bytes.value for s in cstats))))
-        if rec.state == SB_READY and rec.netns:
-            interfaces = await asyncio.to_thread(_net_dev, rec.infra_pid)
-            if interfaces:
-                usage = cri.NetworkUsage(timestamp=now, interfaces=interfaces)
-                default = next((i for i in interfaces if i.name == "eth0"), interfaces[0])
-                usage.default_interface.CopyFrom(default)
-                linux.network.CopyFrom(usage)
-        processes = await asyncio.to_thread(process_count, [c.pid for c in containers])
-        linux.process.CopyFrom(cri.ProcessUsage(timestamp=now, process_count=cri.UInt64Value(value=processes)))
+        interfaces = found.interfaces.get(rec.id)
+        if interfaces:
+            usage = cri.NetworkUsage(timestamp=now, interfaces=interfaces)
+            default = next((i for i in interfaces if i.name == "eth0"), interfaces[0])
+            usage.default_interface.CopyFrom(default)
+            linux.network.CopyFrom(usage)
+        linux.process.CopyFrom(cri.ProcessUsage(timestamp=now,
+                                                process_count=cri.UInt64Value(value=found.processes[rec.id])))
         attrs = cri.PodSandboxAttributes(id=rec.id, metadata=config.metadata, labels=config.labels,
                                          annotations=config.annotations)
         return cri.PodSandboxStats(attributes=attrs, linux=linux)
-
-    async def pods(self, flt) -> list[cri.PodSandboxStats]:
-        return list(await asyncio.gather(*(self.pod(rec) for rec in self._ready_pods(flt))))
 
     # ---- cAdvisor-named metrics ----
 
@@ -162,6 +179,33 @@ class Stats:
             interfaces = await asyncio.to_thread(cadvisor.read_net_dev, rec.infra_pid)
             out.metrics.extend(cadvisor.network_metrics(rec.id, interfaces))
         return out
+
+
+@dataclass
+class HostFigures:
+    """What one stats call read from the host: the containers' writable layers (a Usage, or the OSError that
+    stopped the walk), the name of their file system, and per pod its interfaces and process count."""
+    container_fs: str
+    layers: dict[str, Usage | OSError] = field(default_factory=dict)
+    interfaces: dict[str, list] = field(default_factory=dict)
+    processes: dict[str, int] = field(default_factory=dict)
+
+
+def _read_host(root: Path, containers: list[ContainerRecord], pods: list[SandboxRecord]) -> HostFigures:
+    found = HostFigures(container_fs(root))
+    for rec in containers:
+        try:
+            found.layers[rec.id] = tree_usage(Path(rec.layer_dir) / "upper")
+        except OSError as exc:
+            found.layers[rec.id] = exc
+    pids: dict[str, list[int]] = {}
+    for rec in containers:
+        pids.setdefault(rec.sandbox_id, []).append(rec.pid)
+    for rec in pods:
+        if rec.state == SB_READY and rec.netns:
+            found.interfaces[rec.id] = _net_dev(rec.infra_pid)
+        found.processes[rec.id] = process_count(pids.get(rec.id, []))
+    return found
 
 
 def container_fs(root: Path) -> str:
