@@ -33,6 +33,7 @@ import time
 from dataclasses import dataclass, field
 
 from . import common
+from .memory import descendants
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
@@ -71,17 +72,8 @@ def stat_table() -> dict[int, Stat]:
 
 def tree(table: dict[int, Stat], roots: set[int]) -> set[int]:
     """roots (those alive in table) and all their descendants."""
-    children: dict[int, list[int]] = {}
-    for st in table.values():
-        children.setdefault(st.ppid, []).append(st.pid)
-    out = {r for r in roots if r in table}
-    todo = list(out)
-    while todo:
-        for c in children.get(todo.pop(), []):
-            if c not in out:
-                out.add(c)
-                todo.append(c)
-    return out
+    alive = {r for r in roots if r in table}
+    return alive | descendants(table, alive)
 
 
 @dataclass

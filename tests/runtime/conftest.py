@@ -196,3 +196,13 @@ def mon(tmp_root):
     h = MonitorHandle(state_dir)
     yield h
     h.stop()
+
+
+@pytest.fixture(params=["openat2", "walk"])
+def method(request, monkeypatch):
+    """Each path resolution inside a root both ways: the kernel's (openat2 RESOLVE_IN_ROOT) and the walk of
+    kernels without it."""
+    if request.param == "openat2" and not linux.openat2_supported():
+        pytest.skip("no openat2 on this kernel")
+    monkeypatch.setitem(linux._HAVE, "openat2", request.param == "openat2")
+    return request.param

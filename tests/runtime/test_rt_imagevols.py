@@ -7,7 +7,7 @@ import os
 
 import pytest
 
-from runtime.host import imagevols, linux
+from runtime.host import imagevols
 
 
 @pytest.fixture
@@ -36,14 +36,6 @@ def volume(tmp_path):
     finally:
         imagevols.unmount_all(str(tmp_path / "vols"))
     assert not (tmp_path / "vols").exists()
-
-
-@pytest.fixture(params=["openat2", "walk"])
-def method(request, monkeypatch):
-    if request.param == "openat2" and not linux.openat2_supported():
-        pytest.skip("no openat2 on this kernel")
-    monkeypatch.setitem(linux._HAVE, "openat2", request.param == "openat2")
-    return request.param
 
 
 def test_mount_is_read_only_noexec_and_honours_whiteouts(volume):

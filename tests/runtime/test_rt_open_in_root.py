@@ -38,14 +38,6 @@ def tree(tmp_path):
     os.close(fd)
 
 
-@pytest.fixture(params=["openat2", "walk"])
-def method(request, monkeypatch):
-    if request.param == "openat2" and not linux.openat2_supported():
-        pytest.skip("no openat2 on this kernel")
-    monkeypatch.setitem(linux._HAVE, "openat2", request.param == "openat2")
-    return request.param
-
-
 def _where(fd: int) -> str:
     try:
         return os.readlink(f"/proc/self/fd/{fd}")
