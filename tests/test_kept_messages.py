@@ -13,7 +13,7 @@ from pycri.api import api_pb2 as cri
 from pycri.containers import messages as cmsg
 from pycri.pods import messages as pmsg
 from pycri.state.records import (C_CREATED, C_EXITED, C_RUNNING, SB_NOTREADY, SB_READY, ContainerRecord, Records,
-                                 SandboxRecord, asking, pb)
+                                 SandboxRecord, Shown, asking, pb)
 from pycri.state.store import Store
 
 
@@ -144,3 +144,21 @@ def test_an_empty_filter_asks_nothing(flt, asks):
 @pytest.mark.parametrize("n", [0, 1, 127, 128, 300, 16383, 16384, 1 << 35])
 def test_varint_is_protobufs(n):
     assert cri.PodSandboxStatusResponse.FromString(b"\x20" + wire.varint(n)).timestamp == n
+
+
+def test_every_change_of_any_record_is_counted(node):
+    """The unfiltered Lists are kept on Shown.changes (pycri/server/runtime_service.py): a field set, a save and
+    a delete of any record each move it."""
+    records, _ = node
+    c = next(iter(records.containers.values()))
+    s = next(iter(records.sandboxes.values()))
+    for change in (lambda: setattr(c, "state", C_EXITED), lambda: records.save_container(c),
+                   lambda: setattr(s, "state", SB_NOTREADY), lambda: records.save_sandbox(s),
+                   lambda: records.delete_container(c.id), lambda: records.delete_sandbox(s.id)):
+        before = Shown.changes
+        change()
+        assert Shown.changes > before
+    before = Shown.changes
+    cmsg.item_bytes(next(iter(records.containers.values())), Images())  # reading changes nothing
+    pmsg.status_bytes(next(iter(records.sandboxes.values())))
+    assert Shown.changes == before

@@ -13,6 +13,7 @@ from pycri.errors import InvalidArgument, Unavailable
 from pycri.network.cniconf import load_network_config, network_status
 from pycri.network.defaultnet import NOT_OURS, OFF, subnets_of
 from pycri.node import mount_setattr_supported, userns_supported
+from pycri.state.records import Shown, asking
 from pycri.streaming.container_backend import ready_sandbox, running_container
 
 _log = log.get("runtime")
@@ -33,6 +34,15 @@ class RuntimeService:
         self.sandboxes = daemon.sandboxes
         self.containers = daemon.containers
         self.stats = daemon.stats
+        self._answers: dict[str, tuple] = {}  # (pycri/state/records.py Shown)
+
+    def _kept(self, method: str, key, make) -> bytes:
+        """The answer make() gives, kept until key changes: the unfiltered Lists a kubelet relists with every
+        second are made again only after a record (Shown.changes) or an image name changed."""
+        kept = self._answers.get(method)
+        if kept is None or kept[0] != key:
+            kept = self._answers[method] = (key, make())
+        return kept[1]
 
     # ---- pod sandboxes ----
 
@@ -58,7 +68,10 @@ class RuntimeService:
         return cri.UpdatePodSandboxResourcesResponse()
 
     async def ListPodSandbox(self, request, context):
-        return wire.repeated_field(_SANDBOX_ITEMS, self.sandboxes.list(_filter(request)))
+        if (flt := asking(_filter(request))) is not None:
+            return wire.repeated_field(_SANDBOX_ITEMS, self.sandboxes.list(flt))
+        return self._kept("ListPodSandbox", Shown.changes,
+                          lambda: wire.repeated_field(_SANDBOX_ITEMS, self.sandboxes.list(None)))
 
     async def StreamPodSandboxes(self, request, context):
         for chunk in _chunks(self.sandboxes.list(_filter(request))):
@@ -86,7 +99,10 @@ class RuntimeService:
         return self.containers.status(request.container_id, request.verbose)
 
     async def ListContainers(self, request, context):
-        return wire.repeated_field(_CONTAINER_ITEMS, self.containers.list(_filter(request)))
+        if (flt := asking(_filter(request))) is not None:
+            return wire.repeated_field(_CONTAINER_ITEMS, self.containers.list(flt))
+        return self._kept("ListContainers", (Shown.changes, self.daemon.images.names_generation),
+                          lambda: wire.repeated_field(_CONTAINER_ITEMS, self.containers.list(None)))
 
     async def StreamContainers(self, request, context):
         for chunk in _chunks(self.containers.list(_filter(request))):

@@ -39,16 +39,24 @@ def unpb(cls, text: str):
 class Shown:
     """What a record keeps of the CRI messages that show it (pycri/pods/messages.py, pycri/containers/messages.py
     fill it): `shown` is emptied whenever a field is set, and on every save (which also covers a list or dict
-    changed in place), so the next call after a state change sees it."""
+    changed in place), so the next call after a state change sees it. `Shown.changes` counts those changes, and
+    the saves and deletes, of all records: an answer made of many records is kept on it."""
+
+    changes = 0
 
     def __setattr__(self, name: str, value) -> None:
         object.__setattr__(self, name, value)
+        Shown.changes += 1
         if (shown := self.__dict__.get("_shown")) is not None:
             shown.clear()
 
     @property
     def shown(self) -> dict:
         return self.__dict__.setdefault("_shown", {})
+
+    def saved(self) -> None:
+        Shown.changes += 1
+        self.shown.clear()
 
 
 @dataclass
@@ -146,24 +154,26 @@ class Records:
         self.store.execute("INSERT INTO sandboxes(id, name, data) VALUES (?, ?, ?) "
                            "ON CONFLICT(id) DO UPDATE SET data = excluded.data",
                            (rec.id, rec.name, dumps(dataclasses.asdict(rec))))
-        rec.shown.clear()
+        rec.saved()
         self.sandboxes[rec.id] = rec
 
     def delete_sandbox(self, sid: str) -> None:
         self.store.execute("DELETE FROM sandboxes WHERE id = ?", (sid,))
         self.sandboxes.pop(sid, None)
+        Shown.changes += 1
 
     def save_container(self, rec: ContainerRecord) -> None:
         self.store.execute("INSERT INTO containers(id, sandbox_id, name, data) VALUES (?, ?, ?, ?) "
                            "ON CONFLICT(id) DO UPDATE SET data = excluded.data",
                            (rec.id, rec.sandbox_id, rec.name, dumps(dataclasses.asdict(rec))))
-        rec.shown.clear()
+        rec.saved()
         self.containers[rec.id] = rec
         self._by_sandbox.setdefault(rec.sandbox_id, {})[rec.id] = rec
 
     def delete_container(self, cid: str) -> None:
         self.store.execute("DELETE FROM containers WHERE id = ?", (cid,))
         rec = self.containers.pop(cid, None)
+        Shown.changes += 1
         if rec is not None and (siblings := self._by_sandbox.get(rec.sandbox_id)) is not None:
             siblings.pop(cid, None)
             if not siblings:
