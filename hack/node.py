@@ -286,10 +286,19 @@ GUEST_SLOWDOWN = 8
 def _pytest_script(args: list[str]) -> str:
     """pytest in the guest, from the checkout, with the image's venv; nothing written into the checkout (the
     bytecode goes to the guest's /var/tmp, so each daemon started does not compile pycri again); the suite's
-    time bounds scaled by GUEST_SLOWDOWN (tests/fixtures/pace.py)."""
+    time bounds scaled by GUEST_SLOWDOWN (tests/fixtures/pace.py), pytest-timeout's per-test bound among them
+    (an explicit --timeout in args still wins: it comes after)."""
+    per_test = _pytest_timeout() * GUEST_SLOWDOWN
     return (f"export PYTHONPYCACHEPREFIX=/var/tmp/pycache PYTHONPATH=/mnt/src PYCRI_TEST_SLOWDOWN={GUEST_SLOWDOWN}\n"
-            "/opt/pycri-venv/bin/python -m pytest -q -p no:cacheprovider "
+            f"/opt/pycri-venv/bin/python -m pytest -q -p no:cacheprovider --timeout {per_test:g} "
             + " ".join(_quote(a) for a in args) + "\n")
+
+
+def _pytest_timeout() -> float:
+    """The per-test bound of pyproject.toml's [tool.pytest.ini_options] (pytest-timeout), in seconds."""
+    import tomllib
+    with open(REPO / "pyproject.toml", "rb") as f:
+        return float(tomllib.load(f)["tool"]["pytest"]["ini_options"]["timeout"])
 
 
 if __name__ == "__main__":
