@@ -35,7 +35,9 @@ class Stats:
 
     async def cgroup_stats(self, rec: ContainerRecord) -> dict | None:
         """The raw cgroup figures of a running container (runtime/cgroups stats()), None if unavailable."""
-        sandbox = self.ctx.records.sandboxes[rec.sandbox_id]
+        sandbox = self.ctx.records.sandboxes.get(rec.sandbox_id)
+        if sandbox is None:  # removed while this call read the host (_read_host)
+            return None
         try:
             return await self.ctx.monitors.call(sandbox.monitor_dir, "stats", rec.id)
         except (MonitorError, MonitorUnavailable):
